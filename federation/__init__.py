@@ -1,0 +1,1 @@
+"""Bayanihan federation: what a contributor runs; no Django here."""

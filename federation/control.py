@@ -1,0 +1,71 @@
+"""Submitting and following runs through Flower's Control API (protobuf over HTTP), no subprocess."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.cli.build import build_fab_from_disk
+from flwr.common.serde import fab_to_proto, user_config_to_proto
+from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest, StopRunRequest
+from flwr.supercore.constant import NOOP_FEDERATION_ID
+from flwr.supercore.control.control_http_client import ControlHttpClient
+from flwr.supercore.fab import Fab
+
+APP_DIR = Path(__file__).resolve().parent / "flwr_app"
+
+
+@dataclass(frozen=True)
+class RunState:
+    status: str  # pending | starting | running | finished
+    sub_status: str  # completed | failed | stopped (when finished)
+    details: str
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @property
+    def succeeded(self) -> bool:
+        return self.finished and self.sub_status == "completed"
+
+
+def client(address: str, root_certificates: str | None = None) -> ControlHttpClient:
+    """`address` is host:port of the SuperLink; TLS when a CA file is given."""
+    return ControlHttpClient.from_server_address(
+        server_address=address,
+        insecure=root_certificates is None,
+        root_certificates=root_certificates,
+        interceptors=[],
+    )
+
+
+def build_fab(app_dir: Path = APP_DIR) -> Fab:
+    fab_bytes = build_fab_from_disk(app_dir)
+    return Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
+
+
+def start_run(control: ControlHttpClient, run_config: dict[str, Any], app_dir: Path = APP_DIR) -> int:
+    request = StartRunRequest(
+        fab=fab_to_proto(build_fab(app_dir)),
+        override_config=user_config_to_proto(run_config),
+        federation=NOOP_FEDERATION_ID,
+    )
+    response = control.StartRun(request)
+    if not response.HasField("run_id"):
+        raise RuntimeError(f"SuperLink did not start the run: {response.note or 'no reason given'}")
+    return int(response.run_id)
+
+
+def run_state(control: ControlHttpClient, run_id: int) -> RunState:
+    runs = control.ListRuns(ListRunsRequest(run_id=run_id)).run_dict
+    if run_id not in runs:
+        raise LookupError(f"run {run_id} is unknown to the SuperLink")
+    status = runs[run_id].status
+    return RunState(status.status, status.sub_status, status.details)
+
+
+def stop_run(control: ControlHttpClient, run_id: int) -> None:
+    control.StopRun(StopRunRequest(run_id=run_id))

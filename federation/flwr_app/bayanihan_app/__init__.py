@@ -1,0 +1,1 @@
+"""Flower App for Bayanihan: thin ServerApp/ClientApp over the `federation` package."""

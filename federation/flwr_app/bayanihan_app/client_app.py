@@ -1,0 +1,46 @@
+"""ClientApp: receive the global adapter, train on this node's own data, send the adapter back."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from federation.config import TrainConfig
+from federation.node_data import node_dataset
+from federation.task import evaluate, get_adapter_state, lora_model, set_adapter_state, train
+
+app = ClientApp()
+
+
+@app.train()
+def train_round(msg: Message, context: Context) -> Message:
+    cfg = TrainConfig.from_run_config(context.run_config)
+    # The model lives on the node's disk: node config names it, else the run's path (same host).
+    model_path = str(context.node_config.get("model-path") or context.run_config["base-model-path"])
+    data = node_dataset(str(context.node_config["data-path"]), model_path, cfg)
+
+    model = lora_model(model_path, cfg)
+    received = msg.content["arrays"]
+    set_adapter_state(model, received.to_torch_state_dict())
+    val_before, _ = evaluate(model, data.val, data.pad_id)
+    result = train(model, data.train, cfg, data.pad_id, round_seed=int(msg.content["config"]["server-round"]))
+    val_after, _ = evaluate(model, data.val, data.pad_id)
+
+    arrays = ArrayRecord(get_adapter_state(model))
+    metrics = MetricRecord(
+        {
+            "num-examples": result.examples,
+            "train-loss": result.loss,
+            "val-loss-before": val_before,
+            "val-loss-after": val_after,
+            "steps": result.steps,
+            "tokens": result.tokens,
+            "loss-tokens": result.loss_tokens,
+            "train-seconds": result.seconds,
+            "bytes-down": received.count_bytes(),
+            "bytes-up": arrays.count_bytes(),
+        }
+    )
+    # Strings cannot go in a MetricRecord; FedAvg ignores ConfigRecords in replies.
+    node = ConfigRecord({"name": str(context.node_config.get("name", "")), "fingerprint": data.fingerprint})
+    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics, "node": node}), reply_to=msg)

@@ -1,0 +1,72 @@
+"""ServerApp: FedAvg over LoRA adapter tensors, held-out evaluation each round, progress to the platform."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from federation.config import ServerConfig, TrainConfig
+from federation.data import load_records
+from federation.strategy import RecordingFedAvg
+from federation.report import Reporter
+from federation.task import encode_all, evaluate, get_adapter_state, load_tokenizer, lora_model, perplexity, set_adapter_state
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = TrainConfig.from_run_config(context.run_config)
+    server = ServerConfig.from_run_config(context.run_config)
+    out = Path(server.output_dir or f"runs/{context.run_id}")
+    reporter = Reporter(server.report_url, server.report_token, out)
+    reporter.event("started", run_id=context.run_id, num_rounds=server.num_rounds)
+
+    model = lora_model(server.base_model_path, cfg)
+    tokenizer = load_tokenizer(server.base_model_path)
+    heldout = encode_all(tokenizer, load_records(server.heldout_path)[: server.max_heldout_records], cfg.seq_len)
+    strategy = RecordingFedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=0.0,  # nodes report their own validation loss inside the train reply
+        min_train_nodes=server.min_nodes,
+        min_available_nodes=server.min_nodes,
+    )
+    round_started = time.time()
+
+    def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Called by Strategy.start before round 1 (the base model) and after every round."""
+        nonlocal round_started
+        set_adapter_state(model, arrays.to_torch_state_dict())
+        loss, tokens = evaluate(model, heldout, int(tokenizer.pad_token_id))
+        folder = out / f"round-{server_round}"
+        model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only
+        log = strategy.rounds.get(server_round)
+        reporter.event(
+            "round",
+            round=server_round,
+            eval_loss=loss,
+            eval_perplexity=perplexity(loss),
+            eval_tokens=tokens,
+            seconds=time.time() - round_started,
+            train=log.train_metrics if log else {},
+            nodes=[asdict(r) for r in log.replies] if log else [],
+        )
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            reporter.upload(server_round, folder / name)
+        round_started = time.time()
+        return MetricRecord({"eval-loss": loss, "eval-perplexity": perplexity(loss)})
+
+    train_config = ConfigRecord({"campaign-id": server.campaign_id})
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(get_adapter_state(model)),
+        num_rounds=server.num_rounds,
+        timeout=server.round_timeout,
+        train_config=train_config,
+        evaluate_fn=evaluate_round,
+    )
+    reporter.event("finished", rounds=server.num_rounds)

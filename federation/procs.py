@@ -1,0 +1,131 @@
+"""Starting and stopping the real Flower processes (SuperLink, SuperNodes) and other helpers' processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower processes: no telemetry, our own FLWR_HOME, `federation` importable."""
+    env = dict(os.environ)
+    env.update(
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_HOME=str(home),
+        # flower-superexec and the app processes it spawns must come from this environment.
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra or {})
+    return env
+
+
+def superlink_command(state_dir: Path, host: str, port: int) -> list[str]:
+    return [
+        str(BIN / "flower-superlink"),
+        "--insecure",
+        "--database", str(state_dir / "superlink.db"),
+        "--host", host,
+        "--port", str(port),
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+
+
+def supernode_command(superlink: str, port: int, node_config: dict[str, str | int | float]) -> list[str]:
+    # Node config is parsed as TOML values: JSON string quoting is valid TOML for plain strings.
+    config = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
+    return [
+        str(BIN / "flower-supernode"),
+        "--insecure",
+        "--superlink", superlink,
+        "--port", str(port),
+        "--node-config", config,
+    ]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} before {url} answered")
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+@dataclass
+class Supervisor:
+    """Owns child processes; each runs in its own process group so its children stop with it."""
+
+    log_dir: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()  # the child holds its own descriptor
+        self.procs[name] = proc
+        return proc
+
+    def check(self) -> None:
+        """Raise if any child has died, naming it and the tail of its log."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = self.tail(name)
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; last log lines:\n{tail}")
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.stop(name)
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
