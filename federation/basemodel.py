@@ -67,10 +67,10 @@ def describe_checkpoint(path: Path | str, model_id: str | None = None) -> dict:
 
     info: dict = {"id": model_id or root.name, "path": str(root), "files": _hash_tree(root)}
     manifest_path = root / MANIFEST_NAME
-    if manifest_path.is_file():
-        info["license"] = json.loads(manifest_path.read_text(encoding="utf-8")).get("license")
-    else:
-        info["license"] = None
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    info["license"] = manifest.get("license")
+    info["note"] = manifest.get("note", "")
+    info["parameters"] = manifest.get("parameters")
     return info
 
 
@@ -84,7 +84,7 @@ def _manifest_is_current(dest: Path) -> dict | None:
         files = manifest["files"]
     except (ValueError, KeyError, TypeError):
         return None
-    if not files:
+    if not isinstance(files, dict) or not files:
         return None
     # Cheap check first (does everything exist?), then the full hashes: a half-copied
     # or edited checkpoint must not pass as the base everyone agreed on.

@@ -83,7 +83,7 @@ def module_text(name: str) -> str:
     module = importlib.import_module(name)
     parts = []
     if module.__doc__:
-        parts.append(f"Module {name}\n\n{inspect.cleandoc(module.__doc__)}")
+        parts.append(f"Module {name}\n{inspect.cleandoc(module.__doc__)}")
     public = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
     for attr in sorted(set(public)):
         obj = getattr(module, attr, None)
@@ -93,7 +93,8 @@ def module_text(name: str) -> str:
         # which would repeat the same text under many names.
         doc = obj.__doc__
         if isinstance(doc, str) and doc.strip():
-            parts.append(f"{name}.{attr}\n\n{inspect.cleandoc(doc)}")
+            # Name on the line right above its doc, so chunking never strands a title.
+            parts.append(f"{name}.{attr}\n{inspect.cleandoc(doc)}")
     return "\n\n".join(parts)
 
 

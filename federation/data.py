@@ -88,8 +88,14 @@ def _find_files(root: Path, problems: list[Problem]) -> list[Path]:
         problems.append(Problem(str(root), 0, "file not found"))
         return []
     if root.is_dir():
+        # Hidden entries are skipped: .git internals, editor backups and macOS "._x.txt"
+        # resource forks (binary) are never the contributor's data.
         files = sorted(
-            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
+            p
+            for p in root.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
         )
         if not files:
             problems.append(Problem(str(root), 0, "no .jsonl or .txt files in this folder"))

@@ -1,0 +1,99 @@
+"""Base models, campaigns, their rounds and who took part in each."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from community.models import Node
+
+
+class BaseModel(models.Model):
+    """A local HF checkpoint registered for campaigns; `files` pins it by sha256."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    hf_id = models.CharField(max_length=200, help_text="Upstream id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
+    path = models.CharField(max_length=500, help_text="Checkpoint directory on the SuperLink host and nodes")
+    files = models.JSONField(default=dict, help_text="relative path -> sha256")
+    license = models.CharField(max_length=50, blank=True)
+    note = models.TextField(blank=True, help_text="Honest notes on where the weights came from")
+    parameters = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Campaign(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        QUEUED = "queued"  # launched; waiting for a worker to submit it to the SuperLink
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+
+    name = models.CharField(max_length=200)
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="campaigns")
+    data_task = models.CharField(max_length=100, help_text="What the contributed data is about, e.g. python-docs")
+    heldout_path = models.CharField(max_length=500, help_text="Server held-out evaluation data (jsonl/txt)")
+    train_config = models.JSONField(default=dict, help_text="federation.config.TrainConfig in run-config keys")
+    num_rounds = models.PositiveIntegerField(default=2)
+    min_nodes = models.PositiveIntegerField(default=2)
+
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT)
+    status_reason = models.TextField(blank=True)
+    flwr_run_id = models.CharField(max_length=20, blank=True)
+    report_token_hash = models.CharField(max_length=64, blank=True, editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    launched_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in {self.Status.COMPLETED, self.Status.FAILED}
+
+
+class Round(models.Model):
+    """Round 0 is the base model's evaluation; rounds 1..N are federated training rounds."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="rounds")
+    number = models.PositiveIntegerField()
+    eval_loss = models.FloatField(null=True)
+    eval_perplexity = models.FloatField(null=True)
+    train_loss = models.FloatField(null=True)
+    participants = models.PositiveIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    bytes_up = models.BigIntegerField(default=0)
+    bytes_down = models.BigIntegerField(default=0)
+    duration_s = models.FloatField(null=True)
+    adapter_files = models.JSONField(default=dict, help_text="file name -> sha256 of the merged adapter")
+    recorded_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["campaign", "number"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "number"], name="one_round_number_per_campaign")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} round {self.number}"
+
+
+class Participation(models.Model):
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="participations")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="participations")
+    samples = models.PositiveIntegerField(default=0)
+    tokens = models.PositiveIntegerField(default=0)
+    train_loss = models.FloatField(null=True)
+    val_loss_before = models.FloatField(null=True)
+    val_loss_after = models.FloatField(null=True)
+    seconds = models.FloatField(null=True)
+    bytes_up = models.BigIntegerField(default=0)
+    bytes_down = models.BigIntegerField(default=0)
+    data_fingerprint = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["round", "node"], name="one_participation_per_node_round")]

@@ -1,0 +1,278 @@
+"""Campaign writes: create, launch, submit to the SuperLink, follow, record reports, finish."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from campaigns.models import BaseModel, Campaign, Participation, Round
+from community.models import Node
+from federation import control
+from federation.basemodel import describe_checkpoint
+from federation.config import ServerConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def base_model_register(*, path: Path, name: str, hf_id: str = "", note: str = "") -> BaseModel:
+    """Register (or refresh) a local HF checkpoint directory, pinning each file by sha256."""
+    try:
+        described = describe_checkpoint(Path(path), model_id=hf_id or None)
+    except ValueError as exc:
+        raise ValidationError({"path": str(exc)}) from exc
+    base, _ = BaseModel.objects.update_or_create(
+        name=name,
+        defaults={
+            "hf_id": described["id"],
+            "path": str(Path(path).resolve()),
+            "files": described["files"],
+            "license": described.get("license") or "",
+            "note": note or described.get("note", ""),
+            "parameters": described.get("parameters"),
+        },
+    )
+    return base
+
+
+def campaign_create(
+    *,
+    name: str,
+    base_model: BaseModel,
+    data_task: str,
+    heldout_path: str,
+    train_config: dict[str, Any] | None = None,
+    num_rounds: int = 2,
+    min_nodes: int = 2,
+    by: Any = None,
+) -> Campaign:
+    try:
+        config = TrainConfig.from_run_config(train_config or {})
+    except ValueError as exc:
+        raise ValidationError({"train_config": str(exc)}) from exc
+    errors = {}
+    if not 1 <= num_rounds <= 1000:
+        errors["num_rounds"] = "must be between 1 and 1000"
+    if min_nodes < 1:
+        errors["min_nodes"] = "must be at least 1"
+    if not Path(heldout_path).is_file():
+        errors["heldout_path"] = f"{heldout_path}: no such file"
+    if errors:
+        raise ValidationError(errors)
+    return Campaign.objects.create(
+        name=name,
+        base_model=base_model,
+        data_task=data_task,
+        heldout_path=str(heldout_path),
+        train_config=config.to_run_config(),
+        num_rounds=num_rounds,
+        min_nodes=min_nodes,
+        created_by=by if getattr(by, "pk", None) else None,
+    )
+
+
+def campaign_launch(*, campaign: Campaign, by: Any = None) -> Campaign:
+    """Queue a draft campaign; the worker submits it once this transaction has committed."""
+    from campaigns.tasks import campaign_submit_task
+
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if campaign.status != Campaign.Status.DRAFT:
+            raise ValidationError(f"campaign is {campaign.status}; only a draft can be launched")
+        campaign.status = Campaign.Status.QUEUED
+        campaign.launched_at = timezone.now()
+        campaign.save(update_fields=["status", "launched_at"])
+        transaction.on_commit(lambda: campaign_submit_task.delay(campaign.pk))
+    return campaign
+
+
+def campaign_output_dir(campaign: Campaign) -> Path:
+    return Path(settings.DATA_DIR) / "campaigns" / str(campaign.pk)
+
+
+def _superlink() -> Any:
+    return control.client(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_ROOT_CERT)
+
+
+def campaign_submit(*, campaign_id: int) -> bool:
+    """Submit a queued campaign as a Flower run. Safe to call twice: only a queued one is submitted."""
+    token = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
+        if campaign is None or campaign.status != Campaign.Status.QUEUED or campaign.flwr_run_id:
+            return False
+        # Committed before StartRun so the ServerApp's first report already finds the token.
+        campaign.report_token_hash = hashlib.sha256(token.encode()).hexdigest()
+        campaign.save(update_fields=["report_token_hash"])
+
+    server = ServerConfig(
+        campaign_id=campaign.pk,
+        num_rounds=campaign.num_rounds,
+        min_nodes=campaign.min_nodes,
+        base_model_path=campaign.base_model.path,
+        heldout_path=campaign.heldout_path,
+        output_dir=str(campaign_output_dir(campaign) / "server"),
+        report_url=f"{settings.SITE_URL}/api/v1/campaigns/{campaign.pk}",
+        report_token=token,
+    )
+    run_config = {**TrainConfig.from_run_config(campaign.train_config).to_run_config(), **server.to_run_config()}
+    run_id = control.start_run(_superlink(), run_config)
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
+        campaign.flwr_run_id = str(run_id)
+        campaign.status = Campaign.Status.RUNNING
+        campaign.save(update_fields=["flwr_run_id", "status"])
+    log.info("campaign %s submitted as Flower run %s", campaign_id, run_id)
+    return True
+
+
+def campaign_follow(*, campaign_id: int) -> bool:
+    """Check the Flower run once; finish the campaign when the run has ended. True when nothing is left to do."""
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is None or campaign.status != Campaign.Status.RUNNING:
+        return True
+    state = control.run_state(_superlink(), int(campaign.flwr_run_id))
+    if not state.finished:
+        return False
+    if not state.succeeded:
+        detail = f": {state.details}" if state.details else ""
+        campaign_fail(campaign=campaign, reason=f"Flower run {campaign.flwr_run_id} ended {state.sub_status}{detail}")
+        return True
+    campaign_complete(campaign=campaign)
+    return True
+
+
+def campaign_fail(*, campaign: Campaign, reason: str) -> None:
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if campaign.is_terminal:
+            return
+        campaign.status = Campaign.Status.FAILED
+        campaign.status_reason = reason
+        campaign.finished_at = timezone.now()
+        campaign.save(update_fields=["status", "status_reason", "finished_at"])
+    log.warning("campaign %s failed: %s", campaign.pk, reason)
+
+
+def campaign_complete(*, campaign: Campaign) -> None:
+    """All rounds must be on record with their merged adapter; then publish the release."""
+    from releases.services import release_publish
+
+    missing = [
+        n
+        for n in range(campaign.num_rounds + 1)
+        if not campaign.rounds.filter(number=n).exclude(adapter_files={}).exists()
+    ]
+    last = campaign.rounds.filter(number=campaign.num_rounds).first()
+    if missing or last is None or set(last.adapter_files) != set(ADAPTER_FILES):
+        campaign_fail(campaign=campaign, reason=f"the run finished but rounds {missing or [campaign.num_rounds]} never reached the platform")
+        return
+    if campaign.rounds.filter(number__gte=1, participants=0).exists():
+        campaign_fail(campaign=campaign, reason="a round finished with no successful node update")
+        return
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if campaign.is_terminal:
+            return
+        release_publish(campaign=campaign)
+        campaign.status = Campaign.Status.COMPLETED
+        campaign.finished_at = timezone.now()
+        campaign.save(update_fields=["status", "finished_at"])
+
+
+# --- reports from the ServerApp -------------------------------------------------------------
+
+
+def report_token_valid(campaign: Campaign, token: str) -> bool:
+    if not campaign.report_token_hash or campaign.is_terminal:
+        return False
+    return hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), campaign.report_token_hash)
+
+
+def _node_for(report: dict[str, Any]) -> Node:
+    node, created = Node.objects.get_or_create(
+        flwr_node_id=str(report["node_id"]), defaults={"name": report.get("name") or "unnamed"}
+    )
+    node.last_seen = timezone.now()
+    if report.get("name") and not created and node.name != report["name"]:
+        node.name = report["name"]
+    node.save(update_fields=["last_seen", "name"])
+    return node
+
+
+def report_round(*, campaign: Campaign, event: dict[str, Any]) -> Round:
+    """Record one round (idempotent: a resent report overwrites the same rows)."""
+    nodes = event.get("nodes") or []
+    ok = [r for r in nodes if not r.get("error")]
+    train = event.get("train") or {}
+    with transaction.atomic():
+        round_, _ = Round.objects.update_or_create(
+            campaign=campaign,
+            number=int(event["round"]),
+            defaults={
+                "eval_loss": event.get("eval_loss"),
+                "eval_perplexity": event.get("eval_perplexity"),
+                "train_loss": train.get("train-loss"),
+                "participants": len(ok),
+                "failures": len(nodes) - len(ok),
+                "bytes_up": int(sum(r["metrics"].get("bytes-up") or 0 for r in ok)),
+                "bytes_down": int(sum(r["metrics"].get("bytes-down") or 0 for r in ok)),
+                "duration_s": event.get("seconds"),
+            },
+        )
+        for report in nodes:
+            metrics = report.get("metrics") or {}
+            Participation.objects.update_or_create(
+                round=round_,
+                node=_node_for(report),
+                defaults={
+                    "samples": int(metrics.get("num-examples") or 0),
+                    "tokens": int(metrics.get("tokens") or 0),
+                    "train_loss": metrics.get("train-loss"),
+                    "val_loss_before": metrics.get("val-loss-before"),
+                    "val_loss_after": metrics.get("val-loss-after"),
+                    "seconds": metrics.get("train-seconds"),
+                    "bytes_up": int(metrics.get("bytes-up") or 0),
+                    "bytes_down": int(metrics.get("bytes-down") or 0),
+                    "data_fingerprint": report.get("fingerprint", "")[:64],
+                    "error": report.get("error", ""),
+                },
+            )
+    return round_
+
+
+def report_file(*, campaign: Campaign, round_number: int, name: str, chunks: Any, sha256: str) -> str:
+    """Store one merged-adapter file of a round, streamed to disk and checked against its sha256."""
+    if name not in ADAPTER_FILES:
+        raise ValidationError(f"{name!r} is not an adapter file ({', '.join(ADAPTER_FILES)})")
+    folder = campaign_output_dir(campaign) / f"round-{round_number}"
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{name}.partial"
+    digest, size = hashlib.sha256(), 0
+    with partial.open("wb") as fh:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > settings.MAX_ADAPTER_UPLOAD_BYTES:
+                partial.unlink()
+                raise ValidationError(f"{name} is larger than {settings.MAX_ADAPTER_UPLOAD_BYTES} bytes")
+            digest.update(chunk)
+            fh.write(chunk)
+    if sha256 and digest.hexdigest() != sha256:
+        partial.unlink()
+        raise ValidationError(f"{name}: sha256 does not match X-Content-SHA256")
+    partial.replace(folder / name)
+    with transaction.atomic():
+        round_, _ = Round.objects.select_for_update().get_or_create(campaign=campaign, number=round_number)
+        round_.adapter_files = {**round_.adapter_files, name: digest.hexdigest()}
+        round_.save(update_fields=["adapter_files"])
+    return digest.hexdigest()

@@ -1,0 +1,78 @@
+"""provenance.json: where a released adapter came from, in enough detail to check it."""
+
+from __future__ import annotations
+
+import subprocess
+from importlib.metadata import version
+from typing import Any
+
+from django.conf import settings
+
+from campaigns.models import Campaign
+
+
+def code_version() -> dict[str, str]:
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(settings.REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    packages = {name: version(name) for name in ("flwr", "torch", "transformers", "peft", "safetensors")}
+    return {"bayanihan_commit": commit or "unknown", **packages}
+
+
+def campaign_provenance(campaign: Campaign, files: dict[str, str]) -> dict[str, Any]:
+    """`files`: released file name -> sha256 (every file but provenance.json itself)."""
+    base = campaign.base_model
+    rounds = []
+    for round_ in campaign.rounds.order_by("number").prefetch_related("participations__node"):
+        rounds.append(
+            {
+                "round": round_.number,
+                "eval_loss": round_.eval_loss,
+                "eval_perplexity": round_.eval_perplexity,
+                "train_loss": round_.train_loss,
+                "bytes_up": round_.bytes_up,
+                "bytes_down": round_.bytes_down,
+                "duration_s": round_.duration_s,
+                "merged_adapter_sha256": round_.adapter_files,
+                "nodes": [
+                    {
+                        "node": p.node.pseudonym,
+                        "data_fingerprint": p.data_fingerprint,
+                        "samples": p.samples,
+                        "tokens": p.tokens,
+                        "train_loss": p.train_loss,
+                        "val_loss_before": p.val_loss_before,
+                        "val_loss_after": p.val_loss_after,
+                        "seconds": p.seconds,
+                        "error": p.error or None,
+                    }
+                    for p in sorted(round_.participations.all(), key=lambda p: p.node.pseudonym)
+                ],
+            }
+        )
+    return {
+        "schema": "bayanihan.provenance/1",
+        "base_model": {
+            "id": base.hf_id,
+            "license": base.license,
+            "note": base.note,
+            "files_sha256": base.files,
+        },
+        "code": code_version(),
+        "campaign": {
+            "id": campaign.pk,
+            "name": campaign.name,
+            "data_task": campaign.data_task,
+            "num_rounds": campaign.num_rounds,
+            "min_nodes": campaign.min_nodes,
+            "aggregation": "FedAvg weighted by samples (flwr.serverapp.strategy.FedAvg)",
+            "train_config": campaign.train_config,
+            "flower_run_id": campaign.flwr_run_id,
+            "launched_at": campaign.launched_at.isoformat() if campaign.launched_at else None,
+        },
+        "rounds": rounds,
+        "files_sha256": files,
+    }

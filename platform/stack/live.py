@@ -1,0 +1,61 @@
+"""Following a campaign from the database while it runs: rounds appear as the ServerApp reports them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from campaigns.models import Campaign, Round
+
+
+def _round_table(round_: Round) -> Table:
+    label = "round 0 · base model" if round_.number == 0 else f"round {round_.number}"
+    table = Table(title=f"{label}: held-out loss {round_.eval_loss:.4f} (ppl {round_.eval_perplexity:.1f})", title_justify="left")
+    if round_.number == 0:
+        return table
+    for col in ("node", "samples", "tokens", "train loss", "val loss before → after", "seconds", "bytes up/down"):
+        table.add_column(col)
+    for p in round_.participations.select_related("node").order_by("node__name"):
+        if p.error:
+            table.add_row(p.node.name, "-", "-", "-", f"[red]{p.error[:60]}", "-", "-")
+            continue
+        table.add_row(
+            f"{p.node.name} ({p.node.pseudonym})",
+            str(p.samples),
+            f"{p.tokens:,}",
+            f"{p.train_loss:.4f}",
+            f"{p.val_loss_before:.4f} → {p.val_loss_after:.4f}" if p.val_loss_before is not None else "-",
+            f"{p.seconds:.1f}",
+            f"{p.bytes_up:,} / {p.bytes_down:,}",
+        )
+    return table
+
+
+def follow_campaign(campaign: Campaign, console: Console, check: Callable[[], None], timeout: float) -> Campaign:
+    """Print each round once it is recorded; return when the campaign is completed or failed."""
+    shown: set[int] = set()
+    started = time.monotonic()
+    with console.status("") as status:
+        while True:
+            check()  # a crashed SuperLink/worker/node stops the wait with its log tail
+            campaign.refresh_from_db()
+            for round_ in campaign.rounds.exclude(eval_loss=None).order_by("number"):
+                if round_.number not in shown:
+                    shown.add(round_.number)
+                    console.print(_round_table(round_))
+            elapsed = time.monotonic() - started
+            if campaign.is_terminal:
+                return campaign
+            if elapsed > timeout:
+                raise TimeoutError(f"campaign still {campaign.status} after {timeout:.0f}s")
+            waiting = len(shown) if shown else 0
+            what = "waiting for a worker" if campaign.status == Campaign.Status.QUEUED else (
+                "evaluating the base model" if not shown else f"round {waiting}/{campaign.num_rounds}: nodes training"
+            )
+            if len(shown) > campaign.num_rounds:
+                what = "publishing the release"
+            status.update(f"[{elapsed:5.0f}s] campaign #{campaign.pk} {campaign.status}: {what}")
+            time.sleep(1.0)

