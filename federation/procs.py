@@ -65,6 +65,8 @@ def free_port() -> int:
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
+        # Servers bind with SO_REUSEADDR: a port in TIME_WAIT from a previous run is free to them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

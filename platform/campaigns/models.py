@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from community.models import Node
 from django.conf import settings
 from django.db import models
-
-from community.models import Node
 
 
 class BaseModel(models.Model):

@@ -9,13 +9,13 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from community.models import Node
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from campaigns.models import BaseModel, Campaign, Participation, Round
-from community.models import Node
 from federation import control
 from federation.basemodel import describe_checkpoint
 from federation.config import ServerConfig, TrainConfig

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from django.db import models
-
 from campaigns.models import Campaign
+from django.db import models
 
 
 class Release(models.Model):

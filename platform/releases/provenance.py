@@ -6,9 +6,8 @@ import subprocess
 from importlib.metadata import version
 from typing import Any
 
-from django.conf import settings
-
 from campaigns.models import Campaign
+from django.conf import settings
 
 
 def code_version() -> dict[str, str]:

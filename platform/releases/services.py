@@ -7,12 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
+from campaigns.models import Campaign
+from campaigns.services import campaign_output_dir
 from django.conf import settings
 from django.db import transaction
 from django.utils.text import slugify
 
-from campaigns.models import Campaign
-from campaigns.services import campaign_output_dir
 from federation.basemodel import sha256_file
 from releases.model_card import render_model_card
 from releases.models import Release, ReleaseFile

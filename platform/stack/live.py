@@ -5,31 +5,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from campaigns.models import Campaign, Round
 from rich.console import Console
 from rich.table import Table
 
-from campaigns.models import Campaign, Round
 
-
-def _round_table(round_: Round) -> Table:
-    label = "round 0 · base model" if round_.number == 0 else f"round {round_.number}"
-    table = Table(title=f"{label}: held-out loss {round_.eval_loss:.4f} (ppl {round_.eval_perplexity:.1f})", title_justify="left")
+def _round_table(round_: Round) -> Table | str:
+    summary = f"held-out loss {round_.eval_loss:.4f} (perplexity {round_.eval_perplexity:.1f})"
     if round_.number == 0:
-        return table
-    for col in ("node", "samples", "tokens", "train loss", "val loss before → after", "seconds", "bytes up/down"):
-        table.add_column(col)
+        return f"[bold]round 0[/] (base model, before any training): {summary}"
+    table = Table(title=f"[bold]round {round_.number}[/]: {summary}", title_justify="left")
+    for col in ("node", "samples", "tokens", "train loss", "val loss before→after", "train s", "MB up/down"):
+        table.add_column(col, no_wrap=True)
     for p in round_.participations.select_related("node").order_by("node__name"):
         if p.error:
-            table.add_row(p.node.name, "-", "-", "-", f"[red]{p.error[:60]}", "-", "-")
+            table.add_row(p.node.name, "-", "-", "-", f"[red]{p.error[:40]}", "-", "-")
             continue
         table.add_row(
-            f"{p.node.name} ({p.node.pseudonym})",
+            p.node.name,
             str(p.samples),
             f"{p.tokens:,}",
             f"{p.train_loss:.4f}",
-            f"{p.val_loss_before:.4f} → {p.val_loss_after:.4f}" if p.val_loss_before is not None else "-",
-            f"{p.seconds:.1f}",
-            f"{p.bytes_up:,} / {p.bytes_down:,}",
+            f"{p.val_loss_before:.3f}→{p.val_loss_after:.3f}" if p.val_loss_before is not None else "-",
+            f"{p.seconds:.0f}",
+            f"{p.bytes_up / 1e6:.1f}/{p.bytes_down / 1e6:.1f}",
         )
     return table
 

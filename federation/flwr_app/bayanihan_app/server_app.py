@@ -11,9 +11,17 @@ from flwr.serverapp import Grid, ServerApp
 
 from federation.config import ServerConfig, TrainConfig
 from federation.data import load_records
-from federation.strategy import RecordingFedAvg
 from federation.report import Reporter
-from federation.task import encode_all, evaluate, get_adapter_state, load_tokenizer, lora_model, perplexity, set_adapter_state
+from federation.strategy import RecordingFedAvg
+from federation.task import (
+    encode_all,
+    evaluate,
+    get_adapter_state,
+    load_tokenizer,
+    lora_model,
+    perplexity,
+    set_adapter_state,
+)
 
 app = ServerApp()
 

@@ -6,15 +6,15 @@ import signal
 import time
 from pathlib import Path
 
+from bayanihan_site.celery import app as celery_app
+from campaigns.models import Campaign
+from campaigns.services import campaign_create, campaign_fail, campaign_launch
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from rich.console import Console
 from rich.table import Table
 
-from bayanihan_site.celery import app as celery_app
-from campaigns.models import Campaign
-from campaigns.services import campaign_create, campaign_fail, campaign_launch
 from federation import control, procs
 from federation.corpus import build_demo_corpus
 from stack.basemodels import ensure_base_model

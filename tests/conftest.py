@@ -1,0 +1,39 @@
+"""Shared fixtures for the federation tests: one tiny checkpoint per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from federation.tiny import build_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_checkpoint: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_checkpoint)
+
+
+def write_jsonl(path: Path, texts: list[str]) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two nodes' local data (different topics) and a held-out file, from the real demo corpus builder."""
+    from federation.corpus import build_demo_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    build_demo_corpus(root, n_contributors=2, max_chunks_per_node=16, max_heldout=8)
+    return root

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from federation.config import ServerConfig, TrainConfig
+from federation.control import APP_DIR
+
+
+def test_flower_app_defaults_match_the_config_dataclasses():
+    declared = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert declared == {**TrainConfig().to_run_config(), **ServerConfig().to_run_config()}
+
+
+def test_run_config_round_trip_casts_types():
+    cfg = TrainConfig.from_run_config({"lora-r": "4", "lr": "0.01", "target-modules": "q_proj", "unrelated": 1})
+    assert (cfg.lora_r, cfg.lr, cfg.modules) == (4, 0.01, ["q_proj"])
+    assert TrainConfig.from_run_config(cfg.to_run_config()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("lora-r", 0, "lora-r"), ("lr", 5.0, "lr"), ("target-modules", " , ", "target-modules"), ("seq-len", 2, "seq-len")],
+)
+def test_bad_training_config_names_the_key(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_run_config({key: value})
+
+
+def test_app_dir_is_inside_the_package():
+    assert Path(APP_DIR, "bayanihan_app", "server_app.py").is_file()

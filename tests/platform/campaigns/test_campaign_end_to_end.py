@@ -1,0 +1,107 @@
+"""A campaign through the whole platform: service launch → Celery → SuperLink → 2 SuperNodes → release."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from campaigns.models import Campaign
+from campaigns.services import base_model_register, campaign_create, campaign_launch
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def wait_until_terminal(campaign: Campaign, live_platform, timeout: float = 300) -> Campaign:
+    deadline = time.monotonic() + timeout
+    seen_rounds: list[int] = []
+    while time.monotonic() < deadline:
+        live_platform.stack.check()
+        campaign.refresh_from_db()
+        seen_rounds = sorted(campaign.rounds.exclude(eval_loss=None).values_list("number", flat=True))
+        if campaign.is_terminal:
+            return campaign
+        time.sleep(1)
+    raise AssertionError(f"campaign still {campaign.status} after {timeout}s; rounds seen {seen_rounds}")
+
+
+def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_platform):
+    base = base_model_register(path=live_platform.model, name="tiny", hf_id="test/tiny-llama")
+    campaign = campaign_create(
+        name="E2E",
+        base_model=base,
+        data_task="python-docs",
+        heldout_path=str(live_platform.corpus / "heldout.jsonl"),
+        train_config={"local-steps": 4, "seq-len": 64, "batch-size": 4, "lr": 0.01, "threads": 1},
+        num_rounds=2,
+        min_nodes=2,
+    )
+    campaign_launch(campaign=campaign)
+    campaign = wait_until_terminal(campaign, live_platform)
+    assert campaign.status == Campaign.Status.COMPLETED, campaign.status_reason
+
+    rounds = list(campaign.rounds.order_by("number"))
+    assert [r.number for r in rounds] == [0, 1, 2]
+    assert rounds[0].participants == 0  # round 0 is the base model's evaluation
+    for r in rounds[1:]:
+        assert r.participants == 2 and r.failures == 0
+        assert r.bytes_up > 0 and r.bytes_down == r.bytes_up  # same adapter shape both ways
+        parts = list(r.participations.select_related("node"))
+        assert sorted(p.node.name for p in parts) == ["node-1", "node-2"]
+        assert all(p.samples > 0 and p.tokens > 0 and len(p.data_fingerprint) == 64 for p in parts)
+    # Nodes hold different topics: their data fingerprints differ, and match what the corpus recorded.
+    manifest = json.loads((live_platform.corpus / "manifest.json").read_text())
+    fingerprints = {p.node.name: p.data_fingerprint for p in rounds[1].participations.select_related("node")}
+    assert fingerprints == {name: node["fingerprint"] for name, node in manifest["nodes"].items()}
+
+    release = campaign.release
+    folder = Path(release.path)
+    assert {f.path for f in release.files.all()} == {
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "provenance.json"
+    }  # fmt: skip
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert [r["round"] for r in provenance["rounds"]] == [0, 1, 2]
+    assert {n["node"] for n in provenance["rounds"][1]["nodes"]} == set(
+        rounds[1].participations.values_list("node__pseudonym", flat=True)
+    )
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_model = AutoModelForCausalLM.from_pretrained(live_platform.model)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        before = base_model(input_ids=ids).logits.clone()
+        tuned = PeftModel.from_pretrained(base_model, str(folder))
+        after = tuned(input_ids=ids).logits
+    assert not torch.allclose(before, after, atol=1e-6), "the released adapter changes nothing"
+
+
+def test_release_files_download_over_http(live_platform, client):
+    """Downloads come from the site, byte for byte, and only files of a release can be asked for."""
+    import requests
+
+    base = base_model_register(path=live_platform.model, name="tiny", hf_id="test/tiny-llama")
+    campaign = campaign_create(
+        name="Download",
+        base_model=base,
+        data_task="python-docs",
+        heldout_path=str(live_platform.corpus / "heldout.jsonl"),
+        train_config={"local-steps": 2, "seq-len": 32, "threads": 1},
+        num_rounds=1,
+        min_nodes=2,
+    )
+    campaign_launch(campaign=campaign)
+    campaign = wait_until_terminal(campaign, live_platform)
+    assert campaign.status == Campaign.Status.COMPLETED, campaign.status_reason
+    release = campaign.release
+    for f in release.files.all():
+        url = f"{live_platform.site_url}/releases/{release.repo_id}/{release.revision}/{f.path}"
+        response = requests.get(url, timeout=10)
+        assert response.status_code == 200
+        assert response.content == (Path(release.path) / f.path).read_bytes()
+    traversal = f"{live_platform.site_url}/releases/{release.repo_id}/{release.revision}/..%2F..%2Fsecret_key"
+    assert requests.get(traversal, timeout=10).status_code == 404

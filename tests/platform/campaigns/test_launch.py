@@ -1,0 +1,61 @@
+"""Launching queues exactly one Celery task after commit; only drafts launch; bad config is explained."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from campaigns.models import BaseModel, Campaign
+from campaigns.services import campaign_create, campaign_launch, campaign_submit
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def base(tmp_path) -> BaseModel:
+    return BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
+
+
+@pytest.fixture
+def heldout(tmp_path):
+    path = tmp_path / "heldout.jsonl"
+    path.write_text('{"text": "x"}\n')
+    return str(path)
+
+
+def test_launch_queues_the_submit_task_on_commit(base, heldout, django_capture_on_commit_callbacks, monkeypatch):
+    from campaigns import tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.campaign_submit_task, "delay", lambda campaign_id: queued.append(campaign_id))
+    campaign = campaign_create(name="c", base_model=base, data_task="t", heldout_path=heldout)
+    with django_capture_on_commit_callbacks(execute=True):
+        campaign_launch(campaign=campaign)
+    assert queued == [campaign.pk]
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.QUEUED and campaign.launched_at
+
+
+def test_only_a_draft_can_be_launched(base, heldout, django_capture_on_commit_callbacks):
+    campaign = campaign_create(name="c", base_model=base, data_task="t", heldout_path=heldout)
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.RUNNING)
+    with pytest.raises(ValidationError, match="only a draft"):
+        campaign_launch(campaign=campaign)
+
+
+def test_submit_skips_a_campaign_that_is_not_queued(base, heldout):
+    campaign = campaign_create(name="c", base_model=base, data_task="t", heldout_path=heldout)
+    assert campaign_submit(campaign_id=campaign.pk) is False  # still a draft: nothing is sent
+    assert campaign_submit(campaign_id=10**9) is False  # gone: nothing to do
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"train_config": {"lora-r": 0}}, "train_config"), ({"num_rounds": 0}, "num_rounds"),
+     ({"heldout_path": "/nope.jsonl"}, "heldout_path")],
+)  # fmt: skip
+def test_bad_campaign_settings_name_the_field(base, heldout, kwargs, field):
+    args = {"name": "c", "base_model": base, "data_task": "t", "heldout_path": heldout, **kwargs}
+    with pytest.raises(ValidationError) as err:
+        campaign_create(**args)
+    assert field in err.value.message_dict

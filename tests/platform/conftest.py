@@ -1,0 +1,71 @@
+"""Fixtures that run the real platform around a test: SuperLink, SuperNodes, Celery worker, live web."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from federation import procs
+
+
+def database_url() -> str:
+    """The test database as a URL, for the worker process (it must see what the test sees)."""
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    auth = f"{s['USER']}:{s['PASSWORD']}@" if s.get("PASSWORD") else (f"{s['USER']}@" if s.get("USER") else "")
+    host = f"{s.get('HOST') or 'localhost'}:{s.get('PORT') or 5432}"
+    return f"postgres://{auth}{host}/{s['NAME']}"
+
+
+@dataclass
+class LivePlatform:
+    stack: object
+    superlink: str
+    site_url: str
+    corpus: Path
+    model: Path
+
+
+@pytest.fixture
+def live_platform(live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings) -> Iterator[LivePlatform]:
+    from bayanihan_site.celery import app as celery_app
+    from stack.broker import ensure_broker
+    from stack.runner import Stack, platform_env
+
+    var = tmp_path / "var"
+    settings.DATA_DIR = var / "data"
+    superlink = f"127.0.0.1:{procs.free_port()}"
+    settings.SUPERLINK_ADDRESS = superlink
+    settings.SITE_URL = live_server.url
+    settings.CAMPAIGN_POLL_SECONDS = 1
+    broker = ensure_broker(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), var / "redis")
+    queue = f"test-{uuid.uuid4().hex[:8]}"  # never shared with another worker on the same Redis
+    celery_app.conf.broker_url = broker.url
+    celery_app.conf.task_default_queue = queue
+    env = platform_env(
+        DATABASE_URL=database_url(),
+        BAYANIHAN_VAR=str(var),
+        CELERY_BROKER_URL=broker.url,
+        CELERY_QUEUE=queue,
+        SUPERLINK_ADDRESS=superlink,
+        SITE_URL=live_server.url,
+        CAMPAIGN_POLL_SECONDS="1",
+    )
+    stack = Stack(tmp_path / "stack")
+    try:
+        stack.start_superlink(superlink)
+        stack.start_worker(env)
+        for name in ("node-1", "node-2"):
+            stack.start_supernode(name, superlink, tiny_corpus / name, tiny_checkpoint)
+        yield LivePlatform(stack, superlink, live_server.url, tiny_corpus, tiny_checkpoint)
+    finally:
+        stack.stop()
+        broker.close()
+        celery_app.pool.force_close_all()
