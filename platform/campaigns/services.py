@@ -83,7 +83,7 @@ def campaign_create(
 
 def campaign_launch(*, campaign: Campaign, by: Any = None) -> Campaign:
     """Queue a draft campaign; the worker submits it once this transaction has committed."""
-    from campaigns.tasks import campaign_submit_task
+    from campaigns.tasks import campaign_submit_task, enqueue
 
     with transaction.atomic():
         campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
@@ -92,7 +92,7 @@ def campaign_launch(*, campaign: Campaign, by: Any = None) -> Campaign:
         campaign.status = Campaign.Status.QUEUED
         campaign.launched_at = timezone.now()
         campaign.save(update_fields=["status", "launched_at"])
-        transaction.on_commit(lambda: campaign_submit_task.delay(campaign.pk))
+        transaction.on_commit(lambda: enqueue(campaign_submit_task, campaign.pk))
     return campaign
 
 

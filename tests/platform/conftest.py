@@ -48,7 +48,7 @@ def live_platform(live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings)
     broker = ensure_broker(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), var / "redis")
     queue = f"test-{uuid.uuid4().hex[:8]}"  # never shared with another worker on the same Redis
     celery_app.conf.broker_url = broker.url
-    celery_app.conf.task_default_queue = queue
+    settings.CELERY_TASK_DEFAULT_QUEUE = queue
     env = platform_env(
         DATABASE_URL=database_url(),
         BAYANIHAN_VAR=str(var),
@@ -68,4 +68,3 @@ def live_platform(live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings)
     finally:
         stack.stop()
         broker.close()
-        celery_app.pool.force_close_all()

@@ -27,11 +27,11 @@ def test_launch_queues_the_submit_task_on_commit(base, heldout, django_capture_o
     from campaigns import tasks
 
     queued = []
-    monkeypatch.setattr(tasks.campaign_submit_task, "delay", lambda campaign_id: queued.append(campaign_id))
+    monkeypatch.setattr(tasks, "enqueue", lambda task, campaign_id, countdown=None: queued.append((task.name, campaign_id)))
     campaign = campaign_create(name="c", base_model=base, data_task="t", heldout_path=heldout)
     with django_capture_on_commit_callbacks(execute=True):
         campaign_launch(campaign=campaign)
-    assert queued == [campaign.pk]
+    assert queued == [("campaigns.tasks.campaign_submit_task", campaign.pk)]
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.QUEUED and campaign.launched_at
 
