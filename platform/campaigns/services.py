@@ -175,7 +175,10 @@ def campaign_complete(*, campaign: Campaign) -> None:
     ]
     last = campaign.rounds.filter(number=campaign.num_rounds).first()
     if missing or last is None or set(last.adapter_files) != set(ADAPTER_FILES):
-        campaign_fail(campaign=campaign, reason=f"the run finished but rounds {missing or [campaign.num_rounds]} never reached the platform")
+        campaign_fail(
+            campaign=campaign,
+            reason=f"the run finished but rounds {missing or [campaign.num_rounds]} never reached the platform",
+        )
         return
     if campaign.rounds.filter(number__gte=1, participants=0).exists():
         campaign_fail(campaign=campaign, reason="a round finished with no successful node update")

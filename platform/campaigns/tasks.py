@@ -8,6 +8,7 @@ from django.conf import settings
 
 from campaigns import services
 
+
 def enqueue(task, campaign_id: int, countdown: float | None = None) -> None:
     """Send to the queue named in settings at call time (tests and deployments can each have their own)."""
     task.apply_async((campaign_id,), countdown=countdown, queue=settings.CELERY_TASK_DEFAULT_QUEUE)

@@ -49,7 +49,9 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
     for r in rounds:
         ok = sum(1 for n in r["nodes"] if not n["error"])
         label = "0 (base model)" if r["round"] == 0 else str(r["round"])
-        lines.append(f"| {label} | {_fmt(r['eval_loss'])} | {_fmt(r['eval_perplexity'])} | {_fmt(r['train_loss'])} | {ok} |")
+        lines.append(
+            f"| {label} | {_fmt(r['eval_loss'])} | {_fmt(r['eval_perplexity'])} | {_fmt(r['train_loss'])} | {ok} |"
+        )
     lines += [
         "",
         f"Held-out loss went from {_fmt(before)} to {_fmt(after)}.",

@@ -13,14 +13,18 @@ from federation.basemodel import SMOLLM2_ID, prepare_smollm2
 from federation.tiny import build_tiny_checkpoint
 
 
-def ensure_base_model(*, model_path: str | None = None, tiny: bool = False, progress: Callable[[str], None] = print) -> BaseModel:
+def ensure_base_model(
+    *, model_path: str | None = None, tiny: bool = False, progress: Callable[[str], None] = print
+) -> BaseModel:
     models = Path(settings.VAR_DIR) / "models"
     if model_path:
         path = Path(model_path).expanduser().resolve()
         return base_model_register(path=path, name=path.name.lower().replace("_", "-")[:100])
     if tiny:
         path = build_tiny_checkpoint(models / "tiny-llama")
-        return base_model_register(path=path, name="tiny-llama", hf_id="bayanihan/tiny-random-llama", note="Random weights, for tests.")
+        return base_model_register(
+            path=path, name="tiny-llama", hf_id="bayanihan/tiny-random-llama", note="Random weights, for tests."
+        )
     path = models / "smollm2-135m-instruct"
     prepare_smollm2(path, Path(settings.VAR_DIR) / "cache", progress=progress)
     return base_model_register(path=path, name="smollm2-135m-instruct", hf_id=SMOLLM2_ID)

@@ -51,8 +51,14 @@ def follow_campaign(campaign: Campaign, console: Console, check: Callable[[], No
             if elapsed > timeout:
                 raise TimeoutError(f"campaign still {campaign.status} after {timeout:.0f}s")
             waiting = len(shown) if shown else 0
-            what = "waiting for a worker" if campaign.status == Campaign.Status.QUEUED else (
-                "evaluating the base model" if not shown else f"round {waiting}/{campaign.num_rounds}: nodes training"
+            what = (
+                "waiting for a worker"
+                if campaign.status == Campaign.Status.QUEUED
+                else (
+                    "evaluating the base model"
+                    if not shown
+                    else f"round {waiting}/{campaign.num_rounds}: nodes training"
+                )
             )
             if len(shown) > campaign.num_rounds:
                 what = "publishing the release"

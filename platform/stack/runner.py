@@ -50,15 +50,16 @@ class Stack:
         procs.wait_http(f"http://{host}:{port}/health", 60, proc)
 
     def start_supernode(self, name: str, superlink: str, data_path: Path, model_path: Path) -> None:
+        """The contributor's own command: validates the data, then execs a real flower-supernode."""
         node_dir = self.state_dir / "nodes" / name
         node_dir.mkdir(parents=True, exist_ok=True)
-        config = {"data-path": str(data_path), "model-path": str(model_path), "name": name}
         self.supervisor.start(
             f"supernode-{name}",
-            procs.supernode_command(superlink, procs.free_port(), config),
+            [sys.executable, "-m", "federation", "node", "--superlink", superlink, "--data", str(data_path),
+             "--name", name, "--model", str(model_path), "--home", str(node_dir / "flwr-home")],
             env=procs.flower_env(node_dir / "flwr-home"),
             cwd=node_dir,
-        )
+        )  # fmt: skip
 
     def start_web(self, port: int, env: dict[str, str]) -> None:
         proc = self.supervisor.start(

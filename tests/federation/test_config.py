@@ -22,7 +22,12 @@ def test_run_config_round_trip_casts_types():
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
-    [("lora-r", 0, "lora-r"), ("lr", 5.0, "lr"), ("target-modules", " , ", "target-modules"), ("seq-len", 2, "seq-len")],
+    [
+        ("lora-r", 0, "lora-r"),
+        ("lr", 5.0, "lr"),
+        ("target-modules", " , ", "target-modules"),
+        ("seq-len", 2, "seq-len"),
+    ],
 )
 def test_bad_training_config_names_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):

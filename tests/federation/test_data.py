@@ -39,11 +39,14 @@ def test_text_records(tmp_path):
 
 
 def test_alpaca_records(tmp_path):
-    path = write(tmp_path / "a.jsonl", [
-        {"instruction": "Add.", "input": "2 and 2", "output": "4"},
-        {"instruction": "Greet.", "output": "Hi"},
-        {"instruction": "Greet.", "input": "", "output": "Hi"},
-    ])
+    path = write(
+        tmp_path / "a.jsonl",
+        [
+            {"instruction": "Add.", "input": "2 and 2", "output": "4"},
+            {"instruction": "Greet.", "output": "Hi"},
+            {"instruction": "Greet.", "input": "", "output": "Hi"},
+        ],
+    )
     with_input, plain, empty_input = load_records(path)
     assert with_input.kind == "instruction" and with_input.response == "4"
     assert with_input.prompt.startswith("Below is an instruction that describes a task")
@@ -53,8 +56,11 @@ def test_alpaca_records(tmp_path):
 
 
 def test_chat_records(tmp_path):
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello."}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+    ]
     [r] = load_records(write(tmp_path / "c.jsonl", ["", {"messages": msgs}]))
     assert r.kind == "chat" and r.source == "c.jsonl:2"  # blank line skipped, numbering kept
     assert r.messages == (("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello."))
@@ -89,13 +95,18 @@ def test_not_an_object(tmp_path):
 
 
 def test_missing_and_wrong_fields_are_named(tmp_path):
-    msg = problems_of(write(tmp_path / "x.jsonl", [
-        {"instruction": "Do it."},
-        {"text": 5},
-        {"text": "   "},
-        {"instruction": "Do", "input": 3, "output": "ok"},
-        {"foo": "bar"},
-    ]))
+    msg = problems_of(
+        write(
+            tmp_path / "x.jsonl",
+            [
+                {"instruction": "Do it."},
+                {"text": 5},
+                {"text": "   "},
+                {"instruction": "Do", "input": 3, "output": "ok"},
+                {"foo": "bar"},
+            ],
+        )
+    )
     assert "x.jsonl:1: missing field 'output'" in msg
     assert "x.jsonl:2: field 'text' must be a string, got int" in msg
     assert "x.jsonl:3: field 'text' is empty" in msg
@@ -104,14 +115,24 @@ def test_missing_and_wrong_fields_are_named(tmp_path):
 
 
 def test_chat_problems(tmp_path):
-    msg = problems_of(write(tmp_path / "c.jsonl", [
-        {"messages": [{"role": "user", "content": "Hi"}]},
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"},
-                      {"role": "user", "content": "And?"}]},
-        {"messages": [{"role": "robot", "content": "Hi"}, {"role": "assistant", "content": "x"}]},
-        {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]},
-        {"messages": []},
-    ]))
+    msg = problems_of(
+        write(
+            tmp_path / "c.jsonl",
+            [
+                {"messages": [{"role": "user", "content": "Hi"}]},
+                {
+                    "messages": [
+                        {"role": "user", "content": "Hi"},
+                        {"role": "assistant", "content": "Yo"},
+                        {"role": "user", "content": "And?"},
+                    ]
+                },
+                {"messages": [{"role": "robot", "content": "Hi"}, {"role": "assistant", "content": "x"}]},
+                {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]},
+                {"messages": []},
+            ],
+        )
+    )
     assert "c.jsonl:1: field 'messages' has no assistant message" in msg
     assert "c.jsonl:2: field 'messages' must end with an assistant message" in msg
     assert "c.jsonl:3: messages[0].role must be one of" in msg
@@ -204,7 +225,7 @@ def test_encode_instruction_masks_prompt(tiny_tokenizer):
 
 def _trainable_spans(tok, ids, labels) -> list[str]:
     spans, current = [], []
-    for token, label in zip(ids, labels):
+    for token, label in zip(ids, labels, strict=True):
         if label != IGNORE_INDEX:
             assert label == token
             current.append(token)

@@ -7,7 +7,15 @@ from flwr.app import ArrayRecord
 
 from federation.config import TrainConfig
 from federation.data import load_records
-from federation.task import encode_all, evaluate, get_adapter_state, load_tokenizer, lora_model, set_adapter_state, train
+from federation.task import (
+    encode_all,
+    evaluate,
+    get_adapter_state,
+    load_tokenizer,
+    lora_model,
+    set_adapter_state,
+    train,
+)
 
 CFG = TrainConfig(lora_r=4, lora_alpha=8, local_steps=6, lr=0.01, seq_len=64, batch_size=4, threads=1)
 

