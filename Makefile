@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-tiny serve test test-fast lint clean
+.PHONY: setup demo demo-tiny serve test test-fast lint clean bench-aggregation
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not integration"
+
+# Robust strategies vs a hostile node, and DP's cost, on 4 real nodes and the tiny model (~20 min on 2 cores).
+bench-aggregation: setup
+	$(PY) bench/aggregation.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from federation.cli import node, prepare, validate
+from federation.cli import join, node, prepare, validate, verify
 
-COMMANDS = [validate, node, prepare]
+COMMANDS = [validate, join, node, prepare, verify]
 
 
 def main(argv: list[str] | None = None) -> int:

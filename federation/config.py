@@ -22,7 +22,10 @@ class RunConfigMixin:
             key = _to_key(f.name)
             if key in config:
                 caster = {"int": int, "float": float, "str": str}[str(f.type)]
-                values[f.name] = caster(config[key])
+                try:
+                    values[f.name] = caster(config[key])
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{key} must be a {f.type}, not {config[key]!r}") from exc
         return cls(**values)
 
     def to_run_config(self) -> dict[str, Any]:
@@ -88,3 +91,54 @@ class ServerConfig(RunConfigMixin):
     report_url: str = ""
     report_token: str = ""
     max_heldout_records: int = 64
+
+
+STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "multikrum")
+
+
+@dataclass
+class AggregationConfig(RunConfigMixin):
+    """How the server checks and merges node updates, and whether it adds central differential privacy.
+
+    Chosen per campaign; the ServerApp alone reads it. Defaults keep plain FedAvg with no norm bound.
+    """
+
+    strategy: str = "fedavg"  # one of STRATEGIES: Flower's own Message-API strategies
+    trim_beta: float = 0.25  # FedTrimmedAvg: fraction of updates cut from each tail, per coordinate
+    krum_malicious: int = 1  # MultiKrum: f, how many hostile nodes to tolerate
+    krum_select: int = 0  # MultiKrum: updates averaged after selection; 0 = min-nodes - krum-malicious
+    max_update_norm: float = 0.0  # reject an update (reply - global) whose L2 norm exceeds this; 0 = no bound
+    max_norm_ratio: float = 0.0  # reject an update above this many times the round's median norm; 0 = off
+    dp_noise_multiplier: float = 0.0  # > 0 turns on central DP (server-side fixed clipping + Gaussian noise)
+    dp_clipping_norm: float = 1.0  # L2 bound each update is clipped to before averaging (DP sensitivity)
+    dp_delta: float = 1e-5  # the delta at which epsilon is reported
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy must be one of {', '.join(STRATEGIES)}")
+        if not 0.0 <= self.trim_beta < 0.5:
+            problems.append("trim-beta must be in [0, 0.5)")
+        if self.krum_malicious < 0:
+            problems.append("krum-malicious must be >= 0")
+        if self.krum_select < 0:
+            problems.append("krum-select must be >= 0")
+        if self.max_update_norm < 0:
+            problems.append("max-update-norm must be >= 0 (0 = no bound)")
+        if self.max_norm_ratio < 0 or 0 < self.max_norm_ratio <= 1:
+            problems.append("max-norm-ratio must be 0 (off) or > 1")
+        if self.dp_noise_multiplier < 0:
+            problems.append("dp-noise-multiplier must be >= 0 (0 = no differential privacy)")
+        if self.dp_clipping_norm <= 0:
+            problems.append("dp-clipping-norm must be > 0")
+        if not 0.0 < self.dp_delta < 1.0:
+            problems.append("dp-delta must be in (0, 1)")
+        if self.dp and self.strategy != "fedavg":
+            # Flower's accountant only accounts uniform FedAvg over the clipped updates.
+            problems.append("dp-noise-multiplier > 0 needs strategy fedavg (Flower accounts DP for FedAvg only)")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_noise_multiplier > 0

@@ -34,10 +34,16 @@ def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
     return env
 
 
-def superlink_command(state_dir: Path, host: str, port: int) -> list[str]:
+def superlink_command(state_dir: Path, host: str, port: int, tls: dict[str, Path] | None = None) -> list[str]:
+    """With `tls` (ca/cert/key paths) the SuperLink serves HTTPS and admits only registered node keys."""
+    security = (
+        ["--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]), "--ssl-keyfile", str(tls["key"]),
+         "--enable-supernode-auth"]
+        if tls else ["--insecure"]
+    )  # fmt: skip
     return [
         str(BIN / "flower-superlink"),
-        "--insecure",
+        *security,
         "--database", str(state_dir / "superlink.db"),
         "--host", host,
         "--port", str(port),
@@ -45,12 +51,21 @@ def superlink_command(state_dir: Path, host: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def supernode_command(superlink: str, port: int, node_config: dict[str, str | int | float]) -> list[str]:
+def supernode_command(
+    superlink: str,
+    port: int,
+    node_config: dict[str, str | int | float],
+    root_cert: Path | None = None,
+    private_key: Path | None = None,
+) -> list[str]:
     # Node config is parsed as TOML values: JSON string quoting is valid TOML for plain strings.
     config = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
+    security = ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
+    if private_key:
+        security += ["--auth-supernode-private-key", str(private_key)]
     return [
         str(BIN / "flower-supernode"),
-        "--insecure",
+        *security,
         "--superlink", superlink,
         "--port", str(port),
         "--node-config", config,
@@ -74,13 +89,13 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None, verify: str | bool = True) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with code {proc.returncode} before {url} answered")
         try:
-            if requests.get(url, timeout=2).status_code < 500:
+            if requests.get(url, timeout=2, verify=verify).status_code < 500:
                 return
         except requests.RequestException:
             pass
@@ -127,17 +142,27 @@ class Supervisor:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
+        """Stop a child and its whole process group; children it left behind (app runtimes) go too."""
         proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
         try:
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc.poll()
+            try:
+                os.killpg(proc.pid, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
         except ProcessLookupError:
             pass
+        proc.wait()
 
     def stop_all(self) -> None:
         for name in reversed(list(self.procs)):

@@ -1,4 +1,10 @@
-"""Flower's FedAvg, wrapped only to remember who took part in each round and what they reported."""
+"""Flower's own strategies, wrapped to validate each node's update first and to keep a per-round log.
+
+`GuardedStrategy` sits in front of any Flower Message-API strategy (FedAvg, FedMedian, FedTrimmedAvg,
+MultiKrum, or one of those inside Flower's DP wrapper): it checks every reply against the global arrays the
+round started from, records why a reply was refused, hands only acceptable replies to the wrapped strategy,
+and scores each accepted node by how well its update lines up with the update the round actually applied.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum, Strategy
+
+from federation import privacy
+from federation.config import AggregationConfig
+from federation.validation import Verdict, check_update, cosine, ratio_outliers, update_vector
+
+WEIGHT_KEY = "num-examples"  # what nodes report as their sample count; FedAvg weights by it
+UNIT_WEIGHT_KEY = "unit-weight"  # DP: Flower's accountant requires equal weights (sensitivity is clip / n)
+DATA_VALUE = "cosine alignment of the node's update with the update the round applied (new global - old global)"
 
 
 @dataclass
@@ -16,14 +32,19 @@ class NodeReport:
     node_id: int  # Flower's node id on the SuperLink
     name: str
     fingerprint: str
-    metrics: dict[str, float]
-    error: str = ""
+    metrics: dict[str, float | None]
+    error: str = ""  # the node failed; nothing came back
+    rejected: str = ""  # the reply came back but failed validation; it was not aggregated
+    update_norm: float | None = None  # L2 norm of (reply - global)
+    data_value: float | None = None  # see DATA_VALUE; None when rejected or nothing was applied
 
 
 @dataclass
 class RoundLog:
     replies: list[NodeReport] = field(default_factory=list)
-    train_metrics: dict[str, float] = field(default_factory=dict)
+    train_metrics: dict[str, float | None] = field(default_factory=dict)
+    epsilon: float | None = None  # cumulative, after this round (central DP only)
+    delta: float | None = None
 
 
 def _clean(value: Any) -> float | None:
@@ -32,35 +53,213 @@ def _clean(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-class RecordingFedAvg(FedAvg):
-    """FedAvg weighted by `num-examples` (samples), keeping a per-round log of node replies."""
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {key: array.numpy() for key, array in record.items()}
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+
+def _scalar_metrics(msg: Message) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for record in msg.content.metric_records.values():
+        merged.update({k: float(v) for k, v in record.items() if not isinstance(v, list)})
+    return merged
+
+
+def _report(msg: Message) -> NodeReport:
+    node = msg.content.config_records.get("node")
+    return NodeReport(
+        node_id=int(msg.metadata.src_node_id),
+        name=str(node["name"]) if node else "",
+        fingerprint=str(node["fingerprint"]) if node else "",
+        metrics={k: _clean(v) for k, v in _scalar_metrics(msg).items()},
+    )
+
+
+def _check(msg: Message, reference: dict[str, np.ndarray], max_norm: float) -> Verdict:
+    """The reply's shape as a Flower message, then its tensors; a reply that cannot even be read is refused."""
+    if len(msg.content.array_records) != 1:
+        return Verdict(f"expected one ArrayRecord, got {len(msg.content.array_records)}")
+    weight = _scalar_metrics(msg).get(WEIGHT_KEY)
+    if weight is None or not math.isfinite(weight) or weight <= 0:
+        return Verdict(f"metrics lack a positive, finite {WEIGHT_KEY}")
+    try:
+        arrays = _numpy(next(iter(msg.content.array_records.values())))
+    except (ValueError, TypeError) as exc:
+        return Verdict(f"unreadable tensors: {exc}")
+    return check_update(arrays, reference, max_norm)
+
+
+def _stand_in(reference: dict[str, np.ndarray]) -> ArrayRecord:
+    """A (near-)zero update for a refused reply under DP: the global arrays with one element moved a hair.
+
+    Exactly zero would do, but Flower's clipping divides by the update's norm (ZeroDivisionError on 0).
+    """
+    arrays = {k: v.copy() for k, v in reference.items()}
+    first = next((a for a in arrays.values() if a.size), None)
+    if first is not None:
+        flat = first.reshape(-1)
+        # At least 1e-12: the smallest step from 0.0 would square to 0.0 in float32 and leave the norm at 0.
+        flat[0] = flat[0] + max(np.spacing(abs(flat[0])), flat.dtype.type(1e-12))
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+class GuardedStrategy(Strategy):
+    """Validate, record, then delegate to `inner` (any Flower Message-API strategy) unchanged.
+
+    `keep_sample_size`: a refused reply is replaced by a (near-)zero update instead of being dropped, because
+    Flower's DP accounting needs exactly the sampled number of replies each round; a zero update is within any
+    clipping bound, so the privacy analysis still holds.
+    """
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        max_update_norm: float = 0.0,
+        max_norm_ratio: float = 0.0,
+        keep_sample_size: bool = False,
+        weight_key: str = WEIGHT_KEY,
+    ) -> None:
+        self.inner = inner
+        self.max_update_norm = max_update_norm
+        self.max_norm_ratio = max_norm_ratio
+        self.keep_sample_size = keep_sample_size
+        self.weight_key = weight_key  # the key the wrapped strategy weights by
         self.rounds: dict[int, RoundLog] = {}
+        self._global = ArrayRecord()
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._global = arrays  # what every reply this round is compared with
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)  # read twice: once here, once by FedAvg
+        reference = _numpy(self._global)
         log = RoundLog()
+        checked: list[tuple[NodeReport, Message]] = []
         for msg in replies:
-            node_id = int(msg.metadata.src_node_id)
             if msg.has_error():
-                log.replies.append(NodeReport(node_id, "", "", {}, error=str(msg.error.reason)))
+                log.replies.append(NodeReport(int(msg.metadata.src_node_id), "", "", {}, error=str(msg.error.reason)))
                 continue
-            node = msg.content.config_records.get("node")
-            metrics = next(iter(msg.content.metric_records.values()), {})
-            log.replies.append(
-                NodeReport(
-                    node_id=node_id,
-                    name=str(node["name"]) if node else "",
-                    fingerprint=str(node["fingerprint"]) if node else "",
-                    metrics={k: _clean(v) for k, v in metrics.items() if not isinstance(v, list)},
-                )
-            )
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if metrics is not None:
-            log.train_metrics = {k: _clean(v) for k, v in metrics.items() if not isinstance(v, list)}
+            report = _report(msg)
+            verdict = _check(msg, reference, self.max_update_norm)
+            report.update_norm, report.rejected = verdict.norm, verdict.reason
+            log.replies.append(report)
+            checked.append((report, msg))
+        # The ratio rule compares updates with each other, so it runs once all are in.
+        norms = {i: r.update_norm for i, (r, _) in enumerate(checked) if not r.rejected and r.update_norm is not None}
+        for i, reason in ratio_outliers(norms, self.max_norm_ratio).items():
+            checked[i][0].rejected = reason
+
+        accepted = [(r, m) for r, m in checked if not r.rejected]
+        updates = {id(r): update_vector(_numpy(next(iter(m.content.array_records.values()))), reference)
+                   for r, m in accepted}  # fmt: skip
+        log.train_metrics = self._train_metrics([r for r, _ in accepted])
+        forwarded = []
+        for report, msg in checked:
+            if report.rejected and not self.keep_sample_size:
+                continue
+            if report.rejected:
+                for key in list(msg.content.array_records):
+                    del msg.content[key]
+                msg.content["arrays"] = _stand_in(reference)
+            weight = 1.0 if self.weight_key == UNIT_WEIGHT_KEY else float(report.metrics[WEIGHT_KEY] or 0.0)
+            # Only the weight goes on: node metrics are already logged, and Flower insists every reply carry
+            # the same metric keys, which a hostile or older node need not respect.
+            for key in list(msg.content.metric_records):
+                del msg.content[key]
+            msg.content["metrics"] = MetricRecord({self.weight_key: weight})
+            forwarded.append(msg)
+
+        arrays, _ = self.inner.aggregate_train(server_round, forwarded) if forwarded else (None, None)
+        if arrays is not None:
+            applied = update_vector(_numpy(arrays), reference)
+            for report, _ in accepted:
+                report.data_value = cosine(updates[id(report)], applied)
+        spent = privacy.spent(self.inner)
+        if spent is not None:
+            log.epsilon, log.delta = _clean(spent.epsilon), spent.delta
         self.rounds[server_round] = log
-        return arrays, metrics
+        metrics = MetricRecord({k: v for k, v in log.train_metrics.items() if v is not None})
+        return arrays, (metrics if arrays is not None else None)
+
+    @staticmethod
+    def _train_metrics(reports: list[NodeReport]) -> dict[str, float | None]:
+        """Sample-weighted mean of every metric all accepted nodes reported (as FedAvg reports them)."""
+        if not reports:
+            return {}
+        weights = [float(r.metrics.get(WEIGHT_KEY) or 0.0) for r in reports]
+        total = sum(weights) or 1.0
+        keys = set.intersection(*(set(r.metrics) for r in reports)) - {WEIGHT_KEY}
+        merged: dict[str, float | None] = {}
+        for key in sorted(keys):
+            values = [r.metrics[key] for r in reports]
+            merged[key] = (
+                None
+                if any(v is None for v in values)
+                else sum(w * v for w, v in zip(weights, values, strict=True)) / total
+            )
+        return merged
+
+
+def build_strategy(cfg: AggregationConfig, min_nodes: int) -> GuardedStrategy:
+    """The campaign's strategy: one of Flower's, optionally inside Flower's central-DP wrapper, then guarded."""
+    # Nodes report their own validation loss inside the train reply: no federated evaluation round.
+    common: dict[str, Any] = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": min_nodes,
+        "min_available_nodes": min_nodes,
+    }
+    if cfg.dp:
+        # Exactly min_nodes are sampled: the accountant is told that number and checks it each round.
+        base = FedAvg(**{**common, "fraction_train": 1e-9}, weighted_by_key=UNIT_WEIGHT_KEY)
+        return GuardedStrategy(
+            privacy.dp_wrap(base, cfg, min_nodes),
+            max_update_norm=cfg.max_update_norm,
+            max_norm_ratio=cfg.max_norm_ratio,
+            keep_sample_size=True,
+            weight_key=UNIT_WEIGHT_KEY,
+        )
+    inner: Strategy
+    if cfg.strategy == "fedmedian":
+        inner = FedMedian(**common)
+    elif cfg.strategy == "fedtrimmedavg":
+        inner = FedTrimmedAvg(**common, beta=cfg.trim_beta)
+    elif cfg.strategy == "multikrum":
+        select = cfg.krum_select or max(1, min_nodes - cfg.krum_malicious)
+        inner = MultiKrum(**common, num_malicious_nodes=cfg.krum_malicious, num_nodes_to_select=select)
+    else:
+        inner = FedAvg(**common)
+    return GuardedStrategy(inner, max_update_norm=cfg.max_update_norm, max_norm_ratio=cfg.max_norm_ratio)
+
+
+def describe(cfg: AggregationConfig) -> dict[str, Any]:
+    """For provenance and model cards: what merged the updates, in words and numbers."""
+    names = {
+        "fedavg": "FedAvg weighted by samples",
+        "fedmedian": "FedMedian (coordinate-wise median)",
+        "fedtrimmedavg": f"FedTrimmedAvg (trimmed mean, beta={cfg.trim_beta})",
+        "multikrum": f"MultiKrum (f={cfg.krum_malicious})",
+    }
+    text = names[cfg.strategy] + " (flwr.serverapp.strategy)"
+    if cfg.dp:
+        text = (
+            f"FedAvg with equal weights under central differential privacy "
+            f"(server-side fixed clipping at {cfg.dp_clipping_norm:g}, noise multiplier {cfg.dp_noise_multiplier:g}, "
+            "flwr DifferentialPrivacyServerSideFixedClipping with RDP accounting)"
+        )
+    return {"method": text, "data_value": DATA_VALUE, **cfg.to_run_config()}

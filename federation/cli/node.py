@@ -11,8 +11,16 @@ import sys
 from pathlib import Path
 
 from federation import procs
+from federation.attack import MODES
 from federation.cli.validate import check_data, print_stats
 from federation.data import DataError
+
+ATTACK_HELP = {
+    "nan": "a NaN in the adapter",
+    "wrong-shape": "a tensor of the wrong shape",
+    "scale": "its update multiplied by 50",
+    "sign-flip": "its update with the sign flipped",
+}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     config: dict[str, str | int | float] = {"data-path": data, "name": args.name}
     if args.model:
         config["model-path"] = str(Path(args.model).resolve())
+    if args.attack:
+        warn_attack(args.attack)
+        config["attack"] = args.attack
     home = Path(args.home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     command = procs.supernode_command(args.superlink, args.port or procs.free_port(), config)
@@ -33,6 +44,17 @@ def run(args: argparse.Namespace) -> int:
     # Replace this process: signals (Ctrl-C, SIGTERM from a supervisor) reach the SuperNode directly.
     os.execve(command[0], command, procs.flower_env(home))
     return 0  # not reached
+
+
+def warn_attack(mode: str) -> None:
+    banner = "!" * 78
+    print(
+        f"{banner}\n!! ATTACK MODE '{mode}': this node will send HOSTILE updates ({ATTACK_HELP[mode]}).\n"
+        "!! For tests and benchmarks of the server's defences only. Never point it at a real campaign.\n"
+        f"{banner}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,4 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="local base-model checkpoint (default: the path the campaign names)")
     parser.add_argument("--port", type=int, default=0, help="local port for the SuperNode's app runtime")
     parser.add_argument("--home", default=".bayanihan-node", help="folder for this node's Flower state")
+    parser.add_argument(
+        "--attack",
+        choices=MODES,
+        help=argparse.SUPPRESS,  # test/benchmark harness only: deliberately absent from --help
+    )
     parser.set_defaults(func=run)

@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "campaigns",
     "releases",
     "stack",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -163,3 +164,25 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Contributors and node admission (issue 3) ---
+TERMS_VERSION = os.environ.get("TERMS_VERSION", "2026-11")
+ENROLLMENT_TOKEN_HOURS = env_int("ENROLLMENT_TOKEN_HOURS", 24)
+# The SuperLink always runs with TLS and node authentication. Give your own certificate files in
+# production; otherwise the platform makes a local CA and certificate under var/superlink-tls/.
+SUPERLINK_TLS_DIR = Path(os.environ.get("SUPERLINK_TLS_DIR", VAR_DIR / "superlink-tls"))
+SUPERLINK_ROOT_CERT = SUPERLINK_ROOT_CERT or str(SUPERLINK_TLS_DIR / "ca.crt")
+# Names/IPs the SuperLink certificate must cover (what nodes dial), comma separated.
+SUPERLINK_HOSTNAMES = [h for h in os.environ.get("SUPERLINK_HOSTNAMES", "127.0.0.1,localhost").split(",") if h]
+# What `join` is told to dial; defaults to the address the platform itself uses.
+SUPERLINK_PUBLIC_ADDRESS = os.environ.get("SUPERLINK_PUBLIC_ADDRESS", SUPERLINK_ADDRESS)
+NODE_ONLINE_SECONDS = env_int("NODE_ONLINE_SECONDS", 90)
+HEARTBEATS_PER_MINUTE = env_int("HEARTBEATS_PER_MINUTE", 30)
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "contributor-home"
+LOGOUT_REDIRECT_URL = "login"
+
+# --- Releases: signing (issue 4) ---
+# EC private key (P-256/P-384) that signs every release folder with OpenSSF model-signing. Made 0600 on first use
+# when missing; its public key is written beside it (signing-key.pub) and served at /releases/signing-key.pub.
+SIGNING_KEY = Path(os.environ.get("SIGNING_KEY", VAR_DIR / "keys" / "signing-key.pem")).resolve()

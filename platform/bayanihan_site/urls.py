@@ -5,6 +5,8 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("console/", include("console.urls")),
+    path("", include("community.urls")),
     path("", include("campaigns.urls")),
     path("", include("releases.urls")),
 ]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from community.models import Node
 from django.conf import settings
 from django.db import models
+
+from community.models import Node
 
 
 class BaseModel(models.Model):
@@ -30,14 +31,23 @@ class Campaign(models.Model):
         RUNNING = "running"
         COMPLETED = "completed"
         FAILED = "failed"
+        CANCELLED = "cancelled"  # stopped by staff (campaign_cancel); campaign_resume relaunches it
 
     name = models.CharField(max_length=200)
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="campaigns")
     data_task = models.CharField(max_length=100, help_text="What the contributed data is about, e.g. python-docs")
     heldout_path = models.CharField(max_length=500, help_text="Server held-out evaluation data (jsonl/txt)")
     train_config = models.JSONField(default=dict, help_text="federation.config.TrainConfig in run-config keys")
+    aggregation = models.JSONField(
+        default=dict,
+        help_text="federation.config.AggregationConfig in run-config keys: strategy, norm bounds, central DP",
+    )
     num_rounds = models.PositiveIntegerField(default=2)
     min_nodes = models.PositiveIntegerField(default=2)
+    auto_publish = models.BooleanField(
+        default=True, help_text="Publish the release as soon as the campaign completes; off: staff publish it"
+    )
+    card_notes = models.TextField(blank=True, help_text="Staff's free text for the model card, until it is published")
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT)
     status_reason = models.TextField(blank=True)
@@ -53,7 +63,7 @@ class Campaign(models.Model):
 
     @property
     def is_terminal(self) -> bool:
-        return self.status in {self.Status.COMPLETED, self.Status.FAILED}
+        return self.status in {self.Status.COMPLETED, self.Status.FAILED, self.Status.CANCELLED}
 
 
 class Round(models.Model):
@@ -66,6 +76,9 @@ class Round(models.Model):
     train_loss = models.FloatField(null=True)
     participants = models.PositiveIntegerField(default=0)
     failures = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0, help_text="Replies refused by update validation")
+    epsilon = models.FloatField(null=True, blank=True, help_text="Cumulative DP epsilon after this round")
+    delta = models.FloatField(null=True, blank=True, help_text="The delta epsilon is stated at")
     bytes_up = models.BigIntegerField(default=0)
     bytes_down = models.BigIntegerField(default=0)
     duration_s = models.FloatField(null=True)
@@ -93,6 +106,28 @@ class Participation(models.Model):
     bytes_down = models.BigIntegerField(default=0)
     data_fingerprint = models.CharField(max_length=64, blank=True)
     error = models.TextField(blank=True)
+    rejected_reason = models.TextField(blank=True, help_text="Why update validation refused it; not aggregated")
+    update_norm = models.FloatField(null=True, blank=True, help_text="L2 norm of (reply - global adapter)")
+    data_value = models.FloatField(
+        null=True, blank=True, help_text="Cosine alignment of the node's update with the round's applied update"
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["round", "node"], name="one_participation_per_node_round")]
+
+
+class NodeFlag(models.Model):
+    """A node whose update the server refused: staff look at it, then mark it resolved."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="flags")
+    participation = models.OneToOneField(Participation, on_delete=models.CASCADE, related_name="flag")
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.reason[:60]}"

@@ -9,16 +9,16 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from community.models import Node
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from campaigns.models import BaseModel, Campaign, Participation, Round
+from campaigns.models import BaseModel, Campaign, NodeFlag, Participation, Round
+from community.models import Node
 from federation import control
 from federation.basemodel import describe_checkpoint
-from federation.config import ServerConfig, TrainConfig
+from federation.config import AggregationConfig, ServerConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,26 @@ def campaign_create(
     data_task: str,
     heldout_path: str,
     train_config: dict[str, Any] | None = None,
+    aggregation: dict[str, Any] | None = None,
     num_rounds: int = 2,
     min_nodes: int = 2,
+    auto_publish: bool = True,
+    card_notes: str = "",
     by: Any = None,
 ) -> Campaign:
+    """`aggregation`: AggregationConfig run-config keys (strategy, max-update-norm, dp-noise-multiplier, ...)."""
     try:
         config = TrainConfig.from_run_config(train_config or {})
     except ValueError as exc:
         raise ValidationError({"train_config": str(exc)}) from exc
     errors = {}
+    unknown = sorted(set(aggregation or {}) - set(AggregationConfig().to_run_config()))
+    try:
+        merging = AggregationConfig.from_run_config(aggregation or {})
+    except ValueError as exc:
+        errors["aggregation"] = str(exc).split("; ")
+    if unknown:
+        errors.setdefault("aggregation", []).append(f"unknown keys: {', '.join(unknown)}")
     if not 1 <= num_rounds <= 1000:
         errors["num_rounds"] = "must be between 1 and 1000"
     if min_nodes < 1:
@@ -75,8 +86,11 @@ def campaign_create(
         data_task=data_task,
         heldout_path=str(heldout_path),
         train_config=config.to_run_config(),
+        aggregation=merging.to_run_config(),
         num_rounds=num_rounds,
         min_nodes=min_nodes,
+        auto_publish=auto_publish,
+        card_notes=card_notes,
         created_by=by if getattr(by, "pk", None) else None,
     )
 
@@ -125,13 +139,22 @@ def campaign_submit(*, campaign_id: int) -> bool:
         report_url=f"{settings.SITE_URL}/api/v1/campaigns/{campaign.pk}",
         report_token=token,
     )
-    run_config = {**TrainConfig.from_run_config(campaign.train_config).to_run_config(), **server.to_run_config()}
+    run_config = {
+        **TrainConfig.from_run_config(campaign.train_config).to_run_config(),
+        **AggregationConfig.from_run_config(campaign.aggregation).to_run_config(),
+        **server.to_run_config(),
+    }
     run_id = control.start_run(_superlink(), run_config)
     with transaction.atomic():
         campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
         campaign.flwr_run_id = str(run_id)
-        campaign.status = Campaign.Status.RUNNING
+        cancelled_meanwhile = campaign.status != Campaign.Status.QUEUED
+        if not cancelled_meanwhile:
+            campaign.status = Campaign.Status.RUNNING
         campaign.save(update_fields=["flwr_run_id", "status"])
+    if cancelled_meanwhile:  # cancelled while we were submitting: the run must not go on
+        control.stop_run(_superlink(), run_id)
+        return False
     log.info("campaign %s submitted as Flower run %s", campaign_id, run_id)
     return True
 
@@ -187,7 +210,8 @@ def campaign_complete(*, campaign: Campaign) -> None:
         campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
         if campaign.is_terminal:
             return
-        release_publish(campaign=campaign)
+        if campaign.auto_publish:  # otherwise staff publish it later (campaign_publish), e.g. after editing notes
+            release_publish(campaign=campaign)
         campaign.status = Campaign.Status.COMPLETED
         campaign.finished_at = timezone.now()
         campaign.save(update_fields=["status", "finished_at"])
@@ -214,9 +238,13 @@ def _node_for(report: dict[str, Any]) -> Node:
 
 
 def report_round(*, campaign: Campaign, event: dict[str, Any]) -> Round:
-    """Record one round (idempotent: a resent report overwrites the same rows)."""
+    """Record one round (idempotent: a resent report overwrites the same rows).
+
+    A reply the server refused (`rejected`) is kept on the node's participation with its reason, counted in
+    `Round.rejected` rather than `participants`, and flags the node for staff.
+    """
     nodes = event.get("nodes") or []
-    ok = [r for r in nodes if not r.get("error")]
+    ok = [r for r in nodes if not r.get("error") and not r.get("rejected")]
     train = event.get("train") or {}
     with transaction.atomic():
         round_, _ = Round.objects.update_or_create(
@@ -227,7 +255,10 @@ def report_round(*, campaign: Campaign, event: dict[str, Any]) -> Round:
                 "eval_perplexity": event.get("eval_perplexity"),
                 "train_loss": train.get("train-loss"),
                 "participants": len(ok),
-                "failures": len(nodes) - len(ok),
+                "failures": sum(1 for r in nodes if r.get("error")),
+                "rejected": sum(1 for r in nodes if r.get("rejected") and not r.get("error")),
+                "epsilon": event.get("epsilon"),
+                "delta": event.get("delta"),
                 "bytes_up": int(sum(r["metrics"].get("bytes-up") or 0 for r in ok)),
                 "bytes_down": int(sum(r["metrics"].get("bytes-down") or 0 for r in ok)),
                 "duration_s": event.get("seconds"),
@@ -235,7 +266,7 @@ def report_round(*, campaign: Campaign, event: dict[str, Any]) -> Round:
         )
         for report in nodes:
             metrics = report.get("metrics") or {}
-            Participation.objects.update_or_create(
+            participation, _ = Participation.objects.update_or_create(
                 round=round_,
                 node=_node_for(report),
                 defaults={
@@ -249,8 +280,19 @@ def report_round(*, campaign: Campaign, event: dict[str, Any]) -> Round:
                     "bytes_down": int(metrics.get("bytes-down") or 0),
                     "data_fingerprint": report.get("fingerprint", "")[:64],
                     "error": report.get("error", ""),
+                    "rejected_reason": report.get("rejected") or "",
+                    "update_norm": report.get("update_norm"),
+                    "data_value": report.get("data_value"),
                 },
             )
+            if participation.rejected_reason:
+                NodeFlag.objects.update_or_create(
+                    participation=participation,
+                    defaults={
+                        "node": participation.node,
+                        "reason": f"{campaign} round {round_.number}: {participation.rejected_reason}",
+                    },
+                )
     return round_
 
 
@@ -279,3 +321,87 @@ def report_file(*, campaign: Campaign, round_number: int, name: str, chunks: Any
         round_.adapter_files = {**round_.adapter_files, name: digest.hexdigest()}
         round_.save(update_fields=["adapter_files"])
     return digest.hexdigest()
+
+
+# --- staff actions from the console ---------------------------------------------------------
+
+
+def campaign_cancel(*, campaign: Campaign, by: Any = None, reason: str = "") -> Campaign:
+    """Stop a queued or running campaign: its Flower run is stopped on the SuperLink, the campaign is cancelled.
+
+    Marked cancelled first so that the follow task, seeing the stopped run, leaves it alone (it is terminal),
+    and the ServerApp's reports from then on are refused.
+    """
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if campaign.status not in (Campaign.Status.QUEUED, Campaign.Status.RUNNING):
+            raise ValidationError(f"campaign is {campaign.status}; only a queued or running one can be cancelled")
+        who = getattr(by, "username", None) or "staff"
+        campaign.status = Campaign.Status.CANCELLED
+        campaign.status_reason = f"cancelled by {who}" + (f": {reason}" if reason else "")
+        campaign.finished_at = timezone.now()
+        campaign.save(update_fields=["status", "status_reason", "finished_at"])
+    if campaign.flwr_run_id:
+        try:
+            control.stop_run(_superlink(), int(campaign.flwr_run_id))
+        except Exception as exc:  # the run may already have ended; the campaign stays cancelled either way
+            log.warning("campaign %s: stopping Flower run %s failed: %s", campaign.pk, campaign.flwr_run_id, exc)
+    log.info("campaign %s cancelled by %s", campaign.pk, getattr(by, "username", by))
+    return campaign
+
+
+def campaign_resume(*, campaign: Campaign, by: Any = None) -> Campaign:
+    """Relaunch a failed or cancelled campaign as a new Flower run, with the same configuration.
+
+    Semantics: rounds restart from scratch (round 0 = the base model again). The earlier attempt's rounds and
+    participations are discarded so the campaign's record and its release describe one run only; the earlier
+    run's journal stays on disk under the campaign's output folder.
+    """
+    from campaigns.tasks import campaign_submit_task, enqueue
+
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if campaign.status not in (Campaign.Status.FAILED, Campaign.Status.CANCELLED):
+            raise ValidationError(f"campaign is {campaign.status}; only a failed or cancelled one can be resumed")
+        campaign.rounds.all().delete()
+        campaign.status = Campaign.Status.QUEUED
+        campaign.status_reason = ""
+        campaign.flwr_run_id = ""
+        campaign.report_token_hash = ""
+        campaign.launched_at = timezone.now()
+        campaign.finished_at = None
+        campaign.save(
+            update_fields=[
+                "status", "status_reason", "flwr_run_id", "report_token_hash", "launched_at", "finished_at"
+            ]
+        )  # fmt: skip
+        transaction.on_commit(lambda: enqueue(campaign_submit_task, campaign.pk))
+    log.info("campaign %s resumed by %s", campaign.pk, getattr(by, "username", by))
+    return campaign
+
+
+def campaign_set_card_notes(*, campaign: Campaign, notes: str, by: Any = None) -> Campaign:
+    """Staff's free text for the model card; it can change only until the release is published (then immutable)."""
+    from releases.models import Release
+
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if Release.objects.filter(campaign=campaign).exists():
+            raise ValidationError({"card_notes": "the release is published; its model card can no longer change"})
+        campaign.card_notes = notes.strip()
+        campaign.save(update_fields=["card_notes"])
+    return campaign
+
+
+def campaign_publish(*, campaign: Campaign, by: Any = None) -> Any:
+    """Publish the release of a completed campaign that has none yet (auto_publish off)."""
+    from releases.models import Release
+    from releases.services import release_publish
+
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if campaign.status != Campaign.Status.COMPLETED:
+            raise ValidationError(f"campaign is {campaign.status}; only a completed one can be published")
+        if Release.objects.filter(campaign=campaign).exists():
+            raise ValidationError("this campaign's release is already published")
+        return release_publish(campaign=campaign)

@@ -1,4 +1,4 @@
-"""People who contribute, and the nodes they run."""
+"""People who contribute, the nodes they run, and the one-time tokens that enroll a node."""
 
 from __future__ import annotations
 
@@ -14,8 +14,18 @@ def new_pseudonym() -> str:
 
 
 class Contributor(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "waiting for approval"
+        APPROVED = "approved"
+        SUSPENDED = "suspended"
+        REJECTED = "rejected"
+
     user = models.OneToOneField(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     display_name = models.CharField(max_length=100)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    status_reason = models.TextField(blank=True)
+    terms_version = models.CharField(max_length=20, blank=True)
+    terms_accepted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -23,13 +33,33 @@ class Contributor(models.Model):
 
 
 class Node(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        SUSPENDED = "suspended"
+
     contributor = models.ForeignKey(Contributor, null=True, blank=True, on_delete=models.SET_NULL, related_name="nodes")
     name = models.CharField(max_length=100, help_text="Name the node gives itself in its node config.")
     pseudonym = models.CharField(max_length=32, unique=True, default=new_pseudonym, editable=False)
     # Flower node ids are unsigned 64-bit: larger than a signed BIGINT, so kept as text.
     flwr_node_id = models.CharField(max_length=20, unique=True, null=True, blank=True)
+    public_key = models.TextField(blank=True, help_text="PEM public key registered with the SuperLink")
+    api_token_hash = models.CharField(max_length=64, blank=True, editable=False)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    status_reason = models.TextField(blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
+    last_report = models.JSONField(default=dict, blank=True, help_text="What the node said in its last heartbeat")
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.pseudonym})"
+
+
+class EnrollmentToken(models.Model):
+    """Shown once, stored hashed, single use, scoped to one contributor, expires."""
+
+    contributor = models.ForeignKey(Contributor, on_delete=models.CASCADE, related_name="enrollment_tokens")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    node = models.OneToOneField(Node, null=True, blank=True, on_delete=models.SET_NULL)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+
 from campaigns.models import Campaign
 
 
@@ -11,11 +13,58 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _contributors(rounds: list[dict[str, Any]]) -> list[str]:
+    """One table row per node: the rounds it took part in and what it trained on (counts only).
+
+    Nodes are named by pseudonym: Contributor has no opt-in field for publishing a real name yet.
+    """
+    per_node: dict[str, dict[str, Any]] = {}
+    for r in rounds:
+        for n in r["nodes"]:
+            if n["error"] or n.get("rejected"):  # refused updates were not merged
+                continue
+            row = per_node.setdefault(n["node"], {"rounds": [], "samples": 0, "tokens": 0})
+            row["rounds"].append(str(r["round"]))
+            row["samples"] += n["samples"] or 0
+            row["tokens"] += n["tokens"] or 0
+    lines = ["| contributor node | rounds | samples (sum over rounds) | tokens |", "|---|---|---|---|"]
+    for node, row in sorted(per_node.items()):
+        lines.append(f"| {node} | {', '.join(row['rounds'])} | {row['samples']} | {row['tokens']} |")
+    return lines
+
+
+def _trust(provenance: dict[str, Any]) -> list[str]:
+    """How updates were checked and merged for this campaign, and the privacy it spent (if central DP was on)."""
+    refused = sum(r.get("rejected") or 0 for r in provenance["rounds"])
+    lines = [
+        f"Merging for this campaign: {provenance['campaign']['aggregation']}. Every update was first checked "
+        f"(tensor names, shapes, dtypes, finite values, norm bound); {refused} update(s) were refused and not merged.",
+        "",
+    ]
+    privacy = provenance.get("privacy")
+    if privacy:
+        eps = "n/a" if privacy["epsilon"] is None else f"{privacy['epsilon']:.3f}"
+        lines += [
+            "### Differential privacy",
+            "",
+            f"**ε = {eps} at δ = {privacy['delta']:g}** (client-level, over all rounds): {privacy['mechanism']}, "
+            f"noise multiplier {privacy['noise_multiplier']:g}, clipping norm {privacy['clipping_norm']:g}.",
+            "",
+        ]
+    return lines
+
+
+def _notes(campaign: Campaign) -> list[str]:
+    """Staff's free text (edited in the console before publishing), as its own section."""
+    notes = (campaign.card_notes or "").strip()
+    return ["## Notes from the maintainers", "", notes, ""] if notes else []
+
+
 def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, Any]) -> str:
     base = campaign.base_model
     rounds = provenance["rounds"]
     before, after = rounds[0]["eval_loss"], rounds[-1]["eval_loss"]
-    nodes = sorted({n["node"] for r in rounds for n in r["nodes"] if not n["error"]})
+    nodes = sorted({n["node"] for r in rounds for n in r["nodes"] if not n["error"] and not n.get("rejected")})
     cfg = campaign.train_config
     lines = [
         "---",
@@ -36,6 +85,12 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
         f"**{campaign.name}** (data task: `{campaign.data_task}`). Each contributor's data stayed on their own "
         "machine; only adapter tensors travelled, and were merged with FedAvg weighted by sample counts.",
         "",
+        *_notes(campaign),
+        "## Intended use",
+        "",
+        f"Load it on top of `{base.hf_id}` to get the base model's behaviour refined towards `{campaign.data_task}`. "
+        "It is a research and community artefact: check it on your own data before relying on it.",
+        "",
         "## Base model",
         "",
         f"`{base.hf_id}` ({base.license or 'license not recorded'}). {base.note}".strip(),
@@ -47,7 +102,7 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
         "|---|---|---|---|---|",
     ]
     for r in rounds:
-        ok = sum(1 for n in r["nodes"] if not n["error"])
+        ok = sum(1 for n in r["nodes"] if not n["error"] and not n.get("rejected"))
         label = "0 (base model)" if r["round"] == 0 else str(r["round"])
         lines.append(
             f"| {label} | {_fmt(r['eval_loss'])} | {_fmt(r['eval_perplexity'])} | {_fmt(r['train_loss'])} | {ok} |"
@@ -64,6 +119,20 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
         f"targets `{cfg.get('target-modules')}`; {cfg.get('local-steps')} local AdamW steps per round, "
         f"lr {cfg.get('lr')}, batch {cfg.get('batch-size')}, sequence length {cfg.get('seq-len')}.",
         "",
+        "## Contributors",
+        "",
+        "Nodes are listed by pseudonym; their owners' names are not published.",
+        "",
+        *_contributors(rounds),
+        "",
+        "## Aggregation",
+        "",
+        "Each round the server sent the current adapter to the nodes, each node trained it on its own data, and the "
+        "server averaged the returned LoRA tensors weighted by each node's sample count (FedAvg, Flower's "
+        "`flwr.serverapp.strategy.FedAvg`), then evaluated the result on its held-out set. The sha256 of every "
+        "round's merged adapter is in `provenance.json`.",
+        "",
+        *_trust(provenance),
         "## Limitations",
         "",
         "- A small number of rounds on a small amount of data: expect a narrow, modest improvement on the data "
@@ -72,13 +141,19 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
         "",
         "## How to use",
         "",
+        f"From the Bayanihan site, with any Hugging Face client (`export HF_ENDPOINT={settings.SITE_URL}`):",
+        "",
         "```python",
         "from transformers import AutoModelForCausalLM",
         "from peft import PeftModel",
         "",
         f'base = AutoModelForCausalLM.from_pretrained("{base.hf_id}")',
-        'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
+        f'model = PeftModel.from_pretrained(base, "{repo_id}")  # or a downloaded folder',
         "```",
+        "",
+        "Check it first: `python -m federation verify FOLDER_OR_URL --key signing-key.pub` checks the platform's "
+        f"signature (`model.sig`, key at {settings.SITE_URL}/releases/signing-key.pub), every file's sha256 and "
+        "the base model's pinned hashes.",
         "",
         "## Provenance",
         "",

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import asdict
 from importlib.metadata import version
 from typing import Any
 
-from campaigns.models import Campaign
 from django.conf import settings
+
+from campaigns.models import Campaign
+from campaigns.selectors import ledger_totals
+from federation.config import AggregationConfig
+from federation.strategy import DATA_VALUE, describe
 
 
 def code_version() -> dict[str, str]:
@@ -21,9 +26,25 @@ def code_version() -> dict[str, str]:
     return {"bayanihan_commit": commit or "unknown", **packages}
 
 
+def _privacy(cfg: AggregationConfig, rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Central DP as released: epsilon is cumulative over every released round, at the stated delta."""
+    if not cfg.dp:
+        return None
+    last = next((r for r in reversed(rounds) if r["epsilon"] is not None), None)
+    return {
+        "mechanism": "central DP, server-side fixed clipping + Gaussian noise (Flower), RDP accounting",
+        "epsilon": last["epsilon"] if last else None,
+        "delta": last["delta"] if last else cfg.dp_delta,
+        "noise_multiplier": cfg.dp_noise_multiplier,
+        "clipping_norm": cfg.dp_clipping_norm,
+        "unit": "one node's whole contribution to a round (client-level, add-or-remove-one)",
+    }
+
+
 def campaign_provenance(campaign: Campaign, files: dict[str, str]) -> dict[str, Any]:
     """`files`: released file name -> sha256 (every file but provenance.json itself)."""
     base = campaign.base_model
+    aggregation = AggregationConfig.from_run_config(campaign.aggregation)
     rounds = []
     for round_ in campaign.rounds.order_by("number").prefetch_related("participations__node"):
         rounds.append(
@@ -35,6 +56,9 @@ def campaign_provenance(campaign: Campaign, files: dict[str, str]) -> dict[str, 
                 "bytes_up": round_.bytes_up,
                 "bytes_down": round_.bytes_down,
                 "duration_s": round_.duration_s,
+                "rejected": round_.rejected,
+                "epsilon": round_.epsilon,
+                "delta": round_.delta,
                 "merged_adapter_sha256": round_.adapter_files,
                 "nodes": [
                     {
@@ -46,7 +70,12 @@ def campaign_provenance(campaign: Campaign, files: dict[str, str]) -> dict[str, 
                         "val_loss_before": p.val_loss_before,
                         "val_loss_after": p.val_loss_after,
                         "seconds": p.seconds,
+                        "bytes_up": p.bytes_up,
+                        "bytes_down": p.bytes_down,
+                        "update_norm": p.update_norm,
+                        "data_value": p.data_value,
                         "error": p.error or None,
+                        "rejected": p.rejected_reason or None,
                     }
                     for p in sorted(round_.participations.all(), key=lambda p: p.node.pseudonym)
                 ],
@@ -67,11 +96,18 @@ def campaign_provenance(campaign: Campaign, files: dict[str, str]) -> dict[str, 
             "data_task": campaign.data_task,
             "num_rounds": campaign.num_rounds,
             "min_nodes": campaign.min_nodes,
-            "aggregation": "FedAvg weighted by samples (flwr.serverapp.strategy.FedAvg)",
+            "aggregation": describe(aggregation)["method"],
+            "aggregation_config": aggregation.to_run_config(),
             "train_config": campaign.train_config,
             "flower_run_id": campaign.flwr_run_id,
             "launched_at": campaign.launched_at.isoformat() if campaign.launched_at else None,
         },
         "rounds": rounds,
+        "privacy": _privacy(aggregation, rounds),
+        "contribution_ledger": {
+            "data_value": DATA_VALUE,
+            # Pseudonyms only: the name a node gives itself may identify its owner.
+            "nodes": [{k: v for k, v in asdict(t).items() if k != "name"} for t in ledger_totals(campaign)],
+        },
         "files_sha256": files,
     }

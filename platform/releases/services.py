@@ -6,17 +6,22 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from django.utils.text import slugify
 
 from campaigns.models import Campaign
 from campaigns.services import campaign_output_dir
-from django.conf import settings
-from django.db import transaction
-from django.utils.text import slugify
-
 from federation.basemodel import sha256_file
+from releases.blobs import blob_store
 from releases.model_card import render_model_card
-from releases.models import Release, ReleaseFile
+from releases.models import SIGNATURE_NAME, Release, ReleaseFile
 from releases.provenance import campaign_provenance
+from releases.signing import public_key_fingerprint, sign_folder
 
 ORG = "bayanihan"
 
@@ -49,11 +54,16 @@ def release_publish(*, campaign: Campaign) -> Release:
     manifest = "".join(f"{name}\0{sha}\n" for name, sha in sorted(files.items()))
     revision = hashlib.sha256(manifest.encode()).hexdigest()[:40]
     final = Path(settings.DATA_DIR) / "releases" / repo_id / revision
-    if final.exists():
+    if final.exists():  # a crash after the move last time: that folder (and its signature) is the release
         shutil.rmtree(staging)
     else:
+        # Signed before it becomes visible; model.sig is outside its own hash set, so the revision ignores it.
+        sign_folder(staging)
+        for name in [*files, SIGNATURE_NAME]:
+            blob_store(staging / name)
         final.parent.mkdir(parents=True, exist_ok=True)
         staging.replace(final)
+    signature = final / SIGNATURE_NAME
 
     rounds = provenance["rounds"]
     with transaction.atomic():
@@ -64,9 +74,38 @@ def release_publish(*, campaign: Campaign) -> Release:
             path=str(final),
             eval_loss_before=rounds[0]["eval_loss"],
             eval_loss_after=rounds[-1]["eval_loss"],
+            signature_sha256=sha256_file(signature),
+            signature_size=signature.stat().st_size,
+            key_fingerprint=public_key_fingerprint(),
         )
         ReleaseFile.objects.bulk_create(
             ReleaseFile(release=release, path=name, size=(final / name).stat().st_size, sha256=sha)
             for name, sha in sorted(files.items())
         )
     return release
+
+
+def release_yank(*, release: Release, by: Any = None, reason: str = "") -> Release:
+    """Hide a release (kept on disk and in the database, never changed); yanking twice keeps the first record."""
+    with transaction.atomic():
+        release = Release.objects.select_for_update().get(pk=release.pk)
+        if release.yanked_at is None:
+            release.yanked_at = timezone.now()
+            release.yanked_by = by if getattr(by, "pk", None) else None
+            release.yank_reason = reason
+            release.save(update_fields=["yanked_at", "yanked_by", "yank_reason"])
+    return release
+
+
+# Every client fetches the weights exactly once per download, so they (or the zip) count the release's downloads.
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def release_count_download(*, release: Release, path: str | None) -> None:
+    """Count one download of a file (`path`) or of the whole release as a zip (`path=None`)."""
+    if path is None or path == WEIGHTS_NAME:
+        Release.objects.filter(pk=release.pk).update(download_count=F("download_count") + 1)
+    if path == SIGNATURE_NAME:
+        Release.objects.filter(pk=release.pk).update(signature_downloads=F("signature_downloads") + 1)
+    elif path is not None:
+        ReleaseFile.objects.filter(release=release, path=path).update(download_count=F("download_count") + 1)

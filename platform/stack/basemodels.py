@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from campaigns.models import BaseModel
-from campaigns.services import base_model_register
 from django.conf import settings
 
+from campaigns.models import BaseModel
+from campaigns.services import base_model_register
 from federation.basemodel import SMOLLM2_ID, prepare_smollm2
 from federation.tiny import build_tiny_checkpoint
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from campaigns.models import Campaign, Round
 from rich.console import Console
 from rich.table import Table
+
+from campaigns.models import Campaign, Round
 
 
 def _round_table(round_: Round) -> Table | str:

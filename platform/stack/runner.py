@@ -9,9 +9,17 @@ from pathlib import Path
 
 from django.conf import settings
 
-from federation import procs
+from federation import pki, procs
 
 PLATFORM_DIR = Path(settings.REPO_ROOT) / "platform"
+
+
+def superlink_tls() -> dict[str, Path]:
+    """Given certificate files (SUPERLINK_CERT/KEY + CA) or the platform's own, made once under var/."""
+    given = [os.environ.get(k) for k in ("SUPERLINK_CERT", "SUPERLINK_KEY")]
+    if all(given):
+        return {"ca": Path(settings.SUPERLINK_ROOT_CERT), "cert": Path(given[0]), "key": Path(given[1])}
+    return pki.ensure_superlink_tls(Path(settings.SUPERLINK_TLS_DIR), settings.SUPERLINK_HOSTNAMES)
 
 
 def platform_env(**overrides: str) -> dict[str, str]:
@@ -36,21 +44,24 @@ class Stack:
     def __post_init__(self) -> None:
         self.supervisor = procs.Supervisor(self.state_dir / "logs")
 
-    def start_superlink(self, address: str) -> None:
+    def start_superlink(self, address: str) -> dict[str, Path]:
+        """TLS and node authentication always: only keys registered through enrollment are admitted."""
         host, port = address.rsplit(":", 1)
         bind = os.environ.get("SUPERLINK_BIND", host)  # 0.0.0.0 to accept remote nodes
         superlink_dir = self.state_dir / "superlink"
         superlink_dir.mkdir(parents=True, exist_ok=True)
+        tls = superlink_tls()
         proc = self.supervisor.start(
             "superlink",
-            procs.superlink_command(superlink_dir, bind, int(port)),
+            procs.superlink_command(superlink_dir, bind, int(port), tls),
             env=procs.flower_env(superlink_dir / "flwr-home"),
             cwd=superlink_dir,
         )
-        procs.wait_http(f"http://{host}:{port}/health", 60, proc)
+        procs.wait_http(f"https://{host}:{port}/health", 60, proc, verify=str(tls["ca"]))
+        return tls
 
     def start_supernode(self, name: str, superlink: str, data_path: Path, model_path: Path) -> None:
-        """The contributor's own command: validates the data, then execs a real flower-supernode."""
+        """An unauthenticated node, for checks that nodes without an enrolled key are refused."""
         node_dir = self.state_dir / "nodes" / name
         node_dir.mkdir(parents=True, exist_ok=True)
         self.supervisor.start(
@@ -60,6 +71,19 @@ class Stack:
             env=procs.flower_env(node_dir / "flwr-home"),
             cwd=node_dir,
         )  # fmt: skip
+
+    def start_join(self, name: str, site_url: str, token: str, data_path: Path, model_path: Path) -> Path:
+        """A contributor's node, through the contributor's own command: `python -m federation join`."""
+        home = self.state_dir / "nodes" / name
+        home.mkdir(parents=True, exist_ok=True)
+        self.supervisor.start(
+            f"node-{name}",
+            [sys.executable, "-m", "federation", "join", "--site", site_url, "--token", token, "--data",
+             str(data_path), "--name", name, "--model", str(model_path), "--home", str(home), "--interval", "2"],
+            env=procs.flower_env(home / "flwr-home"),
+            cwd=home,
+        )  # fmt: skip
+        return home
 
     def start_web(self, port: int, env: dict[str, str]) -> None:
         proc = self.supervisor.start(

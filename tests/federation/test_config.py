@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from federation.config import ServerConfig, TrainConfig
+from federation.config import AggregationConfig, ServerConfig, TrainConfig
 from federation.control import APP_DIR
 
 
 def test_flower_app_defaults_match_the_config_dataclasses():
     declared = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert declared == {**TrainConfig().to_run_config(), **ServerConfig().to_run_config()}
+    expected = {**TrainConfig().to_run_config(), **ServerConfig().to_run_config()}
+    assert declared == {**expected, **AggregationConfig().to_run_config()}
 
 
 def test_run_config_round_trip_casts_types():
@@ -36,3 +37,25 @@ def test_bad_training_config_names_the_key(key, value, message):
 
 def test_app_dir_is_inside_the_package():
     assert Path(APP_DIR, "bayanihan_app", "server_app.py").is_file()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("strategy", "krum2", "strategy must be one of fedavg, fedmedian, fedtrimmedavg, multikrum"),
+        ("trim-beta", 0.5, "trim-beta"),
+        ("max-update-norm", -1, "max-update-norm"),
+        ("max-norm-ratio", 0.5, "max-norm-ratio"),
+        ("dp-delta", 1.0, "dp-delta"),
+        ("dp-clipping-norm", 0, "dp-clipping-norm"),
+    ],
+)
+def test_bad_aggregation_config_names_the_key(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        AggregationConfig.from_run_config({key: value})
+
+
+def test_differential_privacy_is_only_offered_on_fedavg():
+    with pytest.raises(ValueError, match="needs strategy fedavg"):
+        AggregationConfig(strategy="fedmedian", dp_noise_multiplier=1.0)
+    assert AggregationConfig(dp_noise_multiplier=1.0).dp

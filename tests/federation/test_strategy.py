@@ -1,4 +1,4 @@
-"""FedAvg over adapter tensors, checked against a hand computation, and the per-node round log."""
+"""The guarded strategies: Flower's aggregation checked by hand, hostile updates refused and recorded, DP accounted."""
 
 from __future__ import annotations
 
@@ -6,9 +6,20 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    MultiKrum,
+)
 from flwr.supercore.task_identity import TaskIdentity
 
-from federation.strategy import RecordingFedAvg
+from federation.attack import apply_attack
+from federation.config import AggregationConfig
+from federation.strategy import GuardedStrategy, build_strategy
+
+STRATEGIES = ["fedavg", "fedmedian", "fedtrimmedavg", "multikrum"]
 
 
 @pytest.fixture(autouse=True)
@@ -19,24 +30,61 @@ def _identity():
     TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = None
 
 
-def reply(node_id: int, arrays: dict[str, np.ndarray], samples: int, loss: float, fp: str) -> Message:
+class NodesOnlyGrid:
+    """The one thing configure_train asks of a Grid here: which nodes are connected."""
+
+    def __init__(self, n: int) -> None:
+        self.ids = list(range(1, n + 1))
+
+    def get_node_ids(self) -> list[int]:
+        return self.ids
+
+
+def reply(node_id: int, arrays: dict[str, np.ndarray], samples: int, loss: float = 1.0, fp: str = "f") -> Message:
     TaskIdentity.node_id = 0
     query = Message(content=RecordDict({}), dst_node_id=node_id, message_type="train")
     TaskIdentity.node_id = node_id
     content = RecordDict(
         {
-            "arrays": ArrayRecord({k: torch.from_numpy(v) for k, v in arrays.items()}),
-            "metrics": MetricRecord({"num-examples": samples, "train-loss": loss}),
+            "arrays": ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+            "metrics": MetricRecord({"num-examples": samples, "train-loss": loss, "tokens": 10 * samples}),
             "node": ConfigRecord({"name": f"n{node_id}", "fingerprint": fp}),
         }
     )
     return Message(content=content, reply_to=query)
 
 
+def start_round(strategy: GuardedStrategy, global_arrays: dict[str, np.ndarray], nodes: int) -> None:
+    record = ArrayRecord({k: torch.from_numpy(v) for k, v in global_arrays.items()})
+    list(strategy.configure_train(1, record, ConfigRecord({}), NodesOnlyGrid(nodes)))
+
+
+ZERO = {"lora_A": np.zeros((1, 2), dtype=np.float32), "lora_B": np.zeros(2, dtype=np.float32)}
+
+
+def honest(seed: int) -> dict[str, np.ndarray]:
+    """A small update near (0.1, 0.1 | 0.1, 0.1), different per node."""
+    rng = np.random.default_rng(seed)
+    return {k: (0.1 + 0.01 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in ZERO.items()}
+
+
+def hostile(mode: str, seed: int = 9) -> dict[str, np.ndarray]:
+    trained = {k: torch.from_numpy(v) for k, v in honest(seed).items()}
+    received = {k: torch.from_numpy(v) for k, v in ZERO.items()}
+    return {k: v.numpy() for k, v in apply_attack(mode, trained, received).items()}
+
+
+def four_replies(attack: str | None) -> list[Message]:
+    replies = [reply(i, honest(i), samples=10) for i in (1, 2, 3)]
+    replies.append(reply(4, hostile(attack) if attack else honest(4), samples=10))
+    return replies
+
+
 def test_fedavg_weights_adapters_by_samples_as_computed_by_hand():
     a = {"lora_A": np.array([[1.0, 2.0]], dtype=np.float32), "lora_B": np.array([0.0, 4.0], dtype=np.float32)}
     b = {"lora_A": np.array([[3.0, -2.0]], dtype=np.float32), "lora_B": np.array([8.0, 0.0], dtype=np.float32)}
-    strategy = RecordingFedAvg(min_train_nodes=2, min_available_nodes=2)
+    strategy = build_strategy(AggregationConfig(), min_nodes=2)
+    start_round(strategy, ZERO, 2)
     arrays, metrics = strategy.aggregate_train(1, [reply(11, a, 1, 2.0, "f1"), reply(22, b, 3, 1.0, "f2")])
     merged = arrays.to_numpy_ndarrays()
     # (1*a + 3*b) / 4
@@ -48,10 +96,118 @@ def test_fedavg_weights_adapters_by_samples_as_computed_by_hand():
     assert [(r.node_id, r.name, r.fingerprint) for r in log.replies] == [(11, "n11", "f1"), (22, "n22", "f2")]
     assert log.replies[0].metrics["num-examples"] == 1
     assert log.train_metrics["train-loss"] == pytest.approx(1.25)
+    assert log.replies[0].update_norm == pytest.approx(np.sqrt(1 + 4 + 0 + 16))
+    assert log.epsilon is None
 
 
 def test_non_finite_metrics_are_logged_as_null():
-    a = {"w": np.array([1.0], dtype=np.float32)}
-    strategy = RecordingFedAvg(min_train_nodes=1, min_available_nodes=1)
-    strategy.aggregate_train(1, [reply(5, a, 2, float("nan"), "f")])
+    strategy = build_strategy(AggregationConfig(), min_nodes=1)
+    start_round(strategy, {"w": np.zeros(1, dtype=np.float32)}, 1)
+    strategy.aggregate_train(1, [reply(5, {"w": np.array([1.0], dtype=np.float32)}, 2, float("nan"))])
     assert strategy.rounds[1].replies[0].metrics["train-loss"] is None
+
+
+@pytest.mark.parametrize("name", [*STRATEGIES, "dp"])
+@pytest.mark.parametrize(
+    ("attack", "reason"), [("nan", "non-finite values"), ("wrong-shape", "wrong shape for lora_A: (1, 1)")]
+)
+def test_malformed_updates_are_always_rejected_recorded_and_never_aggregated(name, attack, reason):
+    cfg = AggregationConfig(dp_noise_multiplier=0.5) if name == "dp" else AggregationConfig(strategy=name)
+    strategy = build_strategy(cfg, min_nodes=4)
+    start_round(strategy, ZERO, 4)
+    arrays, _ = strategy.aggregate_train(1, four_replies(attack))
+
+    log = strategy.rounds[1]
+    assert [r.node_id for r in log.replies if r.rejected] == [4]
+    assert reason in log.replies[3].rejected
+    assert log.replies[3].data_value is None
+    assert all(not r.rejected and r.data_value is not None for r in log.replies[:3])
+    merged = arrays.to_numpy_ndarrays()
+    assert all(np.isfinite(m).all() for m in merged) and merged[0].shape == (1, 2)
+
+
+def test_missing_tensor_is_rejected_by_name():
+    strategy = build_strategy(AggregationConfig(), min_nodes=2)
+    start_round(strategy, ZERO, 2)
+    strategy.aggregate_train(1, [reply(1, honest(1), 5), reply(2, {"lora_A": honest(2)["lora_A"]}, 5)])
+    assert strategy.rounds[1].replies[1].rejected == "missing tensors: lora_B"
+
+
+def test_an_absolute_norm_bound_rejects_a_scaled_update():
+    strategy = build_strategy(AggregationConfig(max_update_norm=1.0), min_nodes=4)
+    start_round(strategy, ZERO, 4)
+    arrays, _ = strategy.aggregate_train(1, four_replies("scale"))
+    scaled = strategy.rounds[1].replies[3]
+    assert scaled.rejected.startswith("update norm") and "exceeds the bound 1" in scaled.rejected
+    assert scaled.update_norm > 5.0
+    # FedAvg of the three honest updates only: close to 0.1 everywhere.
+    np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], 0.1, atol=0.03)
+
+
+def test_a_norm_ratio_rule_rejects_a_scaled_update_without_knowing_the_model():
+    strategy = build_strategy(AggregationConfig(max_norm_ratio=5.0), min_nodes=4)
+    start_round(strategy, ZERO, 4)
+    strategy.aggregate_train(1, four_replies("scale"))
+    assert [r.node_id for r in strategy.rounds[1].replies if r.rejected] == [4]
+    assert "x the round's median" in strategy.rounds[1].replies[3].rejected
+
+
+def test_plain_fedavg_without_a_bound_is_dragged_by_a_scaled_update():
+    strategy = build_strategy(AggregationConfig(), min_nodes=4)
+    start_round(strategy, ZERO, 4)
+    arrays, _ = strategy.aggregate_train(1, four_replies("scale"))
+    assert not any(r.rejected for r in strategy.rounds[1].replies)
+    assert np.abs(arrays.to_numpy_ndarrays()[0]).max() > 1.0  # ≈ (3 * 0.1 + 50 * 0.1) / 4
+
+
+@pytest.mark.parametrize("name", ["fedmedian", "fedtrimmedavg", "multikrum"])
+def test_robust_strategies_stay_near_the_honest_updates_under_a_scaled_update(name):
+    strategy = build_strategy(AggregationConfig(strategy=name), min_nodes=4)
+    start_round(strategy, ZERO, 4)
+    arrays, _ = strategy.aggregate_train(1, four_replies("scale"))
+    for merged in arrays.to_numpy_ndarrays():
+        np.testing.assert_allclose(merged, 0.1, atol=0.05)
+
+
+def test_data_value_is_high_for_aligned_updates_and_negative_for_a_sign_flip():
+    strategy = build_strategy(AggregationConfig(strategy="fedmedian"), min_nodes=4)
+    start_round(strategy, ZERO, 4)
+    strategy.aggregate_train(1, four_replies("sign-flip"))
+    values = [r.data_value for r in strategy.rounds[1].replies]
+    assert all(v > 0.9 for v in values[:3])
+    assert values[3] < -0.9
+
+
+def test_central_dp_records_epsilon_and_keeps_the_sample_size_when_rejecting():
+    cfg = AggregationConfig(dp_noise_multiplier=1.0, dp_clipping_norm=0.5, dp_delta=1e-5)
+    strategy = build_strategy(cfg, min_nodes=4)
+    start_round(strategy, ZERO, 4)
+    arrays, _ = strategy.aggregate_train(1, four_replies("nan"))
+    log = strategy.rounds[1]
+    assert arrays is not None  # the NaN reply was replaced by a zero update, so the round was released
+    assert log.epsilon is not None and log.epsilon > 0 and log.delta == 1e-5
+    assert [r.node_id for r in log.replies if r.rejected] == [4]
+
+    first = log.epsilon
+    list(strategy.configure_train(2, arrays, ConfigRecord({}), NodesOnlyGrid(4)))
+    strategy.aggregate_train(2, four_replies(None))
+    assert strategy.rounds[2].epsilon > first  # composition: privacy spent only grows
+
+
+@pytest.mark.parametrize(
+    ("cfg", "inner"),
+    [
+        (AggregationConfig(), FedAvg),
+        (AggregationConfig(strategy="fedmedian"), FedMedian),
+        (AggregationConfig(strategy="fedtrimmedavg"), FedTrimmedAvg),
+        (AggregationConfig(strategy="multikrum"), MultiKrum),
+        (AggregationConfig(dp_noise_multiplier=1.0), DifferentialPrivacyServerSideFixedClipping),
+    ],
+)
+def test_each_campaign_strategy_is_flowers_own_class(cfg, inner):
+    assert type(build_strategy(cfg, min_nodes=4).inner) is inner
+
+
+def test_multikrum_averages_all_but_the_tolerated_hostile_nodes_by_default():
+    krum = build_strategy(AggregationConfig(strategy="multikrum", krum_malicious=1), min_nodes=4).inner
+    assert (krum.num_malicious_nodes, krum.num_nodes_to_select) == (1, 3)

@@ -37,12 +37,15 @@ class LivePlatform:
 def live_platform(live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings) -> Iterator[LivePlatform]:
     from bayanihan_site.celery import app as celery_app
     from stack.broker import ensure_broker
+    from stack.local_nodes import start_local_nodes
     from stack.runner import Stack, platform_env
 
     var = tmp_path / "var"
     settings.DATA_DIR = var / "data"
     superlink = f"127.0.0.1:{procs.free_port()}"
-    settings.SUPERLINK_ADDRESS = superlink
+    settings.SUPERLINK_ADDRESS = settings.SUPERLINK_PUBLIC_ADDRESS = superlink
+    settings.SUPERLINK_TLS_DIR = var / "superlink-tls"
+    settings.SUPERLINK_ROOT_CERT = str(var / "superlink-tls" / "ca.crt")
     settings.SITE_URL = live_server.url
     settings.CAMPAIGN_POLL_SECONDS = 1
     broker = ensure_broker(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), var / "redis")
@@ -55,6 +58,7 @@ def live_platform(live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings)
         CELERY_BROKER_URL=broker.url,
         CELERY_QUEUE=queue,
         SUPERLINK_ADDRESS=superlink,
+        SUPERLINK_TLS_DIR=str(var / "superlink-tls"),
         SITE_URL=live_server.url,
         CAMPAIGN_POLL_SECONDS="1",
     )
@@ -62,9 +66,25 @@ def live_platform(live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings)
     try:
         stack.start_superlink(superlink)
         stack.start_worker(env)
-        for name in ("node-1", "node-2"):
-            stack.start_supernode(name, superlink, tiny_corpus / name, tiny_checkpoint)
+        start_local_nodes(stack, ["node-1", "node-2"], live_server.url, tiny_corpus, tiny_checkpoint)
         yield LivePlatform(stack, superlink, live_server.url, tiny_corpus, tiny_checkpoint)
     finally:
         stack.stop()
         broker.close()
+
+
+@pytest.fixture
+def tls_superlink(tmp_path, settings) -> Iterator[str]:
+    """A real SuperLink with TLS and node authentication, for enrollment and admission tests."""
+    from stack.runner import Stack
+
+    superlink = f"127.0.0.1:{procs.free_port()}"
+    settings.SUPERLINK_ADDRESS = settings.SUPERLINK_PUBLIC_ADDRESS = superlink
+    settings.SUPERLINK_TLS_DIR = tmp_path / "superlink-tls"
+    settings.SUPERLINK_ROOT_CERT = str(tmp_path / "superlink-tls" / "ca.crt")
+    stack = Stack(tmp_path / "stack")
+    try:
+        stack.start_superlink(superlink)
+        yield superlink
+    finally:
+        stack.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from federation.attack import apply_attack
 from federation.config import TrainConfig
 from federation.node_data import node_dataset
 from federation.task import evaluate, get_adapter_state, lora_model, set_adapter_state, train
@@ -26,7 +27,11 @@ def train_round(msg: Message, context: Context) -> Message:
     result = train(model, data.train, cfg, data.pad_id, round_seed=int(msg.content["config"]["server-round"]))
     val_after, _ = evaluate(model, data.val, data.pad_id)
 
-    arrays = ArrayRecord(get_adapter_state(model))
+    state = get_adapter_state(model)
+    attack = str(context.node_config.get("attack", ""))
+    if attack:  # test/benchmark harness only: `node --attack MODE` sets it, with a loud warning
+        state = apply_attack(attack, state, received.to_torch_state_dict())
+    arrays = ArrayRecord(state)
     metrics = MetricRecord(
         {
             "num-examples": result.examples,

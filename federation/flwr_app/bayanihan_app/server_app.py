@@ -1,4 +1,4 @@
-"""ServerApp: FedAvg over LoRA adapter tensors, held-out evaluation each round, progress to the platform."""
+"""ServerApp: the campaign's strategy over LoRA adapter tensors, held-out evaluation each round, progress reports."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from federation.config import ServerConfig, TrainConfig
+from federation.config import AggregationConfig, ServerConfig, TrainConfig
 from federation.data import load_records
 from federation.report import Reporter
-from federation.strategy import RecordingFedAvg
+from federation.strategy import build_strategy
 from federation.task import (
     encode_all,
     evaluate,
@@ -37,12 +37,8 @@ def main(grid: Grid, context: Context) -> None:
     model = lora_model(server.base_model_path, cfg)
     tokenizer = load_tokenizer(server.base_model_path)
     heldout = encode_all(tokenizer, load_records(server.heldout_path)[: server.max_heldout_records], cfg.seq_len)
-    strategy = RecordingFedAvg(
-        fraction_train=1.0,
-        fraction_evaluate=0.0,  # nodes report their own validation loss inside the train reply
-        min_train_nodes=server.min_nodes,
-        min_available_nodes=server.min_nodes,
-    )
+    aggregation = AggregationConfig.from_run_config(context.run_config)
+    strategy = build_strategy(aggregation, server.min_nodes)
     round_started = time.time()
 
     def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -62,6 +58,8 @@ def main(grid: Grid, context: Context) -> None:
             seconds=time.time() - round_started,
             train=log.train_metrics if log else {},
             nodes=[asdict(r) for r in log.replies] if log else [],
+            epsilon=log.epsilon if log else None,
+            delta=log.delta if log else None,
         )
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             reporter.upload(server_round, folder / name)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from campaigns.models import Campaign
 from campaigns.services import base_model_register, campaign_create, campaign_launch
 
@@ -104,3 +105,28 @@ def test_release_files_download_over_http(live_platform, client):
         assert response.content == (Path(release.path) / f.path).read_bytes()
     traversal = f"{live_platform.site_url}/releases/{release.repo_id}/{release.revision}/..%2F..%2Fsecret_key"
     assert requests.get(traversal, timeout=10).status_code == 404
+
+
+def test_a_dp_campaign_publishes_epsilon_on_its_card_and_provenance(live_platform):
+    base = base_model_register(path=live_platform.model, name="tiny", hf_id="test/tiny-llama")
+    campaign = campaign_create(
+        name="DP",
+        base_model=base,
+        data_task="python-docs",
+        heldout_path=str(live_platform.corpus / "heldout.jsonl"),
+        train_config={"local-steps": 2, "seq-len": 32, "threads": 1},
+        aggregation={"dp-noise-multiplier": 1.0, "dp-clipping-norm": 0.5, "dp-delta": 1e-5},
+        num_rounds=2,
+        min_nodes=2,
+    )
+    campaign_launch(campaign=campaign)
+    campaign = wait_until_terminal(campaign, live_platform)
+    assert campaign.status == Campaign.Status.COMPLETED, campaign.status_reason
+
+    epsilons = list(campaign.rounds.order_by("number").values_list("epsilon", flat=True))
+    assert epsilons[0] is None and 0 < epsilons[1] < epsilons[2]  # composed over rounds
+    folder = Path(campaign.release.path)
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert provenance["privacy"]["epsilon"] == pytest.approx(epsilons[2])
+    assert provenance["privacy"]["delta"] == 1e-5
+    assert f"ε = {epsilons[2]:.3f} at δ = 1e-05" in (folder / "README.md").read_text()

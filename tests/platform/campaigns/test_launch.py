@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ValidationError
+
 from campaigns.models import BaseModel, Campaign
 from campaigns.services import campaign_create, campaign_launch, campaign_submit
-from django.core.exceptions import ValidationError
 
 pytestmark = pytest.mark.django_db
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from campaigns.models import BaseModel, Campaign, Round
 
 pytestmark = pytest.mark.django_db

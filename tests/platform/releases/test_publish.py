@@ -7,49 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
-from campaigns.models import BaseModel, Campaign, Participation, Round
+
 from community.models import Node
 from releases.services import release_publish
 
-from federation.config import TrainConfig
-from federation.task import lora_model
-
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def finished_campaign(tmp_path, settings, tiny_checkpoint) -> Campaign:
-    settings.DATA_DIR = tmp_path / "data"
-    base = BaseModel.objects.create(
-        name="tiny", hf_id="org/tiny", path=str(tiny_checkpoint), files={"config.json": "ab" * 32}, license="apache-2.0"
-    )
-    campaign = Campaign.objects.create(
-        name="Docs refinement", base_model=base, data_task="python-docs", heldout_path="h", num_rounds=2,
-        train_config=TrainConfig().to_run_config(), status=Campaign.Status.RUNNING, flwr_run_id="42",
-    )  # fmt: skip
-    nodes = [Node.objects.create(name=f"n{i}", flwr_node_id=str(i)) for i in range(2)]
-    for number, loss in [(0, 3.0), (1, 2.5), (2, 2.2)]:
-        round_ = Round.objects.create(
-            campaign=campaign, number=number, eval_loss=loss, participants=0 if number == 0 else 2
-        )
-        if number:
-            for i, node in enumerate(nodes):
-                Participation.objects.create(
-                    round=round_, node=node, samples=10 + i, tokens=100, data_fingerprint=f"{i}" * 64
-                )
-        folder = settings.DATA_DIR / "campaigns" / str(campaign.pk) / f"round-{number}"
-        lora_model(str(tiny_checkpoint), TrainConfig(lora_r=2)).save_pretrained(folder)
-        round_.adapter_files = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest()
-                                for n in ("adapter_config.json", "adapter_model.safetensors")}  # fmt: skip
-        round_.save()
-    return campaign
 
 
 def test_release_has_peft_files_card_and_provenance(finished_campaign):
     release = release_publish(campaign=finished_campaign)
     folder = Path(release.path)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors", "provenance.json"
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "model.sig", "provenance.json"
     ]  # fmt: skip
     assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/tiny"
 
@@ -82,3 +51,52 @@ def test_release_has_peft_files_card_and_provenance(finished_campaign):
 def test_publishing_twice_returns_the_same_release(finished_campaign):
     first = release_publish(campaign=finished_campaign)
     assert release_publish(campaign=finished_campaign).pk == first.pk
+
+
+def test_a_release_is_signed_with_the_platform_key_and_verifies(release, settings):
+    from federation.verify import verify_folder
+    from releases.signing import public_key_fingerprint, public_key_path
+
+    result = verify_folder(Path(release.path), public_key_path())
+    assert result.key_fingerprint == release.key_fingerprint == public_key_fingerprint()
+    assert release.signature_sha256 == hashlib.sha256((Path(release.path) / "model.sig").read_bytes()).hexdigest()
+    # The key was made on first use, private, with its public half beside it.
+    assert settings.SIGNING_KEY.stat().st_mode & 0o777 == 0o600
+    assert public_key_path() == settings.SIGNING_KEY.with_suffix(".pub")
+
+
+def test_files_are_stored_once_by_sha256_and_read_only(release, settings):
+    from releases.blobs import blob_path
+
+    for f in release.files.all():
+        blob = blob_path(f.sha256)
+        assert blob.is_file() and blob.stat().st_mode & 0o222 == 0
+        assert (Path(release.path) / f.path).samefile(blob)  # the folder links to the blob
+    assert blob_path(release.signature_sha256).is_file()
+
+
+def test_a_published_release_cannot_be_changed_only_yanked(release, django_user_model):
+    from releases.services import release_yank
+
+    release.path = "/elsewhere"
+    with pytest.raises(ValueError, match="immutable"):
+        release.save()
+    with pytest.raises(ValueError, match="immutable"):
+        release.save(update_fields=["path"])
+    staff = django_user_model.objects.create_user("curator", is_staff=True)
+    yanked = release_yank(release=release, by=staff, reason="bad data in round 2")
+    assert yanked.is_yanked and yanked.yanked_by == staff and yanked.yank_reason == "bad data in round 2"
+    first = yanked.yanked_at
+    assert release_yank(release=release, by=staff).yanked_at == first  # yanking twice keeps the first record
+    assert Path(yanked.path).is_dir()  # hidden, not deleted
+
+
+def test_model_card_says_what_it_is_for_who_contributed_how_it_was_aggregated_and_how_to_load_it(release):
+    card = (Path(release.path) / "README.md").read_text()
+    for section in ("## Intended use", "## Base model", "## Results", "## Contributors", "## Aggregation",
+                    "## Limitations", "## How to use", "## Provenance"):  # fmt: skip
+        assert section in card
+    for pseudonym in Node.objects.values_list("pseudonym", flat=True):
+        assert f"| {pseudonym} | 1, 2 |" in card
+    assert f'PeftModel.from_pretrained(base, "{release.repo_id}")' in card
+    assert "python -m federation verify" in card and "HF_ENDPOINT" in card

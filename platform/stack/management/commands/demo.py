@@ -6,20 +6,21 @@ import signal
 import time
 from pathlib import Path
 
-from bayanihan_site.celery import app as celery_app
-from campaigns.models import Campaign
-from campaigns.services import campaign_create, campaign_fail, campaign_launch
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from rich.console import Console
 from rich.table import Table
 
+from bayanihan_site.celery import app as celery_app
+from campaigns.models import Campaign
+from campaigns.services import campaign_create, campaign_fail, campaign_launch
 from federation import control, procs
 from federation.corpus import build_demo_corpus
 from stack.basemodels import ensure_base_model
 from stack.broker import ensure_broker
 from stack.live import follow_campaign
+from stack.local_nodes import start_local_nodes
 from stack.runner import Stack, platform_env
 
 
@@ -89,8 +90,8 @@ class Command(BaseCommand):
                 stack.start_superlink(superlink)
                 stack.start_web(port, env)
                 stack.start_worker(env)
-                for name in manifest["nodes"]:
-                    stack.start_supernode(name, superlink, corpus_dir / name, Path(base.path))
+                # Each node enrolls with a one-time token and runs `python -m federation join`.
+                start_local_nodes(stack, list(manifest["nodes"]), site_url, corpus_dir, Path(base.path))
             lap("start processes")
 
             campaign = campaign_create(
@@ -136,7 +137,9 @@ class Command(BaseCommand):
         campaign.refresh_from_db()
         if campaign.flwr_run_id and not campaign.is_terminal:
             try:
-                control.stop_run(control.client(settings.SUPERLINK_ADDRESS), int(campaign.flwr_run_id))
+                control.stop_run(
+                    control.client(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_ROOT_CERT), int(campaign.flwr_run_id)
+                )
             except Exception:  # the SuperLink may already be gone; the campaign is failed either way
                 pass
         campaign_fail(campaign=campaign, reason=reason)

@@ -1,0 +1,65 @@
+"""Campaign reads: the contribution ledger (who gave what, round by round)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import Avg, Count, Q, Sum
+
+from campaigns.models import Campaign, NodeFlag, Participation
+
+# Contributions count only when the server aggregated them: a failed or refused reply gave nothing.
+ACCEPTED = Q(error="", rejected_reason="")
+
+
+@dataclass(frozen=True)
+class LedgerTotal:
+    """One node's contribution over a whole campaign."""
+
+    node: str  # public pseudonym
+    name: str
+    rounds: int  # rounds whose update was aggregated
+    refused: int  # rounds whose update was rejected by validation
+    failed: int
+    samples: int
+    tokens: int
+    seconds: float
+    bytes_up: int
+    bytes_down: int
+    data_value: float | None  # mean over aggregated rounds; see federation.strategy.DATA_VALUE
+
+
+def ledger_entries(campaign: Campaign) -> list[Participation]:
+    """Every node in every training round, in round then pseudonym order."""
+    return list(
+        Participation.objects.filter(round__campaign=campaign, round__number__gte=1)
+        .select_related("node", "round")
+        .order_by("round__number", "node__pseudonym")
+    )
+
+
+def ledger_totals(campaign: Campaign) -> list[LedgerTotal]:
+    rows = (
+        Participation.objects.filter(round__campaign=campaign, round__number__gte=1)
+        .values("node__pseudonym", "node__name")
+        .annotate(
+            rounds=Count("pk", filter=ACCEPTED),
+            refused=Count("pk", filter=~Q(rejected_reason="") & Q(error="")),
+            failed=Count("pk", filter=~Q(error="")),
+            samples=Sum("samples", filter=ACCEPTED, default=0),
+            tokens=Sum("tokens", filter=ACCEPTED, default=0),
+            seconds=Sum("seconds", filter=ACCEPTED, default=0.0),
+            bytes_up=Sum("bytes_up", filter=ACCEPTED, default=0),
+            bytes_down=Sum("bytes_down", filter=ACCEPTED, default=0),
+            data_value=Avg("data_value", filter=ACCEPTED),
+        )
+        .order_by("node__pseudonym")
+    )
+    return [LedgerTotal(node=r.pop("node__pseudonym"), name=r.pop("node__name"), **r) for r in rows]
+
+
+def open_flags(campaign: Campaign | None = None) -> list[NodeFlag]:
+    flags = NodeFlag.objects.filter(resolved_at=None).select_related("node", "participation__round__campaign")
+    if campaign is not None:
+        flags = flags.filter(participation__round__campaign=campaign)
+    return list(flags)

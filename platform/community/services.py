@@ -1,0 +1,166 @@
+"""Writes for contributors and nodes: sign-up, approval, enrollment, heartbeat, suspension."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from community.models import Contributor, EnrollmentToken, Node
+from federation import control
+
+log = logging.getLogger(__name__)
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def contributor_signup(*, username: str, email: str, password: str, accept_terms: bool) -> Contributor:
+    if not accept_terms:
+        raise ValidationError({"accept_terms": "You must accept the contribution terms to sign up."})
+    User = get_user_model()
+    if User.objects.filter(username__iexact=username).exists():
+        raise ValidationError({"username": "That username is taken."})
+    user = User(username=username, email=email)
+    try:
+        validate_password(password, user)
+    except ValidationError as exc:
+        raise ValidationError({"password": exc.messages}) from exc
+    with transaction.atomic():
+        user.set_password(password)
+        user.save()
+        return Contributor.objects.create(
+            user=user,
+            display_name=username,
+            terms_version=settings.TERMS_VERSION,
+            terms_accepted_at=timezone.now(),
+        )
+
+
+def contributor_set_status(*, contributor: Contributor, status: str, by: Any = None, reason: str = "") -> Contributor:
+    """Approve, suspend or reject. Suspending also revokes every node of the contributor."""
+    if status not in Contributor.Status.values:
+        raise ValidationError(f"unknown status {status!r}")
+    contributor.status = status
+    contributor.status_reason = reason
+    contributor.save(update_fields=["status", "status_reason"])
+    if status in (Contributor.Status.SUSPENDED, Contributor.Status.REJECTED):
+        for node in contributor.nodes.filter(status=Node.Status.ACTIVE):
+            node_suspend(node=node, by=by, reason=reason or f"contributor {status}")
+    return contributor
+
+
+def enrollment_token_create(*, contributor: Contributor) -> tuple[str, EnrollmentToken]:
+    """Returns the token in clear once; only its hash is kept."""
+    if contributor.status != Contributor.Status.APPROVED:
+        raise ValidationError("Only approved contributors can enroll nodes.")
+    token = f"bye_{secrets.token_urlsafe(32)}"
+    record = EnrollmentToken.objects.create(
+        contributor=contributor,
+        token_hash=_hash(token),
+        expires_at=timezone.now() + timedelta(hours=settings.ENROLLMENT_TOKEN_HOURS),
+    )
+    return token, record
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    node: Node
+    api_token: str  # the node's own credential for the status API, shown once
+    superlink: str
+    ca_certificate: str
+
+
+def _check_public_key(pem: str) -> None:
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise ValidationError({"public_key": "not a PEM public key"}) from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in {"secp256r1", "secp384r1", "secp521r1"}:
+        raise ValidationError({"public_key": "must be an EC key on a NIST curve (P-256, P-384 or P-521)"})
+
+
+def node_enroll(*, token: str, public_key: str, name: str) -> Enrollment:
+    """Spend an enrollment token: register the node's public key with the SuperLink, create the Node."""
+    _check_public_key(public_key)
+    name = (name or "node").strip()[:100]
+    with transaction.atomic():
+        record = (
+            EnrollmentToken.objects.select_for_update()
+            .select_related("contributor")
+            .filter(token_hash=_hash(token or ""))
+            .first()
+        )
+        # One message for every refusal: a caller learns nothing about which tokens exist.
+        if (
+            record is None
+            or record.used_at is not None
+            or record.expires_at <= timezone.now()
+            or record.contributor.status != Contributor.Status.APPROVED
+        ):
+            raise PermissionError("This enrollment token is not valid (unknown, used, expired, or not yours to use).")
+        if Node.objects.filter(public_key=public_key).exists():
+            raise ValidationError({"public_key": "This key is already enrolled; run join again without a token."})
+        response = _superlink().RegisterNode(_register_request(public_key, name))
+        api_token = f"byn_{secrets.token_urlsafe(32)}"
+        node = Node.objects.create(
+            contributor=record.contributor,
+            name=name,
+            flwr_node_id=str(response.node_id),
+            public_key=public_key,
+            api_token_hash=_hash(api_token),
+        )
+        record.used_at = timezone.now()
+        record.node = node
+        record.save(update_fields=["used_at", "node"])
+    ca = open(settings.SUPERLINK_ROOT_CERT, encoding="ascii").read()
+    return Enrollment(node, api_token, settings.SUPERLINK_PUBLIC_ADDRESS, ca)
+
+
+def _register_request(public_key: str, name: str) -> Any:
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+
+    return RegisterNodeRequest(public_key=public_key.encode(), name=name)
+
+
+def _superlink() -> Any:
+    return control.client(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_ROOT_CERT)
+
+
+def node_by_api_token(token: str) -> Node | None:
+    if not token:
+        return None
+    return Node.objects.select_related("contributor").filter(api_token_hash=_hash(token)).first()
+
+
+def node_heartbeat(*, node: Node, report: dict[str, Any]) -> Node:
+    node.last_seen = timezone.now()
+    node.last_report = {k: report[k] for k in ("state", "supernode") if k in report}
+    node.save(update_fields=["last_seen", "last_report"])
+    return node
+
+
+def node_suspend(*, node: Node, by: Any = None, reason: str = "") -> Node:
+    """Revoke on the SuperLink first: from then on the node's key is refused, whatever the database says."""
+    from flwr.proto.control_pb2 import UnregisterNodeRequest
+
+    if node.flwr_node_id and node.status == Node.Status.ACTIVE:
+        _superlink().UnregisterNode(UnregisterNodeRequest(node_id=int(node.flwr_node_id)))
+    node.status = Node.Status.SUSPENDED
+    node.status_reason = reason or "suspended by staff"
+    node.save(update_fields=["status", "status_reason"])
+    log.info("node %s suspended by %s: %s", node.pk, getattr(by, "username", by), node.status_reason)
+    return node

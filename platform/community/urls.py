@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from community import views
+
+urlpatterns = [
+    path("signup/", views.signup, name="signup"),
+    path("login/", auth_views.LoginView.as_view(template_name="community/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("me/", views.home, name="contributor-home"),
+    path("me/tokens", views.token_create, name="token-create"),
+    path("api/v1/nodes/enroll", views.api_enroll, name="node-enroll"),
+    path("api/v1/nodes/heartbeat", views.api_heartbeat, name="node-heartbeat"),
+]

@@ -1,0 +1,140 @@
+"""Contributor pages (session + CSRF) and the node API (per-node bearer tokens, no cookies)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods, require_POST
+
+from community import selectors, services
+from community.forms import SignupForm
+from community.models import Contributor, Node
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.contributor_signup(**form.cleaned_data)
+        except ValidationError as exc:
+            for field, messages in exc.message_dict.items():
+                form.add_error(field if field in form.fields else None, messages)
+        else:
+            return render(request, "community/signup_done.html", {"username": form.cleaned_data["username"]})
+    return render(request, "community/signup.html", {"form": form})
+
+
+def _contributor(request: HttpRequest) -> Contributor | None:
+    return Contributor.objects.filter(user=request.user).first()
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    contributor = _contributor(request)
+    if contributor is None:
+        return render(request, "community/no_contributor.html", status=403)
+    return render(request, "community/home.html", selectors.contributor_overview(contributor))
+
+
+@login_required
+@require_POST
+def token_create(request: HttpRequest) -> HttpResponse:
+    contributor = _contributor(request)
+    if contributor is None or contributor.status != Contributor.Status.APPROVED:
+        return render(request, "community/no_contributor.html", status=403)
+    token, record = services.enrollment_token_create(contributor=contributor)
+    context = selectors.contributor_overview(contributor)
+    context.update(
+        new_token=token, token_expires=record.expires_at, site_url=request.build_absolute_uri("/").rstrip("/")
+    )
+    return render(request, "community/home.html", context)
+
+
+@login_required
+def home_redirect(request: HttpRequest) -> HttpResponse:
+    return redirect("contributor-home")
+
+
+# --- node API -------------------------------------------------------------------------------
+
+
+def _json(request: HttpRequest) -> dict[str, Any] | None:
+    try:
+        body = json.loads(request.body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+@csrf_exempt
+@require_POST
+def api_enroll(request: HttpRequest) -> JsonResponse:
+    body = _json(request)
+    if body is None:
+        return JsonResponse({"error": "body must be a JSON object"}, status=400)
+    try:
+        enrollment = services.node_enroll(
+            token=str(body.get("token", "")), public_key=str(body.get("public_key", "")), name=str(body.get("name", ""))
+        )
+    except PermissionError as exc:
+        return JsonResponse({"error": str(exc)}, status=403)
+    except ValidationError as exc:
+        return JsonResponse({"error": "; ".join(exc.messages)}, status=400)
+    return JsonResponse(
+        {
+            "node_id": enrollment.node.flwr_node_id,
+            "pseudonym": enrollment.node.pseudonym,
+            "api_token": enrollment.api_token,
+            "superlink": enrollment.superlink,
+            "ca_certificate": enrollment.ca_certificate,
+        },
+        status=201,
+    )
+
+
+def _rate_limited(node: Node, per_minute: int) -> bool:
+    key = f"heartbeat:{node.pk}"
+    cache.add(key, 0, timeout=60)
+    return cache.incr(key) > per_minute
+
+
+@csrf_exempt
+@require_POST
+def api_heartbeat(request: HttpRequest) -> JsonResponse:
+    from django.conf import settings
+
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    node = services.node_by_api_token(token) if scheme == "Bearer" else None
+    if node is None:
+        return JsonResponse({"error": "unknown node credential"}, status=401)
+    if _rate_limited(node, settings.HEARTBEATS_PER_MINUTE):
+        return JsonResponse({"error": "too many heartbeats; slow down"}, status=429)
+    if node.status != Node.Status.ACTIVE:
+        # Tell the node why it is no longer admitted, so its owner is not left guessing.
+        return JsonResponse({"status": node.status, "reason": node.status_reason}, status=403)
+    services.node_heartbeat(node=node, report=_json(request) or {})
+    last = node.participations.select_related("round__campaign").order_by("-round__recorded_at").first()
+    return JsonResponse(
+        {
+            "status": node.status,
+            "pseudonym": node.pseudonym,
+            "last_round": (
+                {
+                    "campaign": last.round.campaign.name,
+                    "round": last.round.number,
+                    "train_loss": last.train_loss,
+                    "error": last.error,
+                }
+                if last
+                else None
+            ),
+        }
+    )

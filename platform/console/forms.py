@@ -1,0 +1,81 @@
+"""The campaign form: types only. Limits are checked by campaign_create, whose messages land on these fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from campaigns.models import BaseModel
+from federation.config import STRATEGIES, TrainConfig
+
+DEFAULTS = TrainConfig()
+# Form field -> run-config key; the service's messages start with the key, which is how they find their field.
+TRAIN_FIELDS = {
+    "lora_r": "lora-r",
+    "lora_alpha": "lora-alpha",
+    "lora_dropout": "lora-dropout",
+    "target_modules": "target-modules",
+    "local_steps": "local-steps",
+    "lr": "lr",
+    "seq_len": "seq-len",
+    "batch_size": "batch-size",
+    "threads": "threads",
+}
+
+
+class CampaignForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.order_by("name"), empty_label=None)
+    data_task = forms.CharField(max_length=100, help_text="What the contributed data is about, e.g. python-docs")
+    heldout_path = forms.CharField(max_length=500, help_text="Held-out file on the SuperLink host (jsonl/txt)")
+    num_rounds = forms.IntegerField(initial=2, label="Rounds")
+    min_nodes = forms.IntegerField(initial=2, label="Min nodes per round")
+    strategy = forms.ChoiceField(choices=[(s, s) for s in STRATEGIES], initial="fedavg", label="Aggregation")
+    lora_r = forms.IntegerField(initial=DEFAULTS.lora_r, label="LoRA r")
+    lora_alpha = forms.IntegerField(initial=DEFAULTS.lora_alpha, label="LoRA alpha")
+    lora_dropout = forms.FloatField(initial=DEFAULTS.lora_dropout, label="LoRA dropout")
+    target_modules = forms.CharField(initial=DEFAULTS.target_modules)
+    local_steps = forms.IntegerField(initial=DEFAULTS.local_steps, label="Local steps per round")
+    lr = forms.FloatField(initial=DEFAULTS.lr, label="Learning rate")
+    seq_len = forms.IntegerField(initial=DEFAULTS.seq_len, label="Sequence length")
+    batch_size = forms.IntegerField(initial=DEFAULTS.batch_size)
+    threads = forms.IntegerField(initial=DEFAULTS.threads, help_text="torch threads per node process; 0 = default")
+    auto_publish = forms.BooleanField(
+        required=False, initial=True, help_text="Publish the release when the campaign completes"
+    )
+    card_notes = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 3}), help_text="Free text for the model card"
+    )
+
+    def service_kwargs(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            "name": data["name"],
+            "base_model": data["base_model"],
+            "data_task": data["data_task"],
+            "heldout_path": data["heldout_path"],
+            "num_rounds": data["num_rounds"],
+            "min_nodes": data["min_nodes"],
+            "train_config": {key: data[name] for name, key in TRAIN_FIELDS.items()},
+            "aggregation": {"strategy": data["strategy"]},
+            "auto_publish": data["auto_publish"],
+            "card_notes": data["card_notes"],
+        }
+
+    def add_service_errors(self, exc: ValidationError) -> None:
+        """Put campaign_create's messages next to the field they are about; the rest above the form."""
+        by_key = {key: name for name, key in TRAIN_FIELDS.items()}
+        for field, messages in exc.message_dict.items():
+            for message in messages:
+                for problem in message.split("; "):
+                    key = problem.split(" ", 1)[0]
+                    if field in ("train_config", "aggregation") and key in by_key:
+                        self.add_error(by_key[key], problem)
+                    elif field == "aggregation" and key == "strategy":
+                        self.add_error("strategy", problem)
+                    elif field in self.fields:
+                        self.add_error(field, problem)
+                    else:
+                        self.add_error(None, f"{field}: {problem}" if field != "__all__" else problem)

@@ -1,0 +1,110 @@
+"""Serving one stored file: streamed (never read whole), with ETag / If-None-Match, single Range and HEAD."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseNotModified, StreamingHttpResponse
+
+CHUNK = 1 << 20
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    # Weak comparison (RFC 9110 13.1.2): W/"x" matches "x"; "*" matches anything.
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) for one satisfiable byte range; None means serve the whole file.
+
+    Raises ValueError when the range cannot be satisfied (416)."""
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:  # several ranges or another unit: the whole file is a valid answer
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # the last N bytes
+        length = int(last)
+        if length == 0:
+            raise ValueError("empty suffix range")
+        return max(size - length, 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        raise ValueError("range outside the file")
+    return start, end
+
+
+def _slice(path: Path, start: int, length: int) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        fh.seek(start)
+        while length > 0:
+            chunk = fh.read(min(CHUNK, length))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk
+
+
+def serve_file(
+    request: HttpRequest,
+    path: Path,
+    *,
+    size: int,
+    sha256: str,
+    filename: str,
+    headers: dict[str, str] | None = None,
+    attachment: bool = False,
+) -> tuple[HttpResponse, bool]:
+    """The response for GET/HEAD of a stored file, and whether it counts as a download."""
+    etag = f'"{sha256}"'
+    common = {
+        "ETag": etag,
+        "X-Linked-Etag": etag,  # huggingface_hub prefers this one (its LFS convention)
+        "X-Linked-Size": str(size),
+        "X-Content-SHA256": sha256,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "public, max-age=31536000, immutable",  # a blob never changes
+        **(headers or {}),
+    }
+    inm = request.headers.get("If-None-Match")
+    if inm and _etag_matches(inm, etag):
+        response: HttpResponse = HttpResponseNotModified()
+        for key, value in common.items():
+            response[key] = value
+        return response, False
+
+    byte_range = None
+    range_header = request.headers.get("Range")
+    if_range = request.headers.get("If-Range")
+    if range_header and (not if_range or if_range.strip() == etag):
+        try:
+            byte_range = parse_range(range_header, size)
+        except ValueError:
+            response = HttpResponse(status=416)
+            response["Content-Range"] = f"bytes */{size}"
+            return response, False
+
+    start, end = byte_range if byte_range else (0, size - 1)
+    length = end - start + 1 if size else 0
+    if request.method == "HEAD":
+        response = HttpResponse(status=206 if byte_range else 200, content_type="application/octet-stream")
+    elif byte_range:
+        response = StreamingHttpResponse(_slice(path, start, length), status=206)
+        response["Content-Type"] = "application/octet-stream"
+    else:
+        response = FileResponse(path.open("rb"), as_attachment=attachment, filename=filename)
+    if byte_range:
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    response["Content-Length"] = str(length)
+    if attachment and not isinstance(response, FileResponse):
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    for key, value in common.items():
+        response[key] = value
+    # A resumed download (range not from 0) or a HEAD is not a new download.
+    return response, request.method == "GET" and start == 0
