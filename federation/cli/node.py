@@ -58,7 +58,10 @@ def warn_attack(mode: str) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("node", help="validate local data, then run a SuperNode that trains on it")
+    parser = sub.add_parser(
+        "node",
+        help="validate local data, then run an unauthenticated SuperNode (local experiments; contributors use join)",
+    )
     parser.add_argument("--superlink", required=True, help="HOST:PORT of the campaign's SuperLink")
     parser.add_argument("--data", required=True, help="your local training data (.jsonl/.txt file or folder)")
     parser.add_argument("--name", default=os.uname().nodename, help="a name for this node (shown to staff)")

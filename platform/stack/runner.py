@@ -60,18 +60,6 @@ class Stack:
         procs.wait_http(f"https://{host}:{port}/health", 60, proc, verify=str(tls["ca"]))
         return tls
 
-    def start_supernode(self, name: str, superlink: str, data_path: Path, model_path: Path) -> None:
-        """An unauthenticated node, for checks that nodes without an enrolled key are refused."""
-        node_dir = self.state_dir / "nodes" / name
-        node_dir.mkdir(parents=True, exist_ok=True)
-        self.supervisor.start(
-            f"supernode-{name}",
-            [sys.executable, "-m", "federation", "node", "--superlink", superlink, "--data", str(data_path),
-             "--name", name, "--model", str(model_path), "--home", str(node_dir / "flwr-home")],
-            env=procs.flower_env(node_dir / "flwr-home"),
-            cwd=node_dir,
-        )  # fmt: skip
-
     def start_join(self, name: str, site_url: str, token: str, data_path: Path, model_path: Path) -> Path:
         """A contributor's node, through the contributor's own command: `python -m federation join`."""
         home = self.state_dir / "nodes" / name

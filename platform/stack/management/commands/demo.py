@@ -170,6 +170,9 @@ class Command(BaseCommand):
             console.print(f"  folder: {release.path}")
             for f in release.files.all():
                 console.print(f"  {f.path:28} {f.size:>10,} B  sha256 {f.sha256[:16]}…")
+            if release.signature_sha256:
+                sig = f"{'model.sig':28} {release.signature_size:>10,} B  sha256 {release.signature_sha256[:16]}…"
+                console.print(f"  {sig} (Sigstore bundle; check with `python -m federation verify FOLDER`)")
             console.print(f"  download: `make serve`, then {site_url}/releases/{release.repo_id}/")
         console.print(
             "Timings: "
