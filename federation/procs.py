@@ -141,7 +141,7 @@ class Supervisor:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self, name: str, timeout: float = 10.0) -> None:
+    def stop(self, name: str, timeout: float = 20.0) -> None:
         """Stop a child and its whole process group; children it left behind (app runtimes) go too."""
         proc = self.procs.pop(name, None)
         if proc is None:
@@ -164,9 +164,9 @@ class Supervisor:
             pass
         proc.wait()
 
-    def stop_all(self) -> None:
+    def stop_all(self, timeout: float = 20.0) -> None:
         for name in reversed(list(self.procs)):
-            self.stop(name)
+            self.stop(name, timeout)
 
     def __enter__(self) -> Supervisor:
         return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,13 @@ def status_line(code: int, body: dict, alive: bool) -> str:
     return f"{link} · last round: {last['campaign']} round {last['round']} · train loss {loss}"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM from a supervisor: same clean stop as Ctrl-C
+
+
 def run(args: argparse.Namespace) -> int:
+    # The SuperNode runs in its own process group; only a clean exit of `join` stops it with us.
+    signal.signal(signal.SIGTERM, _interrupt)
     data = str(Path(args.data).resolve())
     try:
         print_stats(data, check_data(data))
@@ -131,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         print("stopping the node")
         return 0
     finally:
-        supervisor.stop_all()
+        supervisor.stop_all(timeout=8)
 
 
 def _load_or_enroll(args: argparse.Namespace, home: Path, public_pem: bytes) -> dict:
