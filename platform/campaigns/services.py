@@ -114,7 +114,8 @@ def campaign_output_dir(campaign: Campaign) -> Path:
     return Path(settings.DATA_DIR) / "campaigns" / str(campaign.pk)
 
 
-def _superlink() -> Any:
+def superlink_client() -> Any:
+    """The platform's Control API client for its SuperLink (TLS, trusting SUPERLINK_ROOT_CERT)."""
     return control.client(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_ROOT_CERT)
 
 
@@ -144,7 +145,7 @@ def campaign_submit(*, campaign_id: int) -> bool:
         **AggregationConfig.from_run_config(campaign.aggregation).to_run_config(),
         **server.to_run_config(),
     }
-    run_id = control.start_run(_superlink(), run_config)
+    run_id = control.start_run(superlink_client(), run_config)
     with transaction.atomic():
         campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
         campaign.flwr_run_id = str(run_id)
@@ -153,7 +154,7 @@ def campaign_submit(*, campaign_id: int) -> bool:
             campaign.status = Campaign.Status.RUNNING
         campaign.save(update_fields=["flwr_run_id", "status"])
     if cancelled_meanwhile:  # cancelled while we were submitting: the run must not go on
-        control.stop_run(_superlink(), run_id)
+        control.stop_run(superlink_client(), run_id)
         return False
     log.info("campaign %s submitted as Flower run %s", campaign_id, run_id)
     return True
@@ -164,7 +165,7 @@ def campaign_follow(*, campaign_id: int) -> bool:
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is None or campaign.status != Campaign.Status.RUNNING:
         return True
-    state = control.run_state(_superlink(), int(campaign.flwr_run_id))
+    state = control.run_state(superlink_client(), int(campaign.flwr_run_id))
     if not state.finished:
         return False
     if not state.succeeded:
@@ -343,7 +344,7 @@ def campaign_cancel(*, campaign: Campaign, by: Any = None, reason: str = "") -> 
         campaign.save(update_fields=["status", "status_reason", "finished_at"])
     if campaign.flwr_run_id:
         try:
-            control.stop_run(_superlink(), int(campaign.flwr_run_id))
+            control.stop_run(superlink_client(), int(campaign.flwr_run_id))
         except Exception as exc:  # the run may already have ended; the campaign stays cancelled either way
             log.warning("campaign %s: stopping Flower run %s failed: %s", campaign.pk, campaign.flwr_run_id, exc)
     log.info("campaign %s cancelled by %s", campaign.pk, getattr(by, "username", by))

@@ -18,8 +18,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from campaigns.services import superlink_client
 from community.models import Contributor, EnrollmentToken, Node
-from federation import control
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def node_enroll(*, token: str, public_key: str, name: str) -> Enrollment:
             raise PermissionError("This enrollment token is not valid (unknown, used, expired, or not yours to use).")
         if Node.objects.filter(public_key=public_key).exists():
             raise ValidationError({"public_key": "This key is already enrolled; run join again without a token."})
-        response = _superlink().RegisterNode(_register_request(public_key, name))
+        response = superlink_client().RegisterNode(_register_request(public_key, name))
         api_token = f"byn_{secrets.token_urlsafe(32)}"
         node = Node.objects.create(
             contributor=record.contributor,
@@ -136,10 +136,6 @@ def _register_request(public_key: str, name: str) -> Any:
     return RegisterNodeRequest(public_key=public_key.encode(), name=name)
 
 
-def _superlink() -> Any:
-    return control.client(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_ROOT_CERT)
-
-
 def node_by_api_token(token: str) -> Node | None:
     if not token:
         return None
@@ -158,7 +154,7 @@ def node_suspend(*, node: Node, by: Any = None, reason: str = "") -> Node:
     from flwr.proto.control_pb2 import UnregisterNodeRequest
 
     if node.flwr_node_id and node.status == Node.Status.ACTIVE:
-        _superlink().UnregisterNode(UnregisterNodeRequest(node_id=int(node.flwr_node_id)))
+        superlink_client().UnregisterNode(UnregisterNodeRequest(node_id=int(node.flwr_node_id)))
     node.status = Node.Status.SUSPENDED
     node.status_reason = reason or "suspended by staff"
     node.save(update_fields=["status", "status_reason"])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -31,6 +33,29 @@ class LivePlatform:
     site_url: str
     corpus: Path
     model: Path
+
+    def run_campaign(self, name: str, timeout: float = 300, **options: Any) -> Any:
+        """Create and launch a campaign on the tiny model and held-out split; return it once it has ended."""
+        from campaigns.services import base_model_register, campaign_create, campaign_launch
+
+        base = base_model_register(path=self.model, name="tiny", hf_id="test/tiny-llama")
+        campaign = campaign_create(
+            name=name,
+            base_model=base,
+            data_task="python-docs",
+            heldout_path=str(self.corpus / "heldout.jsonl"),
+            **options,
+        )
+        campaign_launch(campaign=campaign)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.stack.check()  # a crashed SuperLink/worker/node fails the test with its log tail
+            campaign.refresh_from_db()
+            if campaign.is_terminal:
+                return campaign
+            time.sleep(1)
+        rounds = sorted(campaign.rounds.exclude(eval_loss=None).values_list("number", flat=True))
+        raise AssertionError(f"campaign still {campaign.status} after {timeout}s; rounds seen {rounds}")
 
 
 @pytest.fixture

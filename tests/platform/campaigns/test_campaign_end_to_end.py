@@ -3,44 +3,23 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from campaigns.models import Campaign
-from campaigns.services import base_model_register, campaign_create, campaign_launch
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
-def wait_until_terminal(campaign: Campaign, live_platform, timeout: float = 300) -> Campaign:
-    deadline = time.monotonic() + timeout
-    seen_rounds: list[int] = []
-    while time.monotonic() < deadline:
-        live_platform.stack.check()
-        campaign.refresh_from_db()
-        seen_rounds = sorted(campaign.rounds.exclude(eval_loss=None).values_list("number", flat=True))
-        if campaign.is_terminal:
-            return campaign
-        time.sleep(1)
-    raise AssertionError(f"campaign still {campaign.status} after {timeout}s; rounds seen {seen_rounds}")
-
-
 def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_platform):
-    base = base_model_register(path=live_platform.model, name="tiny", hf_id="test/tiny-llama")
-    campaign = campaign_create(
-        name="E2E",
-        base_model=base,
-        data_task="python-docs",
-        heldout_path=str(live_platform.corpus / "heldout.jsonl"),
+    campaign = live_platform.run_campaign(
+        "E2E",
         train_config={"local-steps": 4, "seq-len": 64, "batch-size": 4, "lr": 0.01, "threads": 1},
         num_rounds=2,
         min_nodes=2,
     )
-    campaign_launch(campaign=campaign)
-    campaign = wait_until_terminal(campaign, live_platform)
     assert campaign.status == Campaign.Status.COMPLETED, campaign.status_reason
 
     rounds = list(campaign.rounds.order_by("number"))
@@ -84,18 +63,12 @@ def test_release_files_download_over_http(live_platform, client):
     """Downloads come from the site, byte for byte, and only files of a release can be asked for."""
     import requests
 
-    base = base_model_register(path=live_platform.model, name="tiny", hf_id="test/tiny-llama")
-    campaign = campaign_create(
-        name="Download",
-        base_model=base,
-        data_task="python-docs",
-        heldout_path=str(live_platform.corpus / "heldout.jsonl"),
+    campaign = live_platform.run_campaign(
+        "Download",
         train_config={"local-steps": 2, "seq-len": 32, "threads": 1},
         num_rounds=1,
         min_nodes=2,
     )
-    campaign_launch(campaign=campaign)
-    campaign = wait_until_terminal(campaign, live_platform)
     assert campaign.status == Campaign.Status.COMPLETED, campaign.status_reason
     release = campaign.release
     for f in release.files.all():
@@ -108,19 +81,13 @@ def test_release_files_download_over_http(live_platform, client):
 
 
 def test_a_dp_campaign_publishes_epsilon_on_its_card_and_provenance(live_platform):
-    base = base_model_register(path=live_platform.model, name="tiny", hf_id="test/tiny-llama")
-    campaign = campaign_create(
-        name="DP",
-        base_model=base,
-        data_task="python-docs",
-        heldout_path=str(live_platform.corpus / "heldout.jsonl"),
+    campaign = live_platform.run_campaign(
+        "DP",
         train_config={"local-steps": 2, "seq-len": 32, "threads": 1},
         aggregation={"dp-noise-multiplier": 1.0, "dp-clipping-norm": 0.5, "dp-delta": 1e-5},
         num_rounds=2,
         min_nodes=2,
     )
-    campaign_launch(campaign=campaign)
-    campaign = wait_until_terminal(campaign, live_platform)
     assert campaign.status == Campaign.Status.COMPLETED, campaign.status_reason
 
     epsilons = list(campaign.rounds.order_by("number").values_list("epsilon", flat=True))

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import re
 import shlex
-import time
 
 import pytest
 
 from campaigns.models import Campaign
-from campaigns.services import base_model_register, campaign_create, campaign_launch
 from community.models import Contributor
 from community.services import contributor_set_status
 from federation import procs
@@ -35,20 +33,9 @@ def test_new_contributor_joins_and_sees_their_participation(client, live_platfor
         "rosa", [procs.sys.executable, *argv[1:]], env=procs.flower_env(tmp_path / "h")
     )
 
-    base = base_model_register(path=live_platform.model, name="tiny", hf_id="test/tiny-llama")
-    campaign = campaign_create(
-        name="Journey", base_model=base, data_task="python-docs",
-        heldout_path=str(live_platform.corpus / "heldout.jsonl"),
-        train_config={"local-steps": 2, "seq-len": 32, "threads": 1}, num_rounds=1, min_nodes=3,
-    )  # fmt: skip
-    campaign_launch(campaign=campaign)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        live_platform.stack.check()
-        campaign.refresh_from_db()
-        if campaign.is_terminal:
-            break
-        time.sleep(1)
+    campaign = live_platform.run_campaign(
+        "Journey", train_config={"local-steps": 2, "seq-len": 32, "threads": 1}, num_rounds=1, min_nodes=3
+    )
     assert campaign.status == Campaign.Status.COMPLETED, campaign.status_reason
 
     page = client.get("/me/").content.decode()

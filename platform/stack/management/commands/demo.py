@@ -14,7 +14,7 @@ from rich.table import Table
 
 from bayanihan_site.celery import app as celery_app
 from campaigns.models import Campaign
-from campaigns.services import campaign_create, campaign_fail, campaign_launch
+from campaigns.services import campaign_create, campaign_fail, campaign_launch, superlink_client
 from federation import control, procs
 from federation.corpus import build_demo_corpus
 from stack.basemodels import ensure_base_model
@@ -137,9 +137,7 @@ class Command(BaseCommand):
         campaign.refresh_from_db()
         if campaign.flwr_run_id and not campaign.is_terminal:
             try:
-                control.stop_run(
-                    control.client(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_ROOT_CERT), int(campaign.flwr_run_id)
-                )
+                control.stop_run(superlink_client(), int(campaign.flwr_run_id))
             except Exception:  # the SuperLink may already be gone; the campaign is failed either way
                 pass
         campaign_fail(campaign=campaign, reason=reason)
