@@ -153,7 +153,6 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "bayanihan")
 
 # --- Flower SuperLink the platform drives ---
 SUPERLINK_ADDRESS = os.environ.get("SUPERLINK_ADDRESS", "127.0.0.1:9093")
-SUPERLINK_ROOT_CERT = os.environ.get("SUPERLINK_ROOT_CERT") or None
 # Seconds between checks on a running Flower run.
 CAMPAIGN_POLL_SECONDS = float(os.environ.get("CAMPAIGN_POLL_SECONDS", "3"))
 
@@ -171,7 +170,7 @@ ENROLLMENT_TOKEN_HOURS = env_int("ENROLLMENT_TOKEN_HOURS", 24)
 # The SuperLink always runs with TLS and node authentication. Give your own certificate files in
 # production; otherwise the platform makes a local CA and certificate under var/superlink-tls/.
 SUPERLINK_TLS_DIR = Path(os.environ.get("SUPERLINK_TLS_DIR", VAR_DIR / "superlink-tls"))
-SUPERLINK_ROOT_CERT = SUPERLINK_ROOT_CERT or str(SUPERLINK_TLS_DIR / "ca.crt")
+SUPERLINK_ROOT_CERT = os.environ.get("SUPERLINK_ROOT_CERT") or str(SUPERLINK_TLS_DIR / "ca.crt")
 # Names/IPs the SuperLink certificate must cover (what nodes dial), comma separated.
 SUPERLINK_HOSTNAMES = [h for h in os.environ.get("SUPERLINK_HOSTNAMES", "127.0.0.1,localhost").split(",") if h]
 # What `join` is told to dial; defaults to the address the platform itself uses.
