@@ -95,7 +95,8 @@ def test_staff_run_a_campaign_from_the_browser(browser, live_platform):
     assert "rosa: approved." in page.inner_text(".msg.success")
     rosa.refresh_from_db()
     assert rosa.status == Contributor.Status.APPROVED
-    assert page.locator("#node-list tr", has_text="node-1").count() == 1
+    # Whole word: a pseudonym such as "node-1f3a…" must not count as node-1.
+    assert page.locator("#node-list tr", has_text=re.compile(r"\bnode-1\b")).count() == 1
 
     # Create a campaign: a bad value is explained next to its field, then fixed.
     page.click("text=New campaign")
