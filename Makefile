@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-tiny serve test test-fast lint clean bench-aggregation
+.PHONY: setup demo demo-tiny serve test test-fast lint clean bench bench-aggregation bench-quality bench-overhead \
+	bench-communication bench-scale bench-downloads
 
 setup: $(VENV)/.installed
 
@@ -29,6 +30,29 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not integration"
+
+# Benchmarks: each prints its table and rewrites its own section of docs/benchmarks.md (each < 30 min on 2 cores).
+bench: bench-quality bench-overhead bench-communication bench-scale bench-downloads
+
+# Federated vs each contributor alone vs pooled data, same optimizer steps (SmolLM2-135M).
+bench-quality: setup
+	$(PY) bench/quality.py
+
+# One round through the whole platform vs the same steps in a bare PEFT loop, and where the difference goes.
+bench-overhead: setup
+	$(PY) bench/overhead.py
+
+# Bytes on the wire per node per round vs the adapter's tensor bytes.
+bench-communication: setup
+	$(PY) bench/communication.py
+
+# One round with 10, 50 and 100 real SuperNodes (tiny model): round time, memory, where it breaks.
+bench-scale: setup
+	$(PY) bench/scale.py
+
+# Release downloads (site and HF API) vs a plain file copy; 200 concurrent downloads.
+bench-downloads: setup
+	$(PY) bench/downloads.py
 
 # Robust strategies vs a hostile node, and DP's cost, on 4 real nodes and the tiny model (~20 min on 2 cores).
 bench-aggregation: setup

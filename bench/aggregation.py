@@ -12,17 +12,17 @@ bound, FedMedian, FedTrimmedAvg, MultiKrum. Prints one table of held-out loss af
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from federation import control, procs  # noqa: E402
+from flower_cluster import journal, run_to_end, start_cluster  # noqa: E402
+
+from federation import procs  # noqa: E402
 from federation.config import AggregationConfig, ServerConfig, TrainConfig  # noqa: E402
 from federation.corpus import build_demo_corpus  # noqa: E402
 from federation.tiny import build_tiny_checkpoint  # noqa: E402
@@ -58,46 +58,10 @@ def scenarios(clip: float, noises: tuple[float, float]) -> list[Row]:
     ]
 
 
-def start_cluster(sup: procs.Supervisor, root: Path, corpus: Path, model: Path, attack: str) -> str:
-    port = procs.free_port()
-    address = f"127.0.0.1:{port}"
-    link_dir = root / "superlink"
-    link_dir.mkdir(parents=True, exist_ok=True)
-    proc = sup.start(
-        "superlink",
-        procs.superlink_command(link_dir, "127.0.0.1", port),
-        env=procs.flower_env(link_dir / "flwr-home"),
-        cwd=link_dir,
-    )
-    procs.wait_http(f"http://{address}/health", 60, proc)
-    for name in NODES:
-        home = root / "nodes" / name
-        home.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "federation", "node", "--superlink", address, "--data", str(corpus / name),
-                   "--name", name, "--model", str(model), "--home", str(home / "flwr-home")]  # fmt: skip
-        if attack and name == HOSTILE:
-            command += ["--attack", attack]
-        sup.start(name, command, env=procs.flower_env(home / "flwr-home"), cwd=home)
-    return address
-
-
 def run_one(address: str, row: Row, train: TrainConfig, server: ServerConfig, out: Path, timeout: float) -> None:
     agg = AggregationConfig.from_run_config(row.agg)
     run_config = {**train.to_run_config(), **agg.to_run_config(), **server.to_run_config(), "output-dir": str(out)}
-    client = control.client(address)
-    started = time.monotonic()
-    run_id = control.start_run(client, run_config)
-    while True:
-        state = control.run_state(client, run_id)
-        if state.finished:
-            break
-        if time.monotonic() - started > timeout:
-            control.stop_run(client, run_id)
-            raise TimeoutError(f"{row.label}: run {run_id} still {state.status} after {timeout:.0f}s")
-        time.sleep(1)
-    row.seconds = time.monotonic() - started
-    if not state.succeeded:
-        raise RuntimeError(f"{row.label}: run {run_id} ended {state.sub_status}: {state.details}")
+    row.seconds = run_to_end(address, run_config, row.label, timeout)
     collect(row, out)
     print(
         f"  {row.phase:7s} {row.label:40s} loss {row.base_loss:.4f} -> {row.final_loss:.4f}  "
@@ -108,8 +72,7 @@ def run_one(address: str, row: Row, train: TrainConfig, server: ServerConfig, ou
 
 def collect(row: Row, out: Path) -> None:
     """Read one run's results from the ServerApp's journal."""
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    rounds = [e for e in events if e["type"] == "round"]
+    rounds = [e for e in journal(out) if e["type"] == "round"]
     row.base_loss, row.final_loss = rounds[0]["eval_loss"], rounds[-1]["eval_loss"]
     row.epsilon, row.delta = rounds[-1].get("epsilon"), rounds[-1].get("delta")
     row.refused = sum(1 for e in rounds for n in e["nodes"] if n.get("rejected"))
@@ -177,7 +140,8 @@ def main() -> int:
     for phase in () if args.table_only else ("clean", "hostile"):
         print(f"phase {phase}: starting SuperLink and {len(NODES)} nodes", flush=True)
         with procs.Supervisor(out / phase / "logs") as sup:
-            address = start_cluster(sup, out / phase, corpus, model, "scale" if phase == "hostile" else "")
+            data = {name: corpus / name for name in NODES}
+            address = start_cluster(sup, out / phase, data, model, "scale" if phase == "hostile" else "", HOSTILE)
             for i, row in enumerate(r for r in rows if r.phase == phase):
                 if row.agg.get("dp-clipping-norm") == 0.0:
                     # Clip at the honest updates' typical size: clipping then bounds sensitivity without
@@ -196,7 +160,7 @@ def main() -> int:
 
 
 def median_norm(run_dir: Path) -> float:
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    events = journal(run_dir)
     norms = sorted(n["update_norm"] for e in events if e["type"] == "round" for n in e["nodes"] if n["update_norm"])
     return round(norms[len(norms) // 2], 4)
 

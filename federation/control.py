@@ -9,7 +9,7 @@ from typing import Any
 
 from flwr.cli.build import build_fab_from_disk
 from flwr.common.serde import fab_to_proto, user_config_to_proto
-from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest, StopRunRequest
+from flwr.proto.control_pb2 import ListNodesRequest, ListRunsRequest, StartRunRequest, StopRunRequest
 from flwr.supercore.constant import NOOP_FEDERATION_ID
 from flwr.supercore.control.control_http_client import ControlHttpClient
 from flwr.supercore.fab import Fab
@@ -59,12 +59,22 @@ def start_run(control: ControlHttpClient, run_config: dict[str, Any], app_dir: P
     return int(response.run_id)
 
 
-def run_state(control: ControlHttpClient, run_id: int) -> RunState:
+def run_record(control: ControlHttpClient, run_id: int) -> Any:
+    """The SuperLink's record of a run (flwr.proto.run_pb2.Run: status, pending_at/starting_at/running_at, ...)."""
     runs = control.ListRuns(ListRunsRequest(run_id=run_id)).run_dict
     if run_id not in runs:
         raise LookupError(f"run {run_id} is unknown to the SuperLink")
-    status = runs[run_id].status
+    return runs[run_id]
+
+
+def run_state(control: ControlHttpClient, run_id: int) -> RunState:
+    status = run_record(control, run_id).status
     return RunState(status.status, status.sub_status, status.details)
+
+
+def online_node_ids(control: ControlHttpClient) -> set[int]:
+    """Ids of the SuperNodes connected to the SuperLink right now."""
+    return {int(n.node_id) for n in control.ListNodes(ListNodesRequest()).nodes_info if n.status == "online"}
 
 
 def stop_run(control: ControlHttpClient, run_id: int) -> None:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +104,28 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _stop_all(processes: list[psutil.Process], timeout: float) -> None:
+    alive = [p for p in processes if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, left = psutil.wait_procs(alive, timeout=timeout)
+    for p in left:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
 @dataclass
 class Supervisor:
     """Owns child processes; each runs in its own process group so its children stop with it."""
@@ -146,23 +169,28 @@ class Supervisor:
         proc = self.procs.pop(name, None)
         if proc is None:
             return
+        # Flower starts some helpers (the SuperLink's flower-superexec) in a session of their own: the process group
+        # does not reach them, so note every descendant now and stop those still alive at the end.
+        descendants = _descendants(proc.pid)
         try:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
+            pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             proc.poll()
             try:
                 os.killpg(proc.pid, 0)  # anyone left in the group?
             except ProcessLookupError:
-                return
+                break
             time.sleep(0.1)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        else:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
+        _stop_all(descendants, max(deadline - time.monotonic(), 2.0))
 
     def stop_all(self, timeout: float = 20.0) -> None:
         for name in reversed(list(self.procs)):

@@ -9,6 +9,7 @@ and scores each accepted node by how well its update lines up with the update th
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,10 @@ class RoundLog:
     train_metrics: dict[str, float | None] = field(default_factory=dict)
     epsilon: float | None = None  # cumulative, after this round (central DP only)
     delta: float | None = None
+    # Wall-clock times (epoch seconds) on the SuperLink host: instructions out, all replies in, merge done.
+    sent_at: float | None = None
+    replies_at: float | None = None
+    aggregated_at: float | None = None
 
 
 def _clean(value: Any) -> float | None:
@@ -126,6 +131,7 @@ class GuardedStrategy(Strategy):
         self.weight_key = weight_key  # the key the wrapped strategy weights by
         self.rounds: dict[int, RoundLog] = {}
         self._global = ArrayRecord()
+        self._sent_at: float | None = None
 
     def summary(self) -> None:
         self.inner.summary()
@@ -134,6 +140,7 @@ class GuardedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._global = arrays  # what every reply this round is compared with
+        self._sent_at = time.time()
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(
@@ -147,8 +154,8 @@ class GuardedStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        log = RoundLog(sent_at=self._sent_at, replies_at=time.time())
         reference = _numpy(self._global)
-        log = RoundLog()
         checked: list[tuple[NodeReport, Message]] = []
         for msg in replies:
             if msg.has_error():
@@ -192,6 +199,7 @@ class GuardedStrategy(Strategy):
         spent = privacy.spent(self.inner)
         if spent is not None:
             log.epsilon, log.delta = _clean(spent.epsilon), spent.delta
+        log.aggregated_at = time.time()
         self.rounds[server_round] = log
         metrics = MetricRecord({k: v for k, v in log.train_metrics.items() if v is not None})
         return arrays, (metrics if arrays is not None else None)

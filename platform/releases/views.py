@@ -8,7 +8,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
 from releases import selectors, services
-from releases.downloads import serve_file
+from releases.downloads import serve_file, stream
 from releases.markdown_render import render_markdown, split_front_matter
 from releases.signing import public_key_fingerprint, public_key_pem
 from releases.zipstream import zip_stream
@@ -79,7 +79,7 @@ def release_zip(request: HttpRequest, org: str, name: str, revision: str) -> Htt
         (f"{folder}/{e.path}", selectors.entry_file(release, e), e.size) for e in selectors.release_entries(release)
     ]
     stamp = release.created_at.timetuple()[:6]
-    response = StreamingHttpResponse(zip_stream(members, stamp), content_type="application/zip")
+    response = StreamingHttpResponse(stream(request, zip_stream(members, stamp)), content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{folder}.zip"'
     response["X-Repo-Commit"] = release.revision
     if request.method == "GET":

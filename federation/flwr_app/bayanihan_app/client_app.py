@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import psutil
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -15,6 +18,9 @@ app = ClientApp()
 
 @app.train()
 def train_round(msg: Message, context: Context) -> Message:
+    entered = time.time()
+    # Flower starts an app process per message: how long that start took is part of every round's cost.
+    startup = max(0.0, entered - psutil.Process().create_time())
     cfg = TrainConfig.from_run_config(context.run_config)
     # The model lives on the node's disk: node config names it, else the run's path (same host).
     model_path = str(context.node_config.get("model-path") or context.run_config["base-model-path"])
@@ -23,9 +29,11 @@ def train_round(msg: Message, context: Context) -> Message:
     model = lora_model(model_path, cfg)
     received = msg.content["arrays"]
     set_adapter_state(model, received.to_torch_state_dict())
+    loaded = time.time()
     val_before, _ = evaluate(model, data.val, data.pad_id)
     result = train(model, data.train, cfg, data.pad_id, round_seed=int(msg.content["config"]["server-round"]))
     val_after, _ = evaluate(model, data.val, data.pad_id)
+    evaluated = time.time()
 
     state = get_adapter_state(model)
     attack = str(context.node_config.get("attack", ""))
@@ -42,6 +50,11 @@ def train_round(msg: Message, context: Context) -> Message:
             "tokens": result.tokens,
             "loss-tokens": result.loss_tokens,
             "train-seconds": result.seconds,
+            # Where the rest of the node's time went (benchmarks and the console read these).
+            "startup-seconds": startup,
+            "load-seconds": loaded - entered,
+            "eval-seconds": evaluated - loaded - result.seconds,
+            "node-seconds": time.time() - entered + startup,
             "bytes-down": received.count_bytes(),
             "bytes-up": arrays.count_bytes(),
         }

@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import psutil
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -32,7 +33,9 @@ def main(grid: Grid, context: Context) -> None:
     server = ServerConfig.from_run_config(context.run_config)
     out = Path(server.output_dir or f"runs/{context.run_id}")
     reporter = Reporter(server.report_url, server.report_token, out)
-    reporter.event("started", run_id=context.run_id, num_rounds=server.num_rounds)
+    # When Flower started this process: the gap to now is the app's start-up (imports), a per-run cost.
+    process_started = psutil.Process().create_time()
+    reporter.event("started", run_id=context.run_id, num_rounds=server.num_rounds, process_started=process_started)
 
     model = lora_model(server.base_model_path, cfg)
     tokenizer = load_tokenizer(server.base_model_path)
@@ -44,11 +47,15 @@ def main(grid: Grid, context: Context) -> None:
     def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Called by Strategy.start before round 1 (the base model) and after every round."""
         nonlocal round_started
+        evaluate_started = time.time()
         set_adapter_state(model, arrays.to_torch_state_dict())
         loss, tokens = evaluate(model, heldout, int(tokenizer.pad_token_id))
         folder = out / f"round-{server_round}"
         model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only
         log = strategy.rounds.get(server_round)
+        timings = {"started": round_started, "evaluate_started": evaluate_started, "evaluated": time.time()}
+        if log:
+            timings.update(sent=log.sent_at, replies=log.replies_at, aggregated=log.aggregated_at)
         reporter.event(
             "round",
             round=server_round,
@@ -60,6 +67,7 @@ def main(grid: Grid, context: Context) -> None:
             nodes=[asdict(r) for r in log.replies] if log else [],
             epsilon=log.epsilon if log else None,
             delta=log.delta if log else None,
+            timings=timings,  # epoch seconds on this host: where the round's wall time went
         )
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             reporter.upload(server_round, folder / name)

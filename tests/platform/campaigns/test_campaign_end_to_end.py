@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from campaigns.models import Campaign
+from campaigns.services import campaign_output_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -35,6 +36,20 @@ def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_pl
     manifest = json.loads((live_platform.corpus / "manifest.json").read_text())
     fingerprints = {p.node.name: p.data_fingerprint for p in rounds[1].participations.select_related("node")}
     assert fingerprints == {name: node["fingerprint"] for name, node in manifest["nodes"].items()}
+
+    # Where each round's time went (bench/overhead.py reads these): in order, and the nodes' parts fit their total.
+    journal = campaign_output_dir(campaign) / "server" / "events.jsonl"
+    events = [json.loads(line) for line in journal.read_text().splitlines()]
+    started = next(e for e in events if e["type"] == "started")
+    assert started["process_started"] <= started["time"]
+    for event in (e for e in events if e["type"] == "round" and e["round"] > 0):
+        t = event["timings"]
+        assert t["sent"] <= t["replies"] <= t["aggregated"] <= t["evaluate_started"] <= t["evaluated"]
+        for node in event["nodes"]:
+            m = node["metrics"]
+            parts = m["startup-seconds"] + m["load-seconds"] + m["eval-seconds"] + m["train-seconds"]
+            assert min(m["startup-seconds"], m["load-seconds"], m["eval-seconds"]) >= 0
+            assert parts <= m["node-seconds"] <= t["replies"] - t["sent"] + 1.0  # 1 s: process start rounding
 
     release = campaign.release
     folder = Path(release.path)

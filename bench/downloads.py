@@ -1,0 +1,549 @@
+"""Benchmark: release downloads through the site vs a plain file copy, and 200 concurrent downloads (not a test).
+
+Run `make bench-downloads`. The whole platform runs for real (uvicorn web server exactly like `make serve`, Celery
+worker; see bench/site_stack.py) against its own SQLite database under var/bench/downloads/.
+
+1. A release is published through the real path (`releases.services.release_publish`) from a finished campaign
+   whose last round holds a real PEFT folder with the product's adapter shape: LoRA r=8 on q/k/v/o of a model with
+   SmolLM2-135M's attention shapes (30 layers, hidden 576, 9 heads, 3 KV heads), fp32: 921,600 parameters,
+   3,686,400 bytes of tensors. The base weights are random and the MLP/vocab shrunk: they never leave this process.
+2. Single stream, interleaved so each path sees the same machine load, `--repeat` times each:
+   - plain `shutil.copyfile` of the stored blob (the reference: bytes/s the disk cache can move),
+   - sha256 of the blob read locally (what verifying a download costs at least),
+   - GET of the site's download URL (`release-file`), streamed with `requests`, written to disk, sha256 checked,
+   - GET of the Hugging Face-compatible `/<org>/<name>/resolve/main/<file>`, the same way,
+   - `huggingface_hub.hf_hub_download` with HF_ENDPOINT at the site, a fresh cache folder every time.
+   Ratio = download MB/s / copy MB/s (MB = 10^6 bytes).
+3. `--concurrency` simultaneous downloads over loopback (httpx, one asyncio loop, one connection each), once per
+   route: errors (non-200, connection errors, timeouts, short bodies, sha256 mismatch), latency percentiles,
+   time to first byte, wall time, aggregate MB/s, the web process's peak memory (it is restarted before each burst),
+   and whether the release's download counter moved by exactly the number of successful downloads.
+
+The client runs on the same cores as the server, so every HTTP figure includes the client's own CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from report import Timer, write_section
+from site_stack import running_site, stop_on_signals
+
+NAME = "downloads"
+COMMAND = "make bench-downloads"
+WEIGHTS = "adapter_model.safetensors"
+HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# SmolLM2-135M's attention shapes: all that a q/k/v/o LoRA adapter depends on.
+SMOLLM2_SHAPE = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3}
+CHUNK = 1 << 20
+MB = 1e6
+
+
+@dataclass
+class Target:
+    """The published file and the URLs that serve it."""
+
+    release_pk: int
+    repo_id: str
+    revision: str
+    size: int
+    sha256: str
+    blob: Path
+    site_url: str
+    resolve_url: str
+    endpoint: str
+
+
+@dataclass
+class Series:
+    label: str
+    seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Burst:
+    route: str
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)
+    first_bytes: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    wall: float = 0.0
+    bytes_ok: int = 0
+    counter_delta: int = 0
+    rss_before_mb: float = 0.0
+    rss_peak_mb: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies)
+
+
+# --- the release -------------------------------------------------------------------------------------------------
+
+
+def build_adapter(folder: Path) -> None:
+    """A real PEFT folder (save_pretrained) with the product's LoRA config and SmolLM2-135M's adapter shapes."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from federation.config import TrainConfig
+
+    cfg = TrainConfig()
+    config = LlamaConfig(vocab_size=256, intermediate_size=64, max_position_embeddings=512, **SMOLLM2_SHAPE)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config)
+    lora = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.modules,
+        task_type="CAUSAL_LM",
+    )  # fmt: skip
+    model = get_peft_model(base, lora)
+    with torch.no_grad():  # a fresh adapter has B = 0; a trained one has real, non-zero bytes
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    model.save_pretrained(folder)
+
+
+def adapter_tensor_bytes(path: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(path), framework="pt") as fh:
+        for key in fh.keys():
+            tensor = fh.get_tensor(key)
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def publish_release(site: Any) -> Target:
+    """A finished campaign (rounds, nodes, participations) whose last round holds the adapter; then publish it."""
+    from django.conf import settings
+    from django.urls import reverse
+
+    from campaigns.models import BaseModel, Campaign, Participation, Round
+    from community.models import Node
+    from federation.config import TrainConfig
+    from releases.models import ReleaseFile
+    from releases.selectors import entry_file, release_entry
+    from releases.services import release_publish
+
+    base = BaseModel.objects.create(
+        name="smollm2-135m", hf_id=HF_ID, path=str(site.var / "no-base-weights"), files={"config.json": "ab" * 32},
+        license="apache-2.0", note="benchmark: only the adapter's shapes matter",
+    )  # fmt: skip
+    campaign = Campaign.objects.create(
+        name="Download benchmark", base_model=base, data_task="python-docs", heldout_path="heldout.jsonl",
+        num_rounds=1, train_config=TrainConfig().to_run_config(), status=Campaign.Status.COMPLETED,
+        flwr_run_id="1",
+    )  # fmt: skip
+    nodes = [Node.objects.create(name=f"bench-{i}", flwr_node_id=str(900 + i)) for i in range(2)]
+    Round.objects.create(campaign=campaign, number=0, eval_loss=3.0, participants=0)
+    final = Round.objects.create(campaign=campaign, number=1, eval_loss=2.5, participants=len(nodes))
+    for i, node in enumerate(nodes):
+        Participation.objects.create(
+            round=final, node=node, samples=100 + i, tokens=10_000, data_fingerprint=f"{i}" * 64
+        )
+    folder = Path(settings.DATA_DIR) / "campaigns" / str(campaign.pk) / "round-1"
+    build_adapter(folder)
+    final.adapter_files = {n: sha256_of(folder / n) for n in ("adapter_config.json", WEIGHTS)}
+    final.save()
+
+    release = release_publish(campaign=campaign)
+    row = ReleaseFile.objects.get(release=release, path=WEIGHTS)
+    entry = release_entry(release, WEIGHTS)
+    assert entry is not None
+    org, name = release.repo_id.split("/", 1)
+    site_path = reverse(
+        "release-file", kwargs={"org": org, "name": name, "revision": release.revision, "path": WEIGHTS}
+    )
+    resolve_path = reverse("hf-resolve", kwargs={"org": org, "name": name, "revision": "main", "path": WEIGHTS})
+    return Target(
+        release_pk=release.pk, repo_id=release.repo_id, revision=release.revision, size=row.size, sha256=row.sha256,
+        blob=entry_file(release, entry), site_url=site.url + site_path, resolve_url=site.url + resolve_path,
+        endpoint=site.url,
+    )  # fmt: skip
+
+
+def download_count(target: Target) -> int:
+    from releases.models import Release
+
+    return Release.objects.get(pk=target.release_pk).download_count
+
+
+# --- single stream -----------------------------------------------------------------------------------------------
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def timed(action: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def http_download(url: str, dest: Path, expected_sha256: str) -> None:
+    """One fresh connection, streamed to disk, sha256 checked: what a careful script does."""
+    import requests
+
+    digest = hashlib.sha256()
+    with requests.get(url, stream=True, timeout=60) as response, dest.open("wb") as out:
+        response.raise_for_status()
+        for chunk in response.iter_content(CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != expected_sha256:
+        raise RuntimeError(f"sha256 mismatch downloading {url}")
+
+
+def hub_download(target: Target, cache: Path) -> None:
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(target.repo_id, WEIGHTS, cache_dir=cache, endpoint=target.endpoint)
+    if Path(path).stat().st_size != target.size:
+        raise RuntimeError("huggingface_hub returned a file of the wrong size")
+
+
+def single_stream(target: Target, repeat: int, scratch: Path) -> list[Series]:
+    """Each repetition runs every path once, in the same order, after one untimed warm-up round."""
+    out = scratch / "out.bin"
+
+    def copy() -> None:
+        shutil.copyfile(target.blob, out)
+
+    def hash_only() -> None:
+        if sha256_of(target.blob) != target.sha256:
+            raise RuntimeError("stored blob does not match its sha256")
+
+    def site() -> None:
+        http_download(target.site_url, out, target.sha256)
+
+    def resolve() -> None:
+        http_download(target.resolve_url, out, target.sha256)
+
+    def hub() -> None:
+        cache = Path(tempfile.mkdtemp(prefix="hf-cache-", dir=scratch))
+        try:
+            hub_download(target, cache)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+
+    paths: list[tuple[str, Callable[[], None]]] = [
+        ("plain file copy (`shutil.copyfile` of the blob)", copy),
+        ("sha256 of the blob, local read", hash_only),
+        ("site download URL (`requests`, streamed, sha256 checked)", site),
+        ("HF API `resolve/main` (`requests`, streamed, sha256 checked)", resolve),
+        ("`huggingface_hub.hf_hub_download`, fresh cache", hub),
+    ]
+    series = [Series(label) for label, _ in paths]
+    for _, action in paths:  # warm-up: page cache, imports, the web server's first requests
+        action()
+    for i in range(repeat):
+        for entry, (_, action) in zip(series, paths, strict=True):
+            entry.seconds.append(timed(action))
+        print(f"  single stream: {i + 1}/{repeat}", file=sys.stderr, end="\r", flush=True)
+    print(file=sys.stderr)
+    out.unlink(missing_ok=True)
+    return series
+
+
+# --- concurrent --------------------------------------------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process in MB, from /proc (0, 0 where that cannot be read)."""
+    values = {"VmRSS:": 0.0, "VmHWM:": 0.0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key = line.split(maxsplit=1)[0] if line else ""
+            if key in values:
+                values[key] = int(line.split()[1]) * 1024 / MB
+    except OSError:
+        pass
+    return values["VmRSS:"], values["VmHWM:"]
+
+
+async def one_download(client: Any, url: str, target: Target, start: asyncio.Event, burst: Burst) -> None:
+    import httpx
+
+    await start.wait()
+    started = time.perf_counter()
+    first: float | None = None
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        async with client.stream("GET", url) as response:
+            if response.status_code != 200:
+                burst.errors[f"HTTP {response.status_code}"] += 1
+                return
+            async for chunk in response.aiter_raw():  # as received: the first one times the first byte
+                if first is None:
+                    first = time.perf_counter() - started
+                digest.update(chunk)
+                received += len(chunk)
+    except httpx.TimeoutException:
+        burst.errors["timeout"] += 1
+        return
+    except httpx.ConnectError:
+        burst.errors["connection refused/failed"] += 1
+        return
+    except httpx.HTTPError as exc:
+        burst.errors[type(exc).__name__] += 1
+        return
+    if received != target.size:
+        burst.errors["short body"] += 1
+    elif digest.hexdigest() != target.sha256:
+        burst.errors["sha256 mismatch"] += 1
+    else:
+        burst.latencies.append(time.perf_counter() - started)
+        burst.first_bytes.append(first or 0.0)
+        burst.bytes_ok += received
+
+
+async def _burst(route: str, url: str, target: Target, concurrency: int, timeout: float) -> Burst:
+    import httpx
+
+    burst = Burst(route, concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout)) as client:
+        start = asyncio.Event()
+        tasks = [asyncio.create_task(one_download(client, url, target, start, burst)) for _ in range(concurrency)]
+        await asyncio.sleep(0.05)  # every task is waiting on the event: they all start together
+        began = time.perf_counter()
+        start.set()
+        await asyncio.gather(*tasks)
+        burst.wall = time.perf_counter() - began
+    return burst
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM (the peak) to the current RSS; ignored where not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def restart_web(site: Any, warm_url: str) -> int:
+    """A fresh web process for each burst, so its memory figures are that burst's alone; one GET warms it up."""
+    import requests
+
+    site.stack.supervisor.stop("web")
+    site.stack.start_web(site.port, site.env)
+    requests.get(warm_url, timeout=60).raise_for_status()
+    return site.stack.supervisor.procs["web"].pid
+
+
+def concurrent(target: Target, route: str, url: str, concurrency: int, timeout: float, web_pid: int) -> Burst:
+    before = download_count(target)
+    reset_peak_rss(web_pid)
+    rss_before, _ = rss_mb(web_pid)
+    burst = asyncio.run(_burst(route, url, target, concurrency, timeout))
+    burst.counter_delta = download_count(target) - before
+    burst.rss_before_mb = rss_before
+    burst.rss_peak_mb = rss_mb(web_pid)[1]
+    return burst
+
+
+# --- figures -----------------------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def rate(size: int, seconds: float) -> float:
+    return size / seconds / MB if seconds > 0 else float("nan")
+
+
+def single_table(series: list[Series], size: int) -> str:
+    copy_rate = rate(size, statistics.median(series[0].seconds))
+    lines = [
+        "| Path | MB/s (median) | MB/s p25–p75 | MB/s min–max | ms (median) | ÷ plain copy |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in series:
+        rates = [rate(size, t) for t in s.seconds]
+        median = statistics.median(rates)
+        lines.append(
+            f"| {s.label} | {median:,.0f} | {percentile(rates, 25):,.0f}–{percentile(rates, 75):,.0f} "
+            f"| {min(rates):,.0f}–{max(rates):,.0f} | {statistics.median(s.seconds) * 1e3:.1f} "
+            f"| {median / copy_rate:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.0f}"
+
+
+def burst_table(bursts: list[Burst]) -> str:
+    lines = [
+        "| Route | Downloads | OK | Errors | p50 ms | p95 ms | p99 ms | max ms | first byte p50 / p99 ms "
+        "| Wall s | Aggregate MB/s | Counter moved by | Web RSS before → peak MB |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in bursts:
+        errors = ", ".join(f"{kind}: {n}" for kind, n in b.errors.most_common()) or "0"
+        lines.append(
+            f"| {b.route} | {b.concurrency} | {b.ok} | {errors} | {ms(percentile(b.latencies, 50))} "
+            f"| {ms(percentile(b.latencies, 95))} | {ms(percentile(b.latencies, 99))} "
+            f"| {ms(max(b.latencies, default=float('nan')))} "
+            f"| {ms(percentile(b.first_bytes, 50))} / {ms(percentile(b.first_bytes, 99))} | {b.wall:.2f} "
+            f"| {rate(b.bytes_ok, b.wall):,.0f} | {b.counter_delta} | {b.rss_before_mb:,.0f} → {b.rss_peak_mb:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def findings(series: list[Series], bursts: list[Burst], size: int) -> str:
+    """Plain sentences computed from the figures above them."""
+    med = {s.label: rate(size, statistics.median(s.seconds)) for s in series}
+    copy, _, site, resolve, hub = (med[s.label] for s in series)
+    hub_extra = statistics.median(series[4].seconds) - statistics.median(series[3].seconds)
+    out = [
+        f"A single download of the {size / MB:.1f} MB adapter runs at {site:,.0f} MB/s through the site's download "
+        f"URL and {resolve:,.0f} MB/s through the HF-compatible resolve URL: {copy / site:,.0f}× and "
+        f"{copy / resolve:,.0f}× slower than copying the stored file ({copy:,.0f} MB/s). "
+        f"`hf_hub_download` reaches {hub:,.0f} MB/s ({copy / hub:,.0f}× slower than the copy); its HEAD request, "
+        f"cache folder and rename cost {hub_extra * 1e3:+.0f} ms per file over a bare GET of the same URL."
+    ]
+    for b in bursts:
+        failed = sum(b.errors.values())
+        p50, p99 = percentile(b.latencies, 50), percentile(b.latencies, 99)
+        single = site if "site" in b.route else resolve
+        agg = rate(b.bytes_ok, b.wall)
+        counter = (
+            "matches the successful downloads"
+            if b.counter_delta == b.ok
+            else f"moved by {b.counter_delta} for {b.ok} successful downloads"
+        )
+        growth = b.rss_peak_mb - b.rss_before_mb
+        if not b.ok:
+            out.append(f"All {b.concurrency} simultaneous downloads through the {b.route} failed: {dict(b.errors)}.")
+            continue
+        out.append(
+            f"{b.concurrency} simultaneous downloads through the {b.route}: {failed} failed "
+            f"({failed / b.concurrency:.0%}); the median client waited {p50:.2f} s and the 99th percentile "
+            f"{p99:.2f} s ({p99 / p50:.1f}× the median), and the burst took {b.wall:.2f} s in all. Together they "
+            f"moved {agg:,.0f} MB/s, {agg / single:.2f}× one download alone ({agg / copy:.3f} of the plain copy's "
+            f"rate). The download counter {counter}. The web process's resident memory peaked "
+            f"{max(growth, 0):,.0f} MB above its idle size, {max(growth, 0) * MB / size:,.0f}× the file's size."
+        )
+    return "\n\n".join(out)
+
+
+def load() -> str:
+    """1-minute load average over the core count: other work on the machine skews every figure."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return f"{os.getloadavg()[0]:.1f} on {cores} cores"
+
+
+def body(
+    target: Target,
+    series: list[Series],
+    bursts: list[Burst],
+    tensor_bytes: int,
+    args: argparse.Namespace,
+    load_before: str,
+) -> str:
+    return (
+        f"Release `{target.repo_id}@{target.revision[:12]}`, file `{WEIGHTS}`: {target.size:,} bytes "
+        f"({tensor_bytes:,} bytes of fp32 tensors: LoRA r=8 on q/k/v/o, SmolLM2-135M shapes), served by uvicorn + "
+        f"Django from the sha256 blob store over loopback. Single stream: {args.repeat} repetitions of each path, "
+        f"interleaved, after one warm-up; MB = 10⁶ bytes. Concurrent: {args.concurrency} downloads started at once "
+        f"per route (httpx, one connection each, sha256 checked, {args.timeout:g} s timeout); the client shares the "
+        f"CPU cores with the server. Load average: {load_before} before the measurements, {load()} after.\n\n"
+        f"{single_table(series, target.size)}\n\n{burst_table(bursts)}\n\n"
+        f"**What this shows.** {findings(series, bursts, target.size)}\n"
+    )
+
+
+# --- main --------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=30, help="timed repetitions of each single-stream path")
+    parser.add_argument("--concurrency", type=int, default=200, help="simultaneous downloads per route")
+    parser.add_argument("--timeout", type=float, default=120.0, help="per-download timeout in the burst (s)")
+    parser.add_argument("--no-write", action="store_true", help="print the section, leave docs/benchmarks.md alone")
+    return parser.parse_args(argv)
+
+
+def hub_environment(scratch: Path, endpoint: str) -> None:
+    """huggingface_hub reads these when imported: set them first (and pass endpoint= explicitly all the same)."""
+    for key in [k for k in os.environ if k.startswith("HF_")]:
+        del os.environ[key]
+    os.environ.update(
+        HF_ENDPOINT=endpoint, HF_HOME=str(scratch / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_XET="1",
+    )  # fmt: skip
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub import constants
+
+        if constants.ENDPOINT != endpoint:
+            print("note: huggingface_hub was imported before HF_ENDPOINT was set; passing endpoint=", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    timer = Timer()
+    with running_site(NAME, superlink=False) as site:
+        scratch = site.var / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        hub_environment(scratch, site.url)
+        print("publishing the release…", file=sys.stderr)
+        target = publish_release(site)
+        tensor_bytes = adapter_tensor_bytes(target.blob)
+        print(f"release {target.repo_id}@{target.revision[:12]}: {target.size:,} bytes", file=sys.stderr)
+        load_before = load()
+        series = single_stream(target, args.repeat, scratch)
+        bursts = []
+        for route, url in (("site download URL", target.site_url), ("HF API resolve URL", target.resolve_url)):
+            print(f"  {args.concurrency} concurrent downloads: {route}…", file=sys.stderr)
+            web_pid = restart_web(site, url)
+            bursts.append(concurrent(target, route, url, args.concurrency, args.timeout, web_pid))
+        site.stack.check()  # the web server and worker must have survived the load
+        text = body(target, series, bursts, tensor_bytes, args, load_before)
+    if args.no_write:
+        print(text)
+        print(json.dumps({"minutes": round(timer.minutes, 2)}), file=sys.stderr)
+    else:
+        write_section(NAME, "Downloads: site and HF API vs a plain copy; concurrent downloads", text, COMMAND, timer)
+    return 0
+
+
+if __name__ == "__main__":
+    stop_on_signals()  # before anything is started, so nothing can be left behind
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: the site's processes were stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,97 @@
+"""The whole platform for a benchmark, in its own state folder: web, Celery worker, broker and TLS SuperLink.
+
+Each benchmark gets var/bench/NAME/ with its own SQLite database, signing key and SuperLink state, so a run never
+touches the demo's or the tests' data. Django is set up here, in this process, the way `manage.py` does it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+for entry in (str(REPO / "platform"), str(REPO)):
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+
+@dataclass
+class Site:
+    var: Path
+    url: str
+    port: int
+    superlink: str
+    stack: Any  # stack.runner.Stack
+    env: dict[str, str]
+
+
+def setup_django(var: Path) -> None:
+    """Point every setting at `var` before Django reads them; migrate a fresh SQLite database there."""
+    from federation import procs
+
+    os.environ["BAYANIHAN_VAR"] = str(var)
+    # Its own SQLite file, even where DATABASE_URL names the CI database: a benchmark must not write there.
+    os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", f"sqlite:///{var / 'bayanihan.sqlite3'}")
+    os.environ["CELERY_QUEUE"] = f"bench-{var.name}-{os.getpid()}"
+    port = procs.free_port()
+    os.environ["PORT"] = str(port)
+    os.environ["SITE_URL"] = f"http://127.0.0.1:{port}"
+    os.environ["SUPERLINK_ADDRESS"] = f"127.0.0.1:{procs.free_port()}"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bayanihan_site.settings")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    call_command("collectstatic", verbosity=0, interactive=False)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM (a CI timeout, `kill`) and SIGINT (even where a background start ignored it) unwind through `finally`
+    blocks, which stop the processes a benchmark started; a bare exit would leave them running."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
+@contextmanager
+def running_site(name: str, *, fresh: bool = True, superlink: bool = True) -> Iterator[Site]:
+    """Start web + worker (+ SuperLink); stop every process on the way out, whatever happened."""
+    stop_on_signals()
+    var = REPO / "var" / "bench" / name
+    if fresh:
+        shutil.rmtree(var, ignore_errors=True)
+    var.mkdir(parents=True, exist_ok=True)
+    setup_django(var)
+
+    from django.conf import settings
+
+    from bayanihan_site.celery import app as celery_app
+    from stack.broker import ensure_broker
+    from stack.runner import Stack, platform_env
+
+    broker = ensure_broker(settings.CELERY_BROKER_URL, var / "redis")
+    celery_app.conf.broker_url = broker.url
+    env = platform_env(CELERY_BROKER_URL=broker.url)
+    stack = Stack(var / "run")
+    try:
+        if superlink:
+            stack.start_superlink(settings.SUPERLINK_ADDRESS)
+        stack.start_web(settings.PORT, env)
+        stack.start_worker(env)
+        yield Site(var, settings.SITE_URL, settings.PORT, settings.SUPERLINK_ADDRESS, stack, env)
+    finally:
+        stack.stop()
+        broker.close()
