@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import os
 import shutil
 import statistics
@@ -532,11 +531,8 @@ def main(argv: list[str] | None = None) -> int:
             bursts.append(concurrent(target, route, url, args.concurrency, args.timeout, web_pid))
         site.stack.check()  # the web server and worker must have survived the load
         text = body(target, series, bursts, tensor_bytes, args, load_before)
-    if args.no_write:
-        print(text)
-        print(json.dumps({"minutes": round(timer.minutes, 2)}), file=sys.stderr)
-    else:
-        write_section(NAME, "Downloads: site and HF API vs a plain copy; concurrent downloads", text, COMMAND, timer)
+    title = "Downloads: site and HF API vs a plain copy; concurrent downloads"
+    write_section(NAME, title, text, COMMAND, timer, dry_run=args.no_write)
     return 0
 
 

@@ -262,10 +262,7 @@ def main() -> int:
     r1 = next(e for e in events if e["type"] == "round" and e["round"] == 1)
     body = report(parts, recorded - sent, bare, recorded - r1["timings"]["sent"], publish, args)
     title = "Platform overhead: one round through everything vs a bare PEFT loop"
-    if args.no_write:
-        print(body)
-    else:
-        write_section("overhead", title, body, COMMAND, timer)
+    write_section("overhead", title, body, COMMAND, timer, dry_run=args.no_write)
     return 0
 
 

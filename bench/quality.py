@@ -266,10 +266,7 @@ def main() -> int:
         "Notes: " + "; ".join(f"{a.label}: {a.note}" for a in arms if a.note) + ".\n\n" + findings(arms, owners)
     )
     title = "Refinement quality: federated vs alone vs pooled"
-    if args.no_write:
-        print(body)
-    else:
-        write_section("quality", title, body, COMMAND, timer)
+    write_section("quality", title, body, COMMAND, timer, dry_run=args.no_write)
     return 0
 
 

@@ -90,8 +90,10 @@ class Timer:
         return (time.monotonic() - self.started) / 60
 
 
-def write_section(name: str, title: str, body: str, command: str, timer: Timer | None = None) -> Path:
-    """Replace (or append) this script's section of docs/benchmarks.md; print it too."""
+def write_section(
+    name: str, title: str, body: str, command: str, timer: Timer | None = None, dry_run: bool = False
+) -> Path:
+    """Replace (or append) this script's section of docs/benchmarks.md; print it too (only print it: `dry_run`)."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     took = f" · took {timer.minutes:.1f} min" if timer else ""
     section = (
@@ -99,6 +101,9 @@ def write_section(name: str, title: str, body: str, command: str, timer: Timer |
         f"`{command}` · commit `{commit()}` · {stamp}{took}  \n"
         f"Machine: {machine()}\n\n{body.strip()}\n<!-- /bench:{name} -->\n"
     )
+    if dry_run:
+        print(section, flush=True)
+        return DOC
     text = DOC.read_text() if DOC.exists() else HEADER
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     if start in text and end in text:

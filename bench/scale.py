@@ -1033,10 +1033,8 @@ def main(argv: list[str] | None = None) -> int:
     VAR.mkdir(parents=True, exist_ok=True)
     results = sweep(args, timer)
     body = render(results, args)
-    if args.no_write:
-        print(body)
-    else:
-        write_section("scale", "Scale: one round with many SuperNodes", body, "make bench-scale", timer)
+    title = "Scale: one round with many SuperNodes"
+    write_section("scale", title, body, "make bench-scale", timer, dry_run=args.no_write)
     return 0 if any(r.ok for r in results) else 1
 
 
