@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ RECORDS_PER_NODE = 4
 ERROR_LINE = re.compile(r"ERROR|Traceback|Killed|Exception:")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SEND_FAILED = "Failed to send message"
+RESTART_AFTER_S = 5.0  # join's default --retry-seconds
 DB_LOCKED = "database is locked"
 
 
@@ -355,12 +356,46 @@ class MemoryGuard(threading.Thread):
         self.join(timeout=5)
 
 
+class Yielder(threading.Thread):
+    """Every second, makes every node process (SuperNodes, SuperExecs, ClientApps) yield the CPU to the platform.
+
+    Contributors' nodes run on machines of their own; here N of them share two cores with the SuperLink, whose
+    SQLite state then answers 'database is locked' when its writers are starved. A process's nice value is not
+    enough: with the kernel's autogroup scheduling each session (every node and SuperExec starts one) gets an
+    equal share whatever its processes' nice, so the session's autogroup nice is raised as well.
+    """
+
+    def __init__(self, nice: int, nodes_dir: Path) -> None:
+        super().__init__(name="yielder", daemon=True)
+        self.nice, self.nodes_dir = nice, nodes_dir
+        self.done = threading.Event()
+        self.seen: set[int] = set()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            for pid in pids_under(self.nodes_dir):
+                if pid in self.seen:
+                    continue
+                self.seen.add(pid)
+                try:
+                    os.setpriority(os.PRIO_PROCESS, pid, self.nice)
+                    Path(f"/proc/{pid}/autogroup").write_text(str(self.nice))
+                except OSError:
+                    pass  # gone already, or no autogroup scheduling on this kernel
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=5)
+
+
 # ------------------------------------------------------------------------------------------------ one size
 
 
 @dataclass
 class Result:
     n: int
+    train: int = 0  # nodes drawn to train in the round (the campaign's nodes per round); n = every node
+    all_train: bool = False  # the extra run of this size with every node training (--all-train-sizes)
     outcome: str = "not run"
     phase: str = ""  # where it was when it ended: start, enroll, nodes, online, round, done
     site_s: float | None = None
@@ -381,6 +416,7 @@ class Result:
     failures: int = 0
     dead_nodes: int = 0
     lost_replies: int = 0  # nodes whose reply the SuperLink refused ("Failed to send message" in their log)
+    restarts: int = 0  # SuperNodes that exited and were started again (what `join` does for a contributor)
     db_locked: int = 0  # "database is locked" errors in the SuperLink's log
     teardown_s: float | None = None
     baseline_available_gib: float = 0.0
@@ -393,6 +429,23 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.outcome == "ok"
+
+    @property
+    def name(self) -> str:
+        """How the findings name this run: its size and how many of its nodes trained."""
+        if self.all_train or (self.train and self.train >= self.n):
+            return f"N = {self.n} (all training)"
+        return f"N = {self.n} ({self.train} training)" if self.train else f"N = {self.n}"
+
+    @property
+    def label(self) -> str:
+        """Its folder under var/bench/scale: the size, and "-all" for a size also run with every node training."""
+        return f"n{self.n}-all" if self.train == self.n and self.all_train else f"n{self.n}"
+
+    @property
+    def completed(self) -> bool:
+        """The round ran to the end and was recorded, with every update or with what came back in time."""
+        return self.campaign_status == "completed"
 
 
 @dataclass
@@ -410,14 +463,15 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM from the parent: the same clean wind-down as Ctrl-C
 
 
-def run_size(n: int, args: argparse.Namespace, deadline: float) -> Result:
+def run_size(plan: Result, args: argparse.Namespace, deadline: float) -> Result:
     """Everything for one N; always stops what it started. `deadline` is a time.time() value."""
     from site_stack import running_site
 
-    result = Result(n=n, baseline_available_gib=round(mem_available() / GIB, 2), phase="start")
+    n, result = plan.n, plan
+    result.baseline_available_gib, result.phase = round(mem_available() / GIB, 2), "start"
     started = time.monotonic()
     try:
-        with running_site(f"scale/n{n}") as site:
+        with running_site(f"scale/{plan.label}") as site:
             result.site_s = round(time.monotonic() - started, 1)
             SizeRun(n, args, site, result, deadline).run()
     except KeyboardInterrupt:
@@ -437,11 +491,16 @@ class SizeRun:
         self.sampler = Sampler(args.sample_interval, args.node_pss_every)
         self.sampler.infra = {k: site.stack.supervisor.procs[k].pid for k in ("superlink", "web", "worker")}
         self.guard = MemoryGuard(int(args.min_available_gib * GIB), self.nodes_dir)
+        self.yielder = Yielder(args.node_nice, self.nodes_dir)
         self.campaign: Any = None
+        self.commands: dict[str, tuple[list[str], dict[str, str], Path]] = {}  # direct nodes, to restart them
+        self.exited: dict[str, float] = {}  # node -> when it was found exited (restarted after RESTART_AFTER_S)
 
     def run(self) -> None:
         self.guard.start()
         self.sampler.start()
+        if self.args.node_nice:
+            self.yielder.start()
         try:
             self.exercise()
         except Abort as exc:
@@ -454,6 +513,8 @@ class SizeRun:
             self.result.dead_nodes = stop_nodes(self.site.stack.supervisor, self.nodes_dir)
             self.sampler.stop()
             self.guard.stop()
+            if self.yielder.is_alive():
+                self.yielder.stop()
             self.result.memory = self.sampler.summary()
             scan_logs(self.site.stack.state_dir, self.result)
             self.result.teardown_s = round(time.monotonic() - torn, 1)
@@ -486,10 +547,15 @@ class SizeRun:
             train_config=TRAIN_CONFIG,
             num_rounds=1,
             min_nodes=n,
+            nodes_per_round=0 if result.train >= n else result.train,
+            round_timeout=int(self.args.campaign_round_timeout),
         )
         launched = time.monotonic()
         campaign_launch(campaign=self.campaign)
-        log(f"N={n}: campaign #{self.campaign.pk} launched (1 round, min_nodes={n})")
+        log(
+            f"N={n}: campaign #{self.campaign.pk} launched (1 round, min_nodes={n}, {result.train} drawn to train, "
+            f"round timeout {self.args.campaign_round_timeout:.0f}s)"
+        )
         self.follow(launched, min(self.deadline, time.time() + self.args.round_timeout))
         self.record_round()
         result.phase = "done"
@@ -534,16 +600,36 @@ class SizeRun:
                 config = {"data-path": str(spec.data.resolve()), "name": spec.name, "model-path": str(model.resolve())}
                 command = procs.supernode_command(spec.state["superlink"], port, config, spec.home / "ca.crt", spec.key)
                 env = procs.flower_env(spec.home / "flwr-home")
+                self.commands[spec.name] = (command, env, spec.home)
                 proc = supervisor.start(f"node-{spec.name}", command, env=env, cwd=spec.home)
                 self.sampler.add_node(spec.name, proc.pid)
             self.result.started_nodes += 1
         log(f"N={self.n}: {len(nodes)} node processes started in {time.monotonic() - first:.1f}s")
         return first
 
+    def revive(self) -> None:
+        """Start again a direct node whose SuperNode exited, RESTART_AFTER_S later: what `join` does for the one
+        node it runs (e.g. after "Failed to activate SuperNode" when an activation timed out and was retried)."""
+        supervisor = self.site.stack.supervisor
+        for name, (command, env, home) in self.commands.items():
+            proc = supervisor.procs.get(f"node-{name}")
+            if proc is None or proc.poll() is None:
+                continue
+            found = self.exited.setdefault(name, time.monotonic())
+            if time.monotonic() - found < RESTART_AFTER_S:
+                continue
+            self.guard.check()
+            del self.exited[name]
+            supervisor.procs.pop(f"node-{name}")
+            log(f"N={self.n}: {name} exited with code {proc.returncode}; starting it again (as join would)")
+            self.sampler.add_node(name, supervisor.start(f"node-{name}", command, env=env, cwd=home).pid)
+            self.result.restarts += 1
+
     def wait_online(self, first: float, deadline: float) -> None:
         last_report = time.monotonic()
         while True:
             self.guard.check()
+            self.revive()
             try:
                 self.result.online = online_count()
             except Exception as exc:  # a SuperLink busy with N connecting nodes may answer late: ask again
@@ -586,8 +672,9 @@ class SizeRun:
                 result.done_s = now
                 return
             self.check_alive("during the round")
-            if 1 not in rounds and time.monotonic() - last_scan > 2:
-                self.check_replies()
+            self.revive()
+            if 1 not in rounds and time.monotonic() - last_scan > 5:
+                self.count_lost_replies()
                 last_scan = time.monotonic()
             if time.time() > deadline:
                 raise Abort(
@@ -598,18 +685,14 @@ class SizeRun:
                 last_report = time.monotonic()
             time.sleep(0.5)
 
-    def check_replies(self) -> None:
-        """A node whose reply the SuperLink refused does not send it again, and the ServerApp waits for all N
-        (min_nodes = N) until its round timeout (an hour): the round cannot complete, so stop waiting."""
+    def count_lost_replies(self) -> None:
+        """A node whose reply the SuperLink refused does not send it again: the round then waits out the
+        campaign's round timeout and merges the replies it has (the lost ones are recorded as failures)."""
         logs = self.site.stack.state_dir
         lost = sum(1 for path in logs.rglob("*.log") if "node" in path.name and SEND_FAILED in _read(path))
+        if lost > self.result.lost_replies:
+            log(f"N={self.n}: {lost} node(s) could not send their reply; the round will wait out its timeout")
         self.result.lost_replies = lost
-        if lost:
-            self.result.db_locked = _read(logs / "logs" / "superlink.log").count(DB_LOCKED)
-            raise Abort(
-                f"replies lost: {lost}/{self.n} nodes could not send their update (SuperLink HTTP 500; "
-                f"'{DB_LOCKED}' ×{self.result.db_locked} in its log); the ServerApp would wait out its round timeout"
-            )
 
     def record_round(self) -> None:
         from campaigns.models import Participation, Round
@@ -622,7 +705,12 @@ class SizeRun:
             result.participations = Participation.objects.filter(round=round1).count()
             result.participants_ok, result.failures = round1.participants, round1.failures
             result.server_round_s = None if round1.duration_s is None else round(round1.duration_s, 1)
-        if campaign.status == "completed":
+        if campaign.status == "completed" and result.participants_ok < result.train:
+            result.outcome = (
+                f"completed with {result.participants_ok}/{result.train} updates merged after the round timeout "
+                f"({result.failures} failed)"
+            )
+        elif campaign.status == "completed":
             result.outcome = "ok" if result.release else "completed, but no release"
         else:
             result.outcome = f"campaign {campaign.status}: {campaign.status_reason}"
@@ -716,11 +804,13 @@ def scan_logs(state_dir: Path, result: Result) -> None:
 # ------------------------------------------------------------------------------------------------ the sweep
 
 
-def run_child(n: int, args: argparse.Namespace, deadline: float) -> Result:
+def run_child(plan: Result, args: argparse.Namespace, deadline: float) -> Result:
     """One size in its own Python process (a fresh Django, database and SuperLink); returns its Result."""
-    out = VAR / f"result-n{n}.json"
+    n = plan.n
+    out = VAR / f"result-{plan.label}.json"
     out.unlink(missing_ok=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--out", str(out),
+    command = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--train", str(plan.train),
+               *(["--all-train-run"] if plan.all_train else []), "--out", str(out),
                "--deadline", str(deadline), *_pass_through(args)]  # fmt: skip
     child = subprocess.Popen(command)
     try:
@@ -737,11 +827,11 @@ def run_child(n: int, args: argparse.Namespace, deadline: float) -> Result:
         child.wait()  # it got the Ctrl-C too and is winding down
         raise
     finally:
-        leftovers = _sweep(VAR / f"n{n}")
+        leftovers = _sweep(VAR / plan.label)
     if out.exists():
         result = Result(**json.loads(out.read_text()))
     else:
-        result = Result(n=n, outcome=f"child exited with code {child.returncode} and no result")
+        result = replace(plan, outcome=f"child exited with code {child.returncode} and no result")
     result.leftovers = leftovers
     return result
 
@@ -778,6 +868,8 @@ def _pass_through(args: argparse.Namespace) -> list[str]:
     return [
         "--online-timeout", str(args.online_timeout), "--round-timeout", str(args.round_timeout),
         "--min-available-gib", str(args.min_available_gib), "--join-nodes", str(args.join_nodes),
+        "--node-nice", str(args.node_nice), "--campaign-round-timeout", str(args.campaign_round_timeout),
+        "--per-round", str(args.per_round),
         "--sample-interval", str(args.sample_interval), "--node-pss-every", str(args.node_pss_every),
     ]  # fmt: skip
 
@@ -793,22 +885,25 @@ def sweep(args: argparse.Namespace, timer: Timer) -> list[Result]:
     results: list[Result] = []
     stop = ""
     budget_end = time.time() + args.budget_min * 60 - timer.minutes * 60
-    for n in args.sizes:
-        if stop:
-            results.append(Result(n=n, outcome=f"not run: {stop}"))
+    plans = [Result(n=n, train=min(n, args.per_round or n)) for n in args.sizes]
+    plans += [Result(n=n, train=n, all_train=True) for n in args.all_train_sizes if min(n, args.per_round or n) < n]
+    for plan in plans:
+        n = plan.n
+        if stop and not plan.all_train:
+            results.append(replace(plan, outcome=f"not run: {stop}"))
             continue
         if budget_end - time.time() < args.min_size_s:
-            results.append(Result(n=n, outcome="not run: time budget spent"))
+            results.append(replace(plan, outcome="not run: time budget spent"))
             continue
         floor = args.min_available_gib + 0.5
         if mem_available() / GIB < floor:
-            results.append(Result(n=n, outcome=f"not run: MemAvailable under {floor:.1f} GiB before starting"))
+            results.append(replace(plan, outcome=f"not run: MemAvailable under {floor:.1f} GiB before starting"))
             continue
-        log(f"=== N={n}")
-        result = run_child(n, args, budget_end)
+        log(f"=== N={n}, {plan.train} training")
+        result = run_child(plan, args, budget_end)
         results.append(result)
         log(f"N={n}: {result.outcome} ({result.wall_s}s)")
-        if broke_early(result):
+        if broke_early(result) and not plan.all_train:
             stop = f"N={n} broke ({result.phase})"
     return results
 
@@ -833,20 +928,25 @@ def spread_cell(entry: dict[str, Any] | None) -> str:
     return f"{pss} ({fmt(entry['rss_median'])} / {fmt(entry['rss_max'])})"
 
 
+def training(r: Result) -> str:
+    return "all" if r.train >= r.n else str(r.train)
+
+
 def main_table(results: list[Result]) -> str:
     head = (
-        "| N | enroll s | nodes online s | launch → round 1 s | launch → done s | participations | "
+        "| N | training | enroll s | nodes online s | launch → round 1 s | launch → done s | updates merged | "
         "SuperLink tree MiB | web MiB | worker MiB | SuperNode MiB typ / max | ClientApp MiB typ / max | "
         "ClientApps at once | min MemAvailable GiB | outcome |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     rows = [head]
     for r in results:
         mem = r.memory or {}
         groups = mem.get("groups", {})
-        part = f"{r.participations}/{r.n}" if r.phase in ("round", "done") else "–"
+        part = f"{r.participants_ok}/{r.train}" if r.phase in ("round", "done") else "–"
         rows.append(
-            f"| {r.n} | {fmt(r.enroll_s, digits=1)} | {fmt(r.online_s, digits=1)} | {fmt(r.round1_s, digits=1)} | "
+            f"| {r.n} | {training(r)} | {fmt(r.enroll_s, digits=1)} | {fmt(r.online_s, digits=1)} | "
+            f"{fmt(r.round1_s, digits=1)} | "
             f"{fmt(r.done_s, digits=1)} | {part} | {mem_cell(groups.get('superlink'))} | "
             f"{mem_cell(groups.get('web'))} | {mem_cell(groups.get('worker'))} | {spread_cell(mem.get('node'))} | "
             f"{spread_cell(mem.get('clientapp'))} | {mem.get('clientapp', {}).get('concurrent_max', '–')} | "
@@ -862,11 +962,12 @@ def comm(by_process: dict[str, Any], program: str) -> dict[str, Any] | None:
 
 def detail_table(results: list[Result]) -> str:
     head = (
-        "| N | site up s | launch → submitted s | launch → round 0 s | server's round 1 s | failures | lost replies | "
+        "| N | training | site up s | launch → submitted s | launch → round 0 s | server's round 1 s | failures | "
+        "lost replies | node restarts | "
         "SuperLink 'database is locked' | "
         "flower-superlink | flower-superexec | flwr-serverapp | join wrapper | all ours MiB | "
         "MemAvailable at start GiB | error lines in logs | sampler CPU s | teardown s | wall s |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
     )
     rows = [head]
     for r in results:
@@ -875,8 +976,9 @@ def detail_table(results: list[Result]) -> str:
         by = r.memory.get("superlink_by_process", {})
         errors = ", ".join(f"{k} {v}" for k, v in sorted(r.log_errors.items())) or "none"
         rows.append(
-            f"| {r.n} | {fmt(r.site_s, digits=1)} | {fmt(r.submitted_s, digits=1)} | {fmt(r.round0_s, digits=1)} | "
-            f"{fmt(r.server_round_s, digits=1)} | {r.failures} | {r.lost_replies} | {r.db_locked} | "
+            f"| {r.n} | {training(r)} | {fmt(r.site_s, digits=1)} | {fmt(r.submitted_s, digits=1)} | "
+            f"{fmt(r.round0_s, digits=1)} | "
+            f"{fmt(r.server_round_s, digits=1)} | {r.failures} | {r.lost_replies} | {r.restarts} | {r.db_locked} | "
             f"{mem_cell(comm(by, 'flower-superlink'))} | "
             f"{mem_cell(comm(by, 'flower-superexec'))} | {mem_cell(comm(by, 'flwr-serverapp'))} | "
             f"{mem_cell(r.memory.get('join_wrapper'))} | {mem_cell(r.memory.get('total'))} | "
@@ -892,32 +994,46 @@ def findings(results: list[Result], args: argparse.Namespace) -> str:
     ran = [r for r in results if r.memory]
     ok = [r for r in ran if r.ok]
     if ok:
-        lines.append(f"Largest size that completed its round and published a release: N = {max(r.n for r in ok)}.")
-    else:
+        lines.append("Rounds that merged every drawn node's update: " + ", ".join(r.name for r in ok) + ".")
+    partial = [r for r in ran if r.completed and not r.ok]
+    for r in partial:
+        lines.append(f"{r.name} completed its round without every update: {r.outcome}.")
+    if not ok and not partial:
         lines.append("No size completed its round on this machine.")
     for r in results:
-        if not r.ok:
+        if not r.completed:
             where = f" while in phase `{r.phase}`" if r.phase else ""
             started = f", {r.started_nodes}/{r.n} nodes started, {r.online} online" if r.memory else ""
-            lines.append(f"N = {r.n} did not complete{where}{started}: {r.outcome}.")
+            lines.append(f"{r.name} did not complete{where}{started}: {r.outcome}.")
     locked = [r for r in ran if r.lost_replies or r.db_locked]
     if locked:
         lines.append(
             "The SuperLink's SQLite state refused concurrent writes ('database is locked' → HTTP 500) at "
-            + ", ".join(f"N = {r.n} ({r.db_locked} errors, {r.lost_replies} replies lost)" for r in locked)
-            + "; a SuperNode does not resend a refused reply, so with min_nodes = N that round could not finish."
+            + ", ".join(f"{r.name} ({r.db_locked} errors, {r.lost_replies} replies lost)" for r in locked)
+            + "; a SuperNode does not resend a refused reply, so the round waited out the campaign's round timeout "
+            "and merged the updates it had."
         )
-    timed = sorted((r for r in ok if r.round1_s is not None and r.online_s is not None), key=lambda r: r.n)
-    if len(timed) >= 2:
+    restarted = [r for r in ran if r.restarts]
+    if restarted:
+        lines.append(
+            "SuperNodes that exited and were started again after 5 s (as `join` does): "
+            + ", ".join(f"{r.name}: {r.restarts}" for r in restarted)
+            + "."
+        )
+    timed = sorted(
+        (r for r in ran if r.completed and not r.all_train and r.round1_s is not None and r.online_s is not None),
+        key=lambda r: r.n,
+    )
+    if len(timed) >= 2 and timed[0].n < timed[-1].n:
         a, b = timed[0], timed[-1]
         span = b.n - a.n
         lines.append(
-            f"From N = {a.n} to N = {b.n}: bringing nodes online costs {(b.online_s - a.online_s) / span:.2f} s "
+            f"From {a.name} to {b.name}: bringing nodes online costs {(b.online_s - a.online_s) / span:.2f} s "
             f"per extra node and the round (launch → recorded) {(b.round1_s - a.round1_s) / span:.2f} s per extra "
             f"node on {len(os.sched_getaffinity(0))} cores."
         )
     nodes = [r for r in ran if r.online_s is not None and r.memory.get("node", {}).get("pss_median")]
-    apps = [r for r in ok if r.memory.get("clientapp", {}).get("pss_median")]
+    apps = [r for r in ran if r.memory.get("clientapp", {}).get("pss_median")]
     node_pss = statistics.median(r.memory["node"]["pss_median"] for r in nodes) if nodes else 0.0
     if nodes:
         infra = max(sum((r.memory["groups"].get(g) or {}).get("pss", 0) for g in ("superlink", "web", "worker"))
@@ -933,8 +1049,10 @@ def findings(results: list[Result], args: argparse.Namespace) -> str:
             app_pss = statistics.median(r.memory["clientapp"]["pss_median"] for r in apps)
             text += (
                 f"; each ClientApp process holds ≈ {app_pss:.0f} MiB PSS while it trains and in a round every "
-                f"sampled node runs one at the same time, so a node in a round costs ≈ {node_pss + app_pss:.0f} MiB "
-                f"and about {room / (node_pss + app_pss):.0f} nodes fit one round"
+                f"drawn node runs one at the same time, so by PSS a training node costs ≈ {node_pss + app_pss:.0f} "
+                f"MiB and about {room / (node_pss + app_pss):.0f} training nodes fit (a pessimistic count: the more "
+                "processes share torch's pages, the smaller each one's share; the min MemAvailable column is what "
+                "the machine had left)"
             )
         lines.append(text + ".")
     joins = [r.memory["join_wrapper"]["pss"] for r in ran if r.memory.get("join_wrapper", {}).get("pss")]
@@ -944,8 +1062,12 @@ def findings(results: list[Result], args: argparse.Namespace) -> str:
             f"({100 * statistics.median(joins) / node_pss:.0f}% of a SuperNode): the other nodes ran "
             "`flower-supernode` directly with their enrolled key."
         )
-    link = sorted((r.n, r.memory["groups"]["superlink"]["pss"]) for r in ok if r.memory["groups"].get("superlink"))
-    if len(link) >= 2:
+    link = sorted(
+        (r.n, r.memory["groups"]["superlink"]["pss"])
+        for r in ran
+        if r.completed and not r.all_train and r.memory["groups"].get("superlink")
+    )
+    if len(link) >= 2 and link[0][0] < link[-1][0]:
         (n0, m0), (n1, m1) = link[0], link[-1]
         lines.append(
             f"The SuperLink tree peaked at {m0:.0f} MiB PSS with {n0} nodes and {m1:.0f} MiB with {n1} "
@@ -954,12 +1076,12 @@ def findings(results: list[Result], args: argparse.Namespace) -> str:
     lines.append(
         "Web server / worker peaks, MiB PSS (RSS): "
         + "; ".join(
-            f"N = {r.n}: {mem_cell(r.memory['groups'].get('web'))} / {mem_cell(r.memory['groups'].get('worker'))}"
+            f"{r.name}: {mem_cell(r.memory['groups'].get('web'))} / {mem_cell(r.memory['groups'].get('worker'))}"
             for r in ran
         )
         + "."
     )
-    left = {f"N = {r.n}": ", ".join(r.leftovers) for r in results if r.leftovers}
+    left = {r.name: ", ".join(r.leftovers) for r in results if r.leftovers}
     if left:
         lines.append(
             "Still running after the site had stopped (found by the sweep and killed): "
@@ -970,10 +1092,12 @@ def findings(results: list[Result], args: argparse.Namespace) -> str:
 
 
 def render(results: list[Result], args: argparse.Namespace) -> str:
-    samples = [f"- N = {r.n}: {s}" for r in results for s in r.error_samples]
+    samples = [f"- {r.name}: {s}" for r in results for s in r.error_samples]
     return "\n".join(
         [
-            "One round, N real SuperNodes admitted through enrollment (TLS, node auth), the tiny random Llama "
+            "One round, N real SuperNodes connected and admitted through enrollment (TLS, node auth), of which "
+            f"{args.per_round or 'all'} are drawn to train (the campaign's nodes per round; the sizes in "
+            f"{args.all_train_sizes or 'none'} run once more with every node training), the tiny random Llama "
             f"({RECORDS_PER_NODE} records per node, {TRAIN_CONFIG['local-steps']} local step, seq-len "
             f"{TRAIN_CONFIG['seq-len']}, 1 thread per app process), launched with campaign_launch (Celery → "
             "Control API → SuperLink → nodes → ServerApp → site). Times in seconds; memory as peak PSS (peak RSS) "
@@ -981,7 +1105,12 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
             f'{args.sample_interval} s (SuperNodes\' PSS every {args.node_pss_every} samples); "typ" is the median '
             f"over nodes or ClientApp processes. Memory guard: MemAvailable < {args.min_available_gib} GiB kills "
             f"the nodes and ends the size. {args.join_nodes} node per size runs the full `python -m federation join` "
-            "wrapper; the others run `flower-supernode` directly with their enrolled key (what join runs inside). "
+            "wrapper; the others run `flower-supernode` directly with their enrolled key (what join runs inside), "
+            f"and the benchmark starts one again {RESTART_AFTER_S:.0f} s after it exits, as join does. Node processes "
+            f"run at nice {args.node_nice}, process and session autogroup (contributors' nodes have machines of "
+            "their own; here they must not starve the SuperLink and the site). "
+            f"The campaign's round timeout is {args.campaign_round_timeout:.0f} s: "
+            "after it the round merges the updates that came back and records the missing nodes as failed. "
             "Logs: var/bench/scale/nN/run/logs/.",
             "",
             main_table(results),
@@ -1008,10 +1137,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-size-s", type=float, default=150, help="skip a size with less budget than this left")
     parser.add_argument("--min-available-gib", type=float, default=2.0, help="memory guard floor (MemAvailable)")
     parser.add_argument("--join-nodes", type=int, default=1, help="nodes run through `python -m federation join`")
+    parser.add_argument("--node-nice", type=int, default=19,
+                        help="nice value (process and autogroup) of the node processes: contributors' nodes "
+                        "have machines of their own, so here they yield the cores to the SuperLink and the site; "
+                        "0: off")  # fmt: skip
+    parser.add_argument("--per-round", type=int, default=10,
+                        help="nodes drawn to train in the round (the campaign's nodes per round); "
+                        "0: every node")  # fmt: skip
+    parser.add_argument("--all-train-sizes", type=int, nargs="*", default=[50],
+                        help="sizes run once more with every node training at once")  # fmt: skip
+    parser.add_argument("--campaign-round-timeout", type=float, default=300,
+                        help="the campaign's round timeout: how long the round waits for replies")  # fmt: skip
     parser.add_argument("--sample-interval", type=float, default=0.5, help="seconds between memory samples")
     parser.add_argument("--node-pss-every", type=int, default=4, help="read SuperNodes' PSS every K samples")
     parser.add_argument("--no-write", action="store_true", help="print the tables, leave docs/benchmarks.md alone")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size (the child)
+    parser.add_argument("--train", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--all-train-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -1019,7 +1161,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def child_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
-    result = run_size(args.one, args, args.deadline or time.time() + args.online_timeout + args.round_timeout)
+    plan = Result(n=args.one, train=args.train or args.one, all_train=args.all_train_run)
+    result = run_size(plan, args, args.deadline or time.time() + args.online_timeout + args.round_timeout)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(asdict(result), indent=2))
     return 130 if result.outcome == "interrupted" else 0

@@ -84,6 +84,7 @@ class ServerConfig(RunConfigMixin):
     campaign_id: int = 0
     num_rounds: int = 2
     min_nodes: int = 2
+    nodes_per_round: int = 0  # 0: every connected node trains each round; K: K of them, drawn at random
     round_timeout: float = 3600.0
     base_model_path: str = ""
     heldout_path: str = ""

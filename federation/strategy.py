@@ -132,6 +132,7 @@ class GuardedStrategy(Strategy):
         self.rounds: dict[int, RoundLog] = {}
         self._global = ArrayRecord()
         self._sent_at: float | None = None
+        self._sent_to: list[int] = []  # the nodes this round's instructions went to
 
     def summary(self) -> None:
         self.inner.summary()
@@ -141,7 +142,9 @@ class GuardedStrategy(Strategy):
     ) -> Iterable[Message]:
         self._global = arrays  # what every reply this round is compared with
         self._sent_at = time.time()
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self._sent_to = [int(m.metadata.dst_node_id) for m in messages]
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -157,15 +160,27 @@ class GuardedStrategy(Strategy):
         log = RoundLog(sent_at=self._sent_at, replies_at=time.time())
         reference = _numpy(self._global)
         checked: list[tuple[NodeReport, Message]] = []
+        replies = list(replies)
+        # Flower may hand over more than one error for a node (its app process timed out, then its SuperNode
+        # gave up): a node counts once, and a real reply from it outweighs its errors.
+        answered = {int(m.metadata.src_node_id) for m in replies if not m.has_error()}
         for msg in replies:
             if msg.has_error():
-                log.replies.append(NodeReport(int(msg.metadata.src_node_id), "", "", {}, error=str(msg.error.reason)))
+                node_id = int(msg.metadata.src_node_id)
+                if node_id not in answered:
+                    answered.add(node_id)
+                    log.replies.append(NodeReport(node_id, "", "", {}, error=str(msg.error.reason)))
                 continue
             report = _report(msg)
             verdict = _check(msg, reference, self.max_update_norm)
             report.update_norm, report.rejected = verdict.norm, verdict.reason
             log.replies.append(report)
             checked.append((report, msg))
+        # A node that never answered (it dropped, or its reply was lost) is a failure of this round, not a silence:
+        # Flower hands over only the replies that came back before the round timeout.
+        for node_id in self._sent_to:
+            if node_id not in answered:
+                log.replies.append(NodeReport(node_id, "", "", {}, error="no reply before the round timeout"))
         # The ratio rule compares updates with each other, so it runs once all are in.
         norms = {i: r.update_norm for i, (r, _) in enumerate(checked) if not r.rejected and r.update_norm is not None}
         for i, reason in ratio_outliers(norms, self.max_norm_ratio).items():
@@ -223,20 +238,26 @@ class GuardedStrategy(Strategy):
         return merged
 
 
-def build_strategy(cfg: AggregationConfig, min_nodes: int) -> GuardedStrategy:
-    """The campaign's strategy: one of Flower's, optionally inside Flower's central-DP wrapper, then guarded."""
+def build_strategy(cfg: AggregationConfig, min_nodes: int, nodes_per_round: int = 0) -> GuardedStrategy:
+    """The campaign's strategy: one of Flower's, optionally inside Flower's central-DP wrapper, then guarded.
+
+    A round starts once `min_nodes` are connected. It trains every connected node, or, with `nodes_per_round` K,
+    K of them drawn at random (Flower's sampling: a large community need not all train every round).
+    """
+    # Flower samples max(int(connected x fraction_train), min_train_nodes): a tiny fraction means exactly K.
+    sample = nodes_per_round or (min_nodes if cfg.dp else 0)
     # Nodes report their own validation loss inside the train reply: no federated evaluation round.
     common: dict[str, Any] = {
-        "fraction_train": 1.0,
+        "fraction_train": 1e-9 if sample else 1.0,
         "fraction_evaluate": 0.0,
-        "min_train_nodes": min_nodes,
-        "min_available_nodes": min_nodes,
+        "min_train_nodes": sample or min_nodes,
+        "min_available_nodes": max(min_nodes, sample),
     }
     if cfg.dp:
-        # Exactly min_nodes are sampled: the accountant is told that number and checks it each round.
-        base = FedAvg(**{**common, "fraction_train": 1e-9}, weighted_by_key=UNIT_WEIGHT_KEY)
+        # Exactly `sample` nodes are drawn: the accountant is told that number and checks it each round.
+        base = FedAvg(**common, weighted_by_key=UNIT_WEIGHT_KEY)
         return GuardedStrategy(
-            privacy.dp_wrap(base, cfg, min_nodes),
+            privacy.dp_wrap(base, cfg, sample),
             max_update_norm=cfg.max_update_norm,
             max_norm_ratio=cfg.max_norm_ratio,
             keep_sample_size=True,
@@ -248,7 +269,7 @@ def build_strategy(cfg: AggregationConfig, min_nodes: int) -> GuardedStrategy:
     elif cfg.strategy == "fedtrimmedavg":
         inner = FedTrimmedAvg(**common, beta=cfg.trim_beta)
     elif cfg.strategy == "multikrum":
-        select = cfg.krum_select or max(1, min_nodes - cfg.krum_malicious)
+        select = cfg.krum_select or max(1, (sample or min_nodes) - cfg.krum_malicious)
         inner = MultiKrum(**common, num_malicious_nodes=cfg.krum_malicious, num_nodes_to_select=select)
     else:
         inner = FedAvg(**common)

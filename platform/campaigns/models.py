@@ -44,6 +44,15 @@ class Campaign(models.Model):
     )
     num_rounds = models.PositiveIntegerField(default=2)
     min_nodes = models.PositiveIntegerField(default=2)
+    nodes_per_round = models.PositiveIntegerField(
+        default=0,
+        help_text="0: every connected node trains each round; K: K of the connected nodes, drawn at random each round",
+    )
+    round_timeout = models.PositiveIntegerField(
+        default=3600,
+        help_text="Seconds a round waits for the nodes' replies; then it merges those that came back "
+        "and records the rest as failed",
+    )
     auto_publish = models.BooleanField(
         default=True, help_text="Publish the release as soon as the campaign completes; off: staff publish it"
     )

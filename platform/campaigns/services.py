@@ -23,6 +23,8 @@ from federation.config import AggregationConfig, ServerConfig, TrainConfig
 log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# A round must leave nodes time to start, load the model and train; a week is longer than anyone waits.
+ROUND_TIMEOUT_MIN, ROUND_TIMEOUT_MAX = 30, 7 * 24 * 3600
 
 
 def base_model_register(*, path: Path, name: str, hf_id: str = "", note: str = "") -> BaseModel:
@@ -55,6 +57,8 @@ def campaign_create(
     aggregation: dict[str, Any] | None = None,
     num_rounds: int = 2,
     min_nodes: int = 2,
+    nodes_per_round: int = 0,
+    round_timeout: int = 3600,
     auto_publish: bool = True,
     card_notes: str = "",
     by: Any = None,
@@ -76,6 +80,10 @@ def campaign_create(
         errors["num_rounds"] = "must be between 1 and 1000"
     if min_nodes < 1:
         errors["min_nodes"] = "must be at least 1"
+    if nodes_per_round < 0:
+        errors["nodes_per_round"] = "must be 0 (every connected node) or a number of nodes"
+    if not ROUND_TIMEOUT_MIN <= round_timeout <= ROUND_TIMEOUT_MAX:
+        errors["round_timeout"] = f"must be between {ROUND_TIMEOUT_MIN} and {ROUND_TIMEOUT_MAX} seconds"
     if not Path(heldout_path).is_file():
         errors["heldout_path"] = f"{heldout_path}: no such file"
     if errors:
@@ -89,6 +97,8 @@ def campaign_create(
         aggregation=merging.to_run_config(),
         num_rounds=num_rounds,
         min_nodes=min_nodes,
+        nodes_per_round=nodes_per_round,
+        round_timeout=round_timeout,
         auto_publish=auto_publish,
         card_notes=card_notes,
         created_by=by if getattr(by, "pk", None) else None,
@@ -134,6 +144,8 @@ def campaign_submit(*, campaign_id: int) -> bool:
         campaign_id=campaign.pk,
         num_rounds=campaign.num_rounds,
         min_nodes=campaign.min_nodes,
+        nodes_per_round=campaign.nodes_per_round,
+        round_timeout=float(campaign.round_timeout),
         base_model_path=campaign.base_model.path,
         heldout_path=campaign.heldout_path,
         output_dir=str(campaign_output_dir(campaign) / "server"),

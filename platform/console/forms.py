@@ -32,6 +32,16 @@ class CampaignForm(forms.Form):
     heldout_path = forms.CharField(max_length=500, help_text="Held-out file on the SuperLink host (jsonl/txt)")
     num_rounds = forms.IntegerField(initial=2, label="Rounds")
     min_nodes = forms.IntegerField(initial=2, label="Min nodes per round")
+    nodes_per_round = forms.IntegerField(
+        initial=0,
+        label="Nodes per round",
+        help_text="0 = every connected node trains each round; K = K of them, drawn at random each round",
+    )
+    round_timeout = forms.IntegerField(
+        initial=3600,
+        label="Round timeout (s)",
+        help_text="How long a round waits for replies; a node that has not answered by then counts as failed",
+    )
     strategy = forms.ChoiceField(choices=[(s, s) for s in STRATEGIES], initial="fedavg", label="Aggregation")
     lora_r = forms.IntegerField(initial=DEFAULTS.lora_r, label="LoRA r")
     lora_alpha = forms.IntegerField(initial=DEFAULTS.lora_alpha, label="LoRA alpha")
@@ -58,6 +68,8 @@ class CampaignForm(forms.Form):
             "heldout_path": data["heldout_path"],
             "num_rounds": data["num_rounds"],
             "min_nodes": data["min_nodes"],
+            "nodes_per_round": data["nodes_per_round"],
+            "round_timeout": data["round_timeout"],
             "train_config": {key: data[name] for name, key in TRAIN_FIELDS.items()},
             "aggregation": {"strategy": data["strategy"]},
             "auto_publish": data["auto_publish"],

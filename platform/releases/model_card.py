@@ -113,7 +113,9 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
         "",
         "## Training",
         "",
-        f"- {campaign.num_rounds} federated rounds, at least {campaign.min_nodes} nodes per round; "
+        f"- {campaign.num_rounds} federated rounds, at least {campaign.min_nodes} nodes connected per round"
+        + (f", {campaign.nodes_per_round} drawn to train each round" if campaign.nodes_per_round else "")
+        + "; "
         f"{len(nodes)} distinct contributor nodes (pseudonyms): {', '.join(nodes) or 'none'}.",
         f"- LoRA r={cfg.get('lora-r')}, alpha={cfg.get('lora-alpha')}, dropout={cfg.get('lora-dropout')}, "
         f"targets `{cfg.get('target-modules')}`; {cfg.get('local-steps')} local AdamW steps per round, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAvg,
@@ -85,7 +85,7 @@ def test_fedavg_weights_adapters_by_samples_as_computed_by_hand():
     b = {"lora_A": np.array([[3.0, -2.0]], dtype=np.float32), "lora_B": np.array([8.0, 0.0], dtype=np.float32)}
     strategy = build_strategy(AggregationConfig(), min_nodes=2)
     start_round(strategy, ZERO, 2)
-    arrays, metrics = strategy.aggregate_train(1, [reply(11, a, 1, 2.0, "f1"), reply(22, b, 3, 1.0, "f2")])
+    arrays, metrics = strategy.aggregate_train(1, [reply(1, a, 1, 2.0, "f1"), reply(2, b, 3, 1.0, "f2")])
     merged = arrays.to_numpy_ndarrays()
     # (1*a + 3*b) / 4
     np.testing.assert_allclose(merged[0], [[2.5, -1.0]])
@@ -93,11 +93,53 @@ def test_fedavg_weights_adapters_by_samples_as_computed_by_hand():
     assert metrics["train-loss"] == pytest.approx((1 * 2.0 + 3 * 1.0) / 4)
 
     log = strategy.rounds[1]
-    assert [(r.node_id, r.name, r.fingerprint) for r in log.replies] == [(11, "n11", "f1"), (22, "n22", "f2")]
+    assert [(r.node_id, r.name, r.fingerprint) for r in log.replies] == [(1, "n1", "f1"), (2, "n2", "f2")]
     assert log.replies[0].metrics["num-examples"] == 1
     assert log.train_metrics["train-loss"] == pytest.approx(1.25)
     assert log.replies[0].update_norm == pytest.approx(np.sqrt(1 + 4 + 0 + 16))
     assert log.epsilon is None
+
+
+def test_a_node_that_never_replied_is_a_failure_of_the_round_and_the_others_are_merged():
+    strategy = build_strategy(AggregationConfig(), min_nodes=3)
+    start_round(strategy, ZERO, 3)
+    # Flower hands over what came back before the round timeout: node 2's reply never did.
+    arrays, _ = strategy.aggregate_train(1, [reply(1, honest(1), 10), reply(3, honest(3), 10)])
+    log = strategy.rounds[1]
+    assert [(r.node_id, r.error) for r in log.replies] == [(1, ""), (3, ""), (2, "no reply before the round timeout")]
+    expected = (honest(1)["lora_B"] + honest(3)["lora_B"]) / 2
+    np.testing.assert_allclose(arrays["lora_B"].numpy(), expected, rtol=1e-6)
+
+
+def error_reply(node_id: int, reason: str) -> Message:
+    TaskIdentity.node_id = 0
+    query = Message(content=RecordDict({}), dst_node_id=node_id, message_type="train")
+    TaskIdentity.node_id = node_id
+    return Message(error=Error(code=0, reason=reason), reply_to=query)
+
+
+def test_a_node_counts_once_however_many_errors_flower_hands_over_for_it():
+    strategy = build_strategy(AggregationConfig(), min_nodes=3)
+    start_round(strategy, ZERO, 3)
+    replies = [error_reply(1, "app timed out"), error_reply(1, "app crashed"), reply(2, honest(2), 10)]
+    replies += [error_reply(2, "late duplicate"), reply(3, honest(3), 10)]
+    strategy.aggregate_train(1, replies)
+    assert [(r.node_id, r.error) for r in strategy.rounds[1].replies] == [(1, "app timed out"), (2, ""), (3, "")]
+
+
+@pytest.mark.parametrize("aggregation", [AggregationConfig(), AggregationConfig(dp_noise_multiplier=1.0)])
+def test_nodes_per_round_draws_that_many_of_the_connected_nodes(aggregation):
+    record = ArrayRecord({k: torch.from_numpy(v) for k, v in ZERO.items()})
+    drawn = build_strategy(aggregation, min_nodes=2, nodes_per_round=3)
+    messages = list(drawn.configure_train(1, record, ConfigRecord({}), NodesOnlyGrid(10)))
+    assert len({m.metadata.dst_node_id for m in messages}) == len(messages) == 3
+
+
+def test_without_nodes_per_round_every_connected_node_trains():
+    record = ArrayRecord({k: torch.from_numpy(v) for k, v in ZERO.items()})
+    every = build_strategy(AggregationConfig(), min_nodes=2)
+    messages = list(every.configure_train(1, record, ConfigRecord({}), NodesOnlyGrid(10)))
+    assert sorted(m.metadata.dst_node_id for m in messages) == list(range(1, 11))
 
 
 def test_non_finite_metrics_are_logged_as_null():

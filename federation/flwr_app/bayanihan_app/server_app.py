@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from federation.config import AggregationConfig, ServerConfig, TrainConfig
 from federation.data import load_records
+from federation.patient_grid import PatientGrid
 from federation.report import Reporter
 from federation.strategy import build_strategy
 from federation.task import (
@@ -41,7 +42,7 @@ def main(grid: Grid, context: Context) -> None:
     tokenizer = load_tokenizer(server.base_model_path)
     heldout = encode_all(tokenizer, load_records(server.heldout_path)[: server.max_heldout_records], cfg.seq_len)
     aggregation = AggregationConfig.from_run_config(context.run_config)
-    strategy = build_strategy(aggregation, server.min_nodes)
+    strategy = build_strategy(aggregation, server.min_nodes, server.nodes_per_round)
     round_started = time.time()
 
     def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -76,7 +77,7 @@ def main(grid: Grid, context: Context) -> None:
 
     train_config = ConfigRecord({"campaign-id": server.campaign_id})
     strategy.start(
-        grid=grid,
+        grid=PatientGrid(grid),  # a passing HTTP 500 from the SuperLink's SQLite must not end the campaign
         initial_arrays=ArrayRecord(get_adapter_state(model)),
         num_rounds=server.num_rounds,
         timeout=server.round_timeout,

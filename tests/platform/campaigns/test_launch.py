@@ -54,7 +54,9 @@ def test_submit_skips_a_campaign_that_is_not_queued(base, heldout):
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"train_config": {"lora-r": 0}}, "train_config"), ({"num_rounds": 0}, "num_rounds"),
-     ({"heldout_path": "/nope.jsonl"}, "heldout_path")],
+     ({"heldout_path": "/nope.jsonl"}, "heldout_path"), ({"round_timeout": 5}, "round_timeout"),
+     ({"nodes_per_round": -1}, "nodes_per_round"),
+     ({"round_timeout": 8 * 24 * 3600}, "round_timeout")],
 )  # fmt: skip
 def test_bad_campaign_settings_name_the_field(base, heldout, kwargs, field):
     args = {"name": "c", "base_model": base, "data_task": "t", "heldout_path": heldout, **kwargs}

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.django_db
 def form_data(base, heldout, **overrides):
     data = {
         "name": "Docs", "base_model": base.pk, "data_task": "python-docs", "heldout_path": heldout,
-        "num_rounds": 2, "min_nodes": 2, "strategy": "fedavg", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+        "num_rounds": 2, "min_nodes": 2, "nodes_per_round": 0, "round_timeout": 3600, "strategy": "fedavg",
+        "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
         "target_modules": "q_proj,v_proj", "local_steps": 4, "lr": 0.01, "seq_len": 64, "batch_size": 4,
         "threads": 1, "auto_publish": "on", "card_notes": "",
     }  # fmt: skip
@@ -25,11 +26,14 @@ def form_data(base, heldout, **overrides):
 
 def test_create_form_makes_a_draft_and_audits_it(client, staff, base, heldout):
     client.force_login(staff)
-    response = client.post("/console/campaigns/new", form_data(base, heldout, strategy="fedmedian"))
+    response = client.post(
+        "/console/campaigns/new", form_data(base, heldout, strategy="fedmedian", round_timeout=120, nodes_per_round=3)
+    )
     campaign = Campaign.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/console/campaigns/{campaign.pk}/"
     assert campaign.status == Campaign.Status.DRAFT and campaign.created_by == staff
     assert campaign.train_config["local-steps"] == 4 and campaign.aggregation["strategy"] == "fedmedian"
+    assert campaign.round_timeout == 120 and campaign.nodes_per_round == 3
     entry = AuditEntry.objects.get()
     assert (entry.actor_name, entry.action, entry.target_id) == ("staffer", "campaign.create", str(campaign.pk))
 
@@ -43,8 +47,11 @@ def test_create_form_puts_the_services_messages_on_their_fields(client, staff, b
     errors = response.context["form"].errors
     assert errors["lora_r"] == ["lora-r must be >= 1"] and errors["lr"] == ["lr must be in (0, 1)"]
     # campaign_create reports train_config problems first; its other checks are shown once those are fixed
-    response = client.post("/console/campaigns/new", form_data(base, heldout, num_rounds=0, heldout_path="/nope"))
+    response = client.post(
+        "/console/campaigns/new", form_data(base, heldout, num_rounds=0, heldout_path="/nope", round_timeout=1)
+    )
     errors = response.context["form"].errors
+    assert errors["round_timeout"] == ["must be between 30 and 604800 seconds"]
     assert errors["num_rounds"] == ["must be between 1 and 1000"]
     assert errors["heldout_path"] == ["/nope: no such file"]
     assert b"must be between 1 and 1000" in response.content
