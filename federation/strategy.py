@@ -132,7 +132,7 @@ class GuardedStrategy(Strategy):
         self.rounds: dict[int, RoundLog] = {}
         self._global = ArrayRecord()
         self._sent_at: float | None = None
-        self._sent_to: list[int] = []  # the nodes this round's instructions went to
+        self._sent: list[Message] = []  # this round's instructions (Flower gives each its message id as it sends)
 
     def summary(self) -> None:
         self.inner.summary()
@@ -142,9 +142,8 @@ class GuardedStrategy(Strategy):
     ) -> Iterable[Message]:
         self._global = arrays  # what every reply this round is compared with
         self._sent_at = time.time()
-        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
-        self._sent_to = [int(m.metadata.dst_node_id) for m in messages]
-        return messages
+        self._sent = list(self.inner.configure_train(server_round, arrays, config, grid))
+        return self._sent
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -161,12 +160,19 @@ class GuardedStrategy(Strategy):
         reference = _numpy(self._global)
         checked: list[tuple[NodeReport, Message]] = []
         replies = list(replies)
+        # An error can come from the SuperLink itself ("Node Unavailable", sent by node 1) rather than from the
+        # node: it belongs to the node the instruction it answers went to.
+        sent_to = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in self._sent if m.metadata.message_id}
+
+        def node_of(msg: Message) -> int:
+            return sent_to.get(msg.metadata.reply_to_message_id, int(msg.metadata.src_node_id))
+
         # Flower may hand over more than one error for a node (its app process timed out, then its SuperNode
         # gave up): a node counts once, and a real reply from it outweighs its errors.
-        answered = {int(m.metadata.src_node_id) for m in replies if not m.has_error()}
+        answered = {node_of(m) for m in replies if not m.has_error()}
         for msg in replies:
             if msg.has_error():
-                node_id = int(msg.metadata.src_node_id)
+                node_id = node_of(msg)
                 if node_id not in answered:
                     answered.add(node_id)
                     log.replies.append(NodeReport(node_id, "", "", {}, error=str(msg.error.reason)))
@@ -178,7 +184,7 @@ class GuardedStrategy(Strategy):
             checked.append((report, msg))
         # A node that never answered (it dropped, or its reply was lost) is a failure of this round, not a silence:
         # Flower hands over only the replies that came back before the round timeout.
-        for node_id in self._sent_to:
+        for node_id in (int(m.metadata.dst_node_id) for m in self._sent):
             if node_id not in answered:
                 log.replies.append(NodeReport(node_id, "", "", {}, error="no reply before the round timeout"))
         # The ratio rule compares updates with each other, so it runs once all are in.

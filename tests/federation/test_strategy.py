@@ -127,6 +127,21 @@ def test_a_node_counts_once_however_many_errors_flower_hands_over_for_it():
     assert [(r.node_id, r.error) for r in strategy.rounds[1].replies] == [(1, "app timed out"), (2, ""), (3, "")]
 
 
+def test_an_error_the_superlink_sends_for_an_unreachable_node_is_that_nodes_failure():
+    strategy = build_strategy(AggregationConfig(), min_nodes=2)
+    grid = NodesOnlyGrid(0)
+    grid.ids = [5, 6]
+    record = ArrayRecord({k: torch.from_numpy(v) for k, v in ZERO.items()})
+    sent = list(strategy.configure_train(1, record, ConfigRecord({}), grid))
+    for msg in sent:  # what Flower's grid does as it pushes them
+        msg.metadata.__dict__["_message_id"] = msg.object_id
+    to_6 = next(m for m in sent if m.metadata.dst_node_id == 6)
+    unavailable = Message(error=Error(code=0, reason="Node Unavailable"), reply_to=to_6)
+    unavailable.metadata.__dict__["_src_node_id"] = 1  # the SuperLink answers for a node that went silent
+    strategy.aggregate_train(1, [reply(5, honest(5), 10), unavailable])
+    assert [(r.node_id, r.error) for r in strategy.rounds[1].replies] == [(5, ""), (6, "Node Unavailable")]
+
+
 @pytest.mark.parametrize("aggregation", [AggregationConfig(), AggregationConfig(dp_noise_multiplier=1.0)])
 def test_nodes_per_round_draws_that_many_of_the_connected_nodes(aggregation):
     record = ArrayRecord({k: torch.from_numpy(v) for k, v in ZERO.items()})
