@@ -431,16 +431,18 @@ class Result:
         return self.outcome == "ok"
 
     @property
+    def trains_all(self) -> bool:
+        return not self.train or self.train >= self.n
+
+    @property
     def name(self) -> str:
         """How the findings name this run: its size and how many of its nodes trained."""
-        if self.all_train or (self.train and self.train >= self.n):
-            return f"N = {self.n} (all training)"
-        return f"N = {self.n} ({self.train} training)" if self.train else f"N = {self.n}"
+        return f"N = {self.n} ({'all' if self.trains_all else self.train} training)"
 
     @property
     def label(self) -> str:
         """Its folder under var/bench/scale: the size, and "-all" for a size also run with every node training."""
-        return f"n{self.n}-all" if self.train == self.n and self.all_train else f"n{self.n}"
+        return f"n{self.n}-all" if self.all_train else f"n{self.n}"
 
     @property
     def completed(self) -> bool:
@@ -688,8 +690,7 @@ class SizeRun:
     def count_lost_replies(self) -> None:
         """A node whose reply the SuperLink refused does not send it again: the round then waits out the
         campaign's round timeout and merges the replies it has (the lost ones are recorded as failures)."""
-        logs = self.site.stack.state_dir
-        lost = sum(1 for path in logs.rglob("*.log") if "node" in path.name and SEND_FAILED in _read(path))
+        lost = lost_replies(self.site.stack.state_dir)
         if lost > self.result.lost_replies:
             log(f"N={self.n}: {lost} node(s) could not send their reply; the round will wait out its timeout")
         self.result.lost_replies = lost
@@ -796,9 +797,12 @@ def scan_logs(state_dir: Path, result: Result) -> None:
                     samples.setdefault(f"{kind}: {ANSI.sub('', line).strip()[:160]}")
     result.error_samples = list(samples)
     result.db_locked = _read(state_dir / "logs" / "superlink.log").count(DB_LOCKED)
-    result.lost_replies = sum(
-        1 for path in state_dir.rglob("*.log") if "node" in path.name and SEND_FAILED in _read(path)
-    )
+    result.lost_replies = lost_replies(state_dir)
+
+
+def lost_replies(state_dir: Path) -> int:
+    """Nodes whose reply the SuperLink refused: "Failed to send message" in their log."""
+    return sum(1 for path in state_dir.rglob("*.log") if "node" in path.name and SEND_FAILED in _read(path))
 
 
 # ------------------------------------------------------------------------------------------------ the sweep
@@ -929,7 +933,7 @@ def spread_cell(entry: dict[str, Any] | None) -> str:
 
 
 def training(r: Result) -> str:
-    return "all" if r.train >= r.n else str(r.train)
+    return "all" if r.trains_all else str(r.train)
 
 
 def main_table(results: list[Result]) -> str:
