@@ -36,7 +36,13 @@ def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
 
 
 def superlink_command(state_dir: Path, host: str, port: int, tls: dict[str, Path] | None = None) -> list[str]:
-    """With `tls` (ca/cert/key paths) the SuperLink serves HTTPS and admits only registered node keys."""
+    """With `tls` (ca/cert/key paths) the SuperLink serves HTTPS and admits only registered node keys.
+
+    State is Flower's pure-Python in-memory store: its SQLite backends answer 'database is locked' (HTTP 500,
+    retried by nobody) under CPU load, which ends nodes' fleet loops mid-campaign (issue 12). Nothing survives a
+    restart, node keys included: the platform's database is the source of truth and re-registers them
+    (community.services.node_keys_sync). `state_dir` stays the working directory for Flower's files.
+    """
     security = (
         ["--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]), "--ssl-keyfile", str(tls["key"]),
          "--enable-supernode-auth"]
@@ -45,7 +51,7 @@ def superlink_command(state_dir: Path, host: str, port: int, tls: dict[str, Path
     return [
         str(BIN / "flower-superlink"),
         *security,
-        "--database", str(state_dir / "superlink.db"),
+        "--database", ":flwr-in-memory:",
         "--host", host,
         "--port", str(port),
         "--disable-runtime-dependency-installation",
