@@ -63,3 +63,29 @@ class EnrollmentToken(models.Model):
     expires_at = models.DateTimeField()
     used_at = models.DateTimeField(null=True, blank=True)
     node = models.OneToOneField(Node, null=True, blank=True, on_delete=models.SET_NULL)
+
+
+class UnadmittedNode(models.Model):
+    """A key the SuperLink knew that the platform had not admitted (not an active Node): unregistered on sight.
+
+    Found by `node_keys_sync` after every SuperLink start. Someone reached the Control API, or a revocation did not
+    reach the SuperLink: either way staff should look, then mark it resolved.
+    """
+
+    flwr_node_id = models.CharField(max_length=20)
+    public_key = models.TextField(blank=True)
+    name = models.CharField(max_length=200, blank=True, help_text="The name it was registered under, if any")
+    superlink_status = models.CharField(max_length=20, blank=True, help_text="Its status on the SuperLink when found")
+    node = models.ForeignKey(
+        Node, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The platform's (suspended) node with this key, when there is one",
+    )  # fmt: skip
+    found_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-found_at"]
+
+    def __str__(self) -> str:
+        return f"SuperLink node {self.flwr_node_id} ({self.name or 'unnamed'})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from campaigns.services import superlink_client
-from community.models import Contributor, EnrollmentToken, Node
+from community.models import Contributor, EnrollmentToken, Node, UnadmittedNode
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +160,86 @@ def node_suspend(*, node: Node, by: Any = None, reason: str = "") -> Node:
     node.save(update_fields=["status", "status_reason"])
     log.info("node %s suspended by %s: %s", node.pk, getattr(by, "username", by), node.status_reason)
     return node
+
+
+# --- the SuperLink's admitted keys follow the platform's database ---------------------------
+
+
+@dataclass(frozen=True)
+class KeySync:
+    """What one node_keys_sync did: ids are Flower node ids on the SuperLink it talked to."""
+
+    registered: list[int]  # Node pks whose key was (re-)registered
+    renumbered: list[int]  # Node pks whose flwr_node_id changed
+    unadmitted: list[int]  # Flower node ids the platform did not admit: unregistered and flagged
+    failed: list[int] = field(default_factory=list)  # Node pks whose key the SuperLink refused (logged)
+
+
+def _key_id(pem: bytes | str) -> bytes:
+    """Keys compare by their DER form: the same key with other line endings or armour is the same key."""
+    raw = pem.encode() if isinstance(pem, str) else pem
+    try:
+        key = serialization.load_pem_public_key(raw)
+    except (ValueError, TypeError):
+        return raw.strip()
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def node_keys_sync() -> KeySync:
+    """Make the SuperLink admit exactly the platform's ACTIVE nodes; call after every SuperLink (re)start.
+
+    The SuperLink keeps its state in memory (procs.superlink_command): after a restart it knows no key, so every
+    active node's key is registered again, before nodes reconnect, and Node.flwr_node_id follows the id Flower
+    hands out (a fresh random one on each registration). Suspended nodes are never registered. A key the SuperLink
+    knows that the platform did not admit (registered through the Control API behind the platform's back, or a
+    revocation that never reached the SuperLink) is unregistered and recorded as an UnadmittedNode for staff.
+    Idempotent: a second call registers nothing.
+    """
+    from flwr.proto.control_pb2 import ListNodesRequest, UnregisterNodeRequest
+
+    client = superlink_client()
+    known = {
+        _key_id(info.public_key): info
+        for info in client.ListNodes(ListNodesRequest()).nodes_info
+        if info.status != "unregistered"  # Flower keeps unregistered keys; they can never come back
+    }
+    registered: list[int] = []
+    renumbered: list[int] = []
+    failed: list[int] = []
+    for node in Node.objects.filter(status=Node.Status.ACTIVE).exclude(public_key="").order_by("pk"):
+        info = known.pop(_key_id(node.public_key), None)
+        if info is not None:
+            flwr_id = str(info.node_id)
+        else:
+            try:
+                flwr_id = str(client.RegisterNode(_register_request(node.public_key, node.name)).node_id)
+            except Exception as exc:  # e.g. a key Flower saw unregistered (permanent there): the others still go
+                log.error("node %s: the SuperLink refused to register its key: %s", node.pk, exc)
+                failed.append(node.pk)
+                continue
+            registered.append(node.pk)
+        if node.flwr_node_id != flwr_id:
+            with transaction.atomic():
+                # Ids are random 64-bit numbers, but a stale row (e.g. a node recorded by id from a round report)
+                # may hold the new one: it no longer names anything on this SuperLink.
+                Node.objects.filter(flwr_node_id=flwr_id).exclude(pk=node.pk).update(flwr_node_id=None)
+                node.flwr_node_id = flwr_id
+                node.save(update_fields=["flwr_node_id"])
+            renumbered.append(node.pk)
+    unadmitted: list[int] = []
+    by_key = {_key_id(n.public_key): n for n in Node.objects.exclude(public_key="").exclude(status=Node.Status.ACTIVE)}
+    for key, info in known.items():
+        client.UnregisterNode(UnregisterNodeRequest(node_id=int(info.node_id)))
+        UnadmittedNode.objects.create(
+            flwr_node_id=str(info.node_id),
+            public_key=bytes(info.public_key).decode(errors="replace")[:4000],
+            name=(info.name or "")[:200],
+            superlink_status=info.status[:20],
+            node=by_key.get(key),
+        )
+        unadmitted.append(int(info.node_id))
+        log.warning("SuperLink node %s (%r) was not admitted by the platform: unregistered", info.node_id, info.name)
+    if registered or renumbered or unadmitted:
+        log.info("node keys synced: %d registered, %d renumbered, %d unadmitted unregistered",
+                 len(registered), len(renumbered), len(unadmitted))  # fmt: skip
+    return KeySync(registered, renumbered, unadmitted, failed)
