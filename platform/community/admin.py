@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from community import services
-from community.models import Contributor, EnrollmentToken, Node
+from community.models import Contributor, EnrollmentToken, Node, UnadmittedNode
 
 
 @admin.register(Contributor)
@@ -49,3 +49,12 @@ class NodeAdmin(admin.ModelAdmin):
 class EnrollmentTokenAdmin(admin.ModelAdmin):
     list_display = ("contributor", "created_at", "expires_at", "used_at", "node")
     readonly_fields = ("contributor", "token_hash", "created_at", "expires_at", "used_at", "node")
+
+
+@admin.register(UnadmittedNode)
+class UnadmittedNodeAdmin(admin.ModelAdmin):
+    """Keys the SuperLink knew that the platform never admitted (node_keys_sync unregistered them)."""
+
+    list_display = ("flwr_node_id", "name", "superlink_status", "node", "found_at", "resolved_at")
+    list_filter = ("resolved_at",)
+    readonly_fields = ("flwr_node_id", "public_key", "name", "superlink_status", "node", "found_at")
