@@ -44,6 +44,7 @@ def setup_django(var: Path) -> None:
     os.environ["PORT"] = str(port)
     os.environ["SITE_URL"] = f"http://127.0.0.1:{port}"
     os.environ["SUPERLINK_ADDRESS"] = f"127.0.0.1:{procs.free_port()}"
+    os.environ["SUPERLINK_PUBLIC_ADDRESS"] = f"127.0.0.1:{procs.free_port()}"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bayanihan_site.settings")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
 
@@ -88,7 +89,7 @@ def running_site(name: str, *, fresh: bool = True, superlink: bool = True) -> It
     stack = Stack(var / "run")
     try:
         if superlink:
-            stack.start_superlink(settings.SUPERLINK_ADDRESS)
+            stack.start_federation(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS)
         stack.start_web(settings.PORT, env)
         stack.start_worker(env)
         yield Site(var, settings.SITE_URL, settings.PORT, settings.SUPERLINK_ADDRESS, stack, env)

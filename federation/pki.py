@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
+import secrets
 from pathlib import Path
 
 from cryptography import x509
@@ -122,3 +123,26 @@ def ensure_node_key(folder: Path) -> tuple[Path, bytes]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return private, public_pem
+
+
+def ensure_secret_file(path: Path) -> str:
+    """A random secret kept in `path` (0600, folder 0700), made on first use; returns it.
+
+    The platform's link secret lives here on the SuperLink host: the ServerApp reads it (its path reaches it in the
+    environment of flower-superlink) to fetch its server config from the site and to sign its reports, so no secret
+    ever travels in the Flower run config that every node receives.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        # Written whole under a private name, then linked into place: a reader never sees a half-written file,
+        # and of two processes making it at once, the first link wins and both use that one.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        write_private(tmp, secrets.token_urlsafe(32).encode())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()

