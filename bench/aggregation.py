@@ -58,9 +58,12 @@ def scenarios(clip: float, noises: tuple[float, float]) -> list[Row]:
     ]
 
 
-def run_one(address: str, row: Row, train: TrainConfig, server: ServerConfig, out: Path, timeout: float) -> None:
+def run_one(address: str, row: Row, train: TrainConfig, server: ServerConfig, out: Path, timeout: float,
+            paths: dict[str, str]) -> None:  # fmt: skip
+    """`paths`: base-model-path and heldout-path, for the ServerApp's paths file (never in the run config)."""
     agg = AggregationConfig.from_run_config(row.agg)
-    run_config = {**train.to_run_config(), **agg.to_run_config(), **server.to_run_config(), "output-dir": str(out)}
+    run_config = {**train.to_run_config(), **agg.to_run_config(), **server.to_run_config(), "output-dir": str(out),
+                  **paths}  # fmt: skip
     row.seconds = run_to_end(address, run_config, row.label, timeout)
     collect(row, out)
     print(
@@ -132,8 +135,6 @@ def main() -> int:
     server = ServerConfig(
         num_rounds=args.rounds,
         min_nodes=len(NODES),
-        base_model_path=str(model),
-        heldout_path=str(corpus / "heldout.jsonl"),
         max_heldout_records=32,
     )
     rows = scenarios(args.clip, tuple(args.noise))
@@ -147,7 +148,8 @@ def main() -> int:
                     # Clip at the honest updates' typical size: clipping then bounds sensitivity without
                     # throwing most of the signal away.
                     row.agg["dp-clipping-norm"] = median_norm(out / "clean" / "run-0")
-                run_one(address, row, train, server, out / phase / f"run-{i}", args.timeout)
+                paths = {"base-model-path": str(model), "heldout-path": str(corpus / "heldout.jsonl")}
+                run_one(address, row, train, server, out / phase / f"run-{i}", args.timeout, paths)
                 sup.check()
     if args.table_only:
         for phase in ("clean", "hostile"):

@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
+from flower_cluster import server_side  # noqa: E402
 from flwr.proto.control_pb2 import RegisterNodeRequest  # noqa: E402
 from report import Timer, write_section  # noqa: E402
 from safetensors import safe_open  # noqa: E402
@@ -158,6 +159,7 @@ class Nodes:
     root: Path
     commands: dict[str, tuple[list[str], Path]] = field(default_factory=dict)
     log_offsets: dict[str, int] = field(default_factory=dict)
+    keys: dict[str, tuple[control.ControlHttpClient, bytes]] = field(default_factory=dict)
 
     def start_superlink(self) -> dict[str, Path]:
         """TLS and node authentication, as platform/stack/runner.py starts it; same port and database on restart."""
@@ -175,6 +177,7 @@ class Nodes:
         home = root / "nodes" / name
         key, public_pem = pki.ensure_node_key(home)
         client.RegisterNode(RegisterNodeRequest(public_key=public_pem, name=name))
+        self.keys[name] = (client, public_pem)  # the SuperLink's state is in memory: registered again on restart
         relay_port = self.relays.add(name)
         command = procs.supernode_command(f"{HOST}:{relay_port}", procs.free_port(), config, tls["ca"], key)
         self.commands[name] = (command, home)
@@ -189,6 +192,8 @@ class Nodes:
     def restart(self) -> None:
         self.sup.stop_all()
         self.start_superlink()
+        for name, (client, public_pem) in self.keys.items():
+            client.RegisterNode(RegisterNodeRequest(public_key=public_pem, name=name))
         for name in self.commands:
             if name != "superlink":
                 self._start(name)
@@ -257,7 +262,7 @@ def submit(client: control.ControlHttpClient, run_config: dict, nodes: Nodes, ti
     """Run to completion; returns its wall seconds."""
     started = time.monotonic()
     try:
-        run_id = control.start_run(client, run_config)
+        run_id = control.start_run(client, server_side(run_config))
     except httpx.HTTPStatusError as err:
         raise RunFailed(f"StartRun answered {err.response.status_code}") from err
     while True:
@@ -549,10 +554,10 @@ def main() -> int:
                 threads=1, max_eval_records=2,
             )  # fmt: skip
             server = ServerConfig(
-                num_rounds=args.rounds, min_nodes=args.nodes, base_model_path=str(model),
-                heldout_path=str(corpus / "heldout.jsonl"), max_heldout_records=4, round_timeout=args.timeout,
+                num_rounds=args.rounds, min_nodes=args.nodes, max_heldout_records=4, round_timeout=args.timeout
             )  # fmt: skip
-            run_config = {**train.to_run_config(), **server.to_run_config()}
+            run_config = {**train.to_run_config(), **server.to_run_config(), "base-model-path": str(model),
+                          "heldout-path": str(corpus / "heldout.jsonl")}  # fmt: skip
             run_dir, seconds, failed = run_adapter(client, nodes, run_config, out / "runs" / label, args)
             failures += [f"{label}: {f}" for f in failed]
             adapter = adapter_size(label, run_dir)

@@ -1,13 +1,16 @@
 """A bare Flower federation for benchmarks: one SuperLink and real `python -m federation node` SuperNodes.
 
 No web site and no node authentication: these benchmarks measure learning, not admission. The ServerApp journals
-each round to events.jsonl in its output dir (its report URL is empty) and the benchmark reads that journal.
+each round to events.jsonl in its output dir (there is no site to report to) and the benchmark reads that journal.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +19,23 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from federation import control, procs  # noqa: E402
+from federation.config import ServerPaths  # noqa: E402
+from federation.report import LOCAL_PATHS_ENV  # noqa: E402
+
+# The ServerApp takes its paths from a file on the SuperLink host, never from the run config (every node sees that):
+# SuperLinks started from here inherit this folder through the environment (procs.flower_env copies os.environ).
+PATHS_DIR = Path(os.environ.setdefault(LOCAL_PATHS_ENV, tempfile.mkdtemp(prefix="bayanihan-server-paths-")))
+_campaign_ids = itertools.count(1)
+
+
+def server_side(run_config: dict) -> dict:
+    """Move the server paths (base-model-path, heldout-path, output-dir) out of `run_config` into a paths file under
+    a fresh campaign id; returns the run config to submit."""
+    config = dict(run_config)
+    paths = ServerPaths(config.pop("base-model-path"), config.pop("heldout-path"), config.pop("output-dir"))
+    campaign_id = next(_campaign_ids)
+    (PATHS_DIR / f"{campaign_id}.json").write_text(json.dumps(paths.to_json()))
+    return {**config, "campaign-id": campaign_id}
 
 
 def start_cluster(sup: procs.Supervisor, root: Path, data: dict[str, Path], model: Path, attack: str = "",
@@ -47,7 +67,7 @@ def run_to_end(address: str, run_config: dict, label: str, timeout: float, check
     """Submit one run through the Control API and wait for it; returns its wall time in seconds."""
     client = control.client(address)
     started = time.monotonic()
-    run_id = control.start_run(client, run_config)
+    run_id = control.start_run(client, server_side(run_config))
     while True:
         state = control.run_state(client, run_id)
         if state.finished:

@@ -122,7 +122,9 @@ def in_process_arm(arm: Arm, model_path: Path, cfg: TrainConfig, data: list[Exam
 
 def federated_arm(arm: Arm, address: str, cfg: TrainConfig, server: ServerConfig, out: Path, held: Heldout,
                   model_path: Path, pad: int, check) -> None:  # fmt: skip
-    run_config = {**cfg.to_run_config(), **server.to_run_config(), "output-dir": str(out)}
+    heldout = out.parent / "corpus" / "heldout.jsonl"
+    run_config = {**cfg.to_run_config(), **server.to_run_config(), "output-dir": str(out),
+                  "base-model-path": str(model_path), "heldout-path": str(heldout)}  # fmt: skip
     arm.seconds = run_to_end(address, run_config, arm.label, timeout=1800, check=check)
     rounds = [e for e in journal(out) if e["type"] == "round"]
     model = lora_model(str(model_path), cfg)
@@ -241,8 +243,7 @@ def main() -> int:
     # and after training) and the server's evaluation only feed the console; every arm is scored here, on the
     # whole held-out set, so those run on a few records to spend the time on training.
     node_cfg = replace(cfg, threads=1, max_eval_records=4)
-    server = ServerConfig(num_rounds=args.rounds, min_nodes=args.nodes, base_model_path=str(model),
-                          heldout_path=str(out / "corpus" / "heldout.jsonl"), max_heldout_records=8)  # fmt: skip
+    server = ServerConfig(num_rounds=args.rounds, min_nodes=args.nodes, max_heldout_records=8)
     scaled_lr = args.lr * args.nodes
     plans = [
         (f"federated FedAvg ({args.rounds} rounds × {args.local_steps} steps)", args.rounds, args.local_steps, args.lr),

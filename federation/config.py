@@ -79,19 +79,35 @@ class TrainConfig(RunConfigMixin):
 
 @dataclass
 class ServerConfig(RunConfigMixin):
-    """What only the ServerApp needs: paths on the SuperLink host and where to report."""
+    """The ServerApp's numbers, sent as run config. Every node receives the run config (context.run_config), so
+    nothing secret and no server path belongs here: those come from the site (ServerPaths), fetched with the link
+    secret the SuperLink host holds (federation.report.SiteLink)."""
 
     campaign_id: int = 0
     num_rounds: int = 2
     min_nodes: int = 2
     nodes_per_round: int = 0  # 0: every connected node trains each round; K: K of them, drawn at random
     round_timeout: float = 3600.0
-    base_model_path: str = ""
-    heldout_path: str = ""
-    output_dir: str = ""
-    report_url: str = ""
-    report_token: str = ""
     max_heldout_records: int = 64
+
+
+@dataclass(frozen=True)
+class ServerPaths:
+    """Where the ServerApp finds its inputs and writes its outputs on the SuperLink host; from the site only."""
+
+    base_model_path: str
+    heldout_path: str
+    output_dir: str
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ServerPaths:
+        missing = [f.name for f in fields(cls) if not isinstance(body.get(_to_key(f.name)), str)]
+        if missing:
+            raise ValueError(f"server config from the site lacks {', '.join(_to_key(m) for m in missing)}")
+        return cls(**{f.name: body[_to_key(f.name)] for f in fields(cls)})
+
+    def to_json(self) -> dict[str, str]:
+        return {_to_key(k): v for k, v in asdict(self).items()}
 
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "multikrum")

@@ -11,19 +11,100 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from federation.config import ServerPaths
+
 log = logging.getLogger(__name__)
 
 
+LINK_SECRET_ENV = "BAYANIHAN_LINK_SECRET_FILE"
+SITE_URL_ENV = "BAYANIHAN_SITE_URL"
+RUN_ID_HEADER = "X-Flower-Run-Id"
+# A SuperLink without a site (bench/flower_cluster.py): a folder on its host with one paths file per campaign id.
+LOCAL_PATHS_ENV = "BAYANIHAN_SERVER_PATHS_DIR"
+
+
+@dataclass(frozen=True)
+class SiteLink:
+    """The ServerApp's way to the site: URL and link secret, from the environment of the SuperLink that started it.
+
+    Never from the run config: every node receives that. The site checks the secret (by hash), that the campaign is
+    running and that the run id is the campaign's current Flower run.
+    """
+
+    site_url: str
+    secret: str
+    local_dir: str = ""  # no site (benchmarks): paths from <local_dir>/<campaign-id>.json, reports journalled only
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SiteLink:
+        env = os.environ if environ is None else environ
+        url, path = env.get(SITE_URL_ENV, ""), env.get(LINK_SECRET_ENV, "")
+        if not url and env.get(LOCAL_PATHS_ENV):
+            return cls("", "", env[LOCAL_PATHS_ENV])
+        if not url or not path:
+            raise RuntimeError(
+                f"{SITE_URL_ENV} and {LINK_SECRET_ENV} must be set in the environment of flower-superlink "
+                "(the platform's Stack does it): the ServerApp gets its server config and report credential there"
+            )
+        try:
+            secret = Path(path).read_text().strip()
+        except OSError as exc:
+            raise RuntimeError(f"cannot read the link secret {path} ({LINK_SECRET_ENV}): {exc}") from exc
+        if not secret:
+            raise RuntimeError(f"the link secret file {path} ({LINK_SECRET_ENV}) is empty")
+        return cls(url.rstrip("/"), secret)
+
+    def campaign_url(self, campaign_id: int) -> str:
+        """The campaign's API base; empty without a site (the Reporter then only journals)."""
+        return f"{self.site_url}/api/v1/campaigns/{campaign_id}" if self.site_url else ""
+
+    def headers(self, run_id: int) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}", RUN_ID_HEADER: str(run_id)}
+
+    def server_paths(self, campaign_id: int, run_id: int, wait: float = 600.0) -> ServerPaths:
+        """GET the campaign's server config. Waits while the site is unreachable or says the run is not its
+        campaign's yet (503: the platform records the run id right after StartRun returns); refusals raise."""
+        if not self.site_url:
+            local = Path(self.local_dir) / f"{campaign_id}.json"
+            return ServerPaths.from_json(json.loads(local.read_text()))
+        url = f"{self.campaign_url(campaign_id)}/server-config"
+        deadline, delay = time.monotonic() + wait, 1.0
+        while True:
+            try:
+                response = requests.get(url, headers=self.headers(run_id), timeout=30)
+                if response.status_code == 200:
+                    return ServerPaths.from_json(response.json())
+                if response.status_code < 500:
+                    raise RuntimeError(
+                        f"the site refused the server config ({response.status_code}): {response.text[:200]}"
+                    )
+                problem = f"HTTP {response.status_code}"
+            except requests.RequestException as exc:
+                problem = str(exc)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no server config from {url} within {wait:.0f}s: {problem}")
+            log.warning("server config not available yet (%s); retrying", problem)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
 class Reporter:
-    def __init__(self, url: str, token: str, journal_dir: Path, retries: int = 5, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, token: str, journal_dir: Path, retries: int = 5, timeout: float = 30.0, run_id: int = 0
+    ) -> None:
+        """`url` is the campaign's API base (SiteLink.campaign_url), `token` the link secret, `run_id` this run."""
         self.url = url.rstrip("/")
         self.token = token
+        self.run_id = run_id
         self.journal = journal_dir / "events.jsonl"
         self.retries = retries
         self.timeout = timeout
@@ -48,7 +129,12 @@ class Reporter:
     def _send(self, method: str, url: str, data: bytes, content_type: str, extra: dict | None = None) -> None:
         if not self.url:
             return
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": content_type, **(extra or {})}
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            RUN_ID_HEADER: str(self.run_id),
+            "Content-Type": content_type,
+            **(extra or {}),
+        }
         for attempt in range(1, self.retries + 1):
             try:
                 response = requests.request(method, url, data=data, headers=headers, timeout=self.timeout)

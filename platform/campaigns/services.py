@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,9 @@ from django.utils import timezone
 
 from campaigns.models import BaseModel, Campaign, NodeFlag, Participation, Round
 from community.models import Node
-from federation import control
+from federation import control, pki
 from federation.basemodel import describe_checkpoint
-from federation.config import AggregationConfig, ServerConfig, TrainConfig
+from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -129,34 +128,39 @@ def superlink_client() -> Any:
     return control.client(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_ROOT_CERT)
 
 
-def campaign_submit(*, campaign_id: int) -> bool:
-    """Submit a queued campaign as a Flower run. Safe to call twice: only a queued one is submitted."""
-    token = secrets.token_urlsafe(32)
-    with transaction.atomic():
-        campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
-        if campaign is None or campaign.status != Campaign.Status.QUEUED or campaign.flwr_run_id:
-            return False
-        # Committed before StartRun so the ServerApp's first report already finds the token.
-        campaign.report_token_hash = hashlib.sha256(token.encode()).hexdigest()
-        campaign.save(update_fields=["report_token_hash"])
-
+def campaign_run_config(campaign: Campaign) -> dict[str, Any]:
+    """The Flower run config of a campaign. Every node receives it (context.run_config): numbers and names only,
+    never a secret or a server path — the ServerApp fetches those from the site (campaign_server_paths)."""
     server = ServerConfig(
         campaign_id=campaign.pk,
         num_rounds=campaign.num_rounds,
         min_nodes=campaign.min_nodes,
         nodes_per_round=campaign.nodes_per_round,
         round_timeout=float(campaign.round_timeout),
-        base_model_path=campaign.base_model.path,
-        heldout_path=campaign.heldout_path,
-        output_dir=str(campaign_output_dir(campaign) / "server"),
-        report_url=f"{settings.SITE_URL}/api/v1/campaigns/{campaign.pk}",
-        report_token=token,
     )
-    run_config = {
+    return {
         **TrainConfig.from_run_config(campaign.train_config).to_run_config(),
         **AggregationConfig.from_run_config(campaign.aggregation).to_run_config(),
         **server.to_run_config(),
     }
+
+
+def campaign_server_paths(campaign: Campaign) -> ServerPaths:
+    """What the ServerApp reads and writes on the SuperLink host; served only to the link secret's holder."""
+    return ServerPaths(
+        base_model_path=campaign.base_model.path,
+        heldout_path=campaign.heldout_path,
+        output_dir=str(campaign_output_dir(campaign) / "server"),
+    )
+
+
+def campaign_submit(*, campaign_id: int) -> bool:
+    """Submit a queued campaign as a Flower run. Safe to call twice: only a queued one is submitted."""
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
+        if campaign is None or campaign.status != Campaign.Status.QUEUED or campaign.flwr_run_id:
+            return False
+    run_config = campaign_run_config(campaign)
     run_id = control.start_run(superlink_client(), run_config)
     with transaction.atomic():
         campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
@@ -233,10 +237,37 @@ def campaign_complete(*, campaign: Campaign) -> None:
 # --- reports from the ServerApp -------------------------------------------------------------
 
 
-def report_token_valid(campaign: Campaign, token: str) -> bool:
-    if not campaign.report_token_hash or campaign.is_terminal:
-        return False
-    return hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), campaign.report_token_hash)
+def link_secret_sha256() -> str:
+    """sha256 (hex) of the link secret the ServerApp holds: LINK_SECRET_SHA256 where the site runs on another host
+    than the SuperLink, else read from LINK_SECRET_FILE (made on first use, 0600, as the Stack makes it)."""
+    if settings.LINK_SECRET_SHA256:
+        return settings.LINK_SECRET_SHA256
+    return hashlib.sha256(pki.ensure_secret_file(Path(settings.LINK_SECRET_FILE)).encode()).hexdigest()
+
+
+class ReportRefused(Exception):
+    """Why a ServerApp's request is refused; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def report_link_check(*, campaign: Campaign, secret: str, run_id: str) -> None:
+    """A ServerApp may read a campaign's server config and report on it only with the link secret (compared by
+    hash, in constant time), while the campaign runs, and for the campaign's current Flower run.
+
+    The run id may be unknown for a moment (campaign_submit records it right after StartRun returns): then 503, and
+    the ServerApp asks again. Raises ReportRefused.
+    """
+    if not secret or not hmac.compare_digest(hashlib.sha256(secret.encode()).hexdigest(), link_secret_sha256()):
+        raise ReportRefused("invalid link secret")
+    if campaign.status == Campaign.Status.QUEUED and not campaign.flwr_run_id:
+        raise ReportRefused("the campaign's run is being submitted; ask again shortly", status=503)
+    if campaign.status != Campaign.Status.RUNNING:
+        raise ReportRefused(f"campaign {campaign.pk} is {campaign.status}: it takes no reports")
+    if not run_id or run_id != campaign.flwr_run_id:
+        raise ReportRefused(f"run {run_id or '(none)'} is not campaign {campaign.pk}'s current Flower run")
 
 
 def _node_for(report: dict[str, Any]) -> Node:

@@ -1,4 +1,5 @@
-"""The ServerApp's report API: bearer-token per campaign, no cookies, so no CSRF."""
+"""The ServerApp's API: its server config and its reports. Authenticated by the link secret (a bearer token only the
+SuperLink host holds) and the Flower run id; no cookies, so no CSRF."""
 
 from __future__ import annotations
 
@@ -15,18 +16,35 @@ from django.views.decorators.http import require_http_methods
 
 from campaigns import services
 from campaigns.models import Campaign
+from federation.report import RUN_ID_HEADER
 
 
 def report_auth(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     @wraps(view)
     def wrapped(request: HttpRequest, campaign_id: int, **kwargs: Any) -> HttpResponse:
         campaign = get_object_or_404(Campaign, pk=campaign_id)
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Bearer" or not services.report_token_valid(campaign, token):
-            return JsonResponse({"error": "invalid or expired report token for this campaign"}, status=403)
+        scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+        try:
+            services.report_link_check(
+                campaign=campaign,
+                secret=secret if scheme == "Bearer" else "",
+                run_id=request.headers.get(RUN_ID_HEADER, ""),
+            )
+        except services.ReportRefused as exc:
+            response = JsonResponse({"error": str(exc)}, status=exc.status)
+            if exc.status == 503:
+                response["Retry-After"] = "2"
+            return response
         return view(request, campaign, **kwargs)
 
     return wrapped
+
+
+@require_http_methods(["GET"])
+@report_auth
+def server_config(request: HttpRequest, campaign: Campaign) -> HttpResponse:
+    """Paths on the SuperLink host the ServerApp needs; kept out of the run config, which every node receives."""
+    return JsonResponse(services.campaign_server_paths(campaign).to_json())
 
 
 @csrf_exempt

@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from federation.config import AggregationConfig, ServerConfig, TrainConfig
 from federation.data import load_records
 from federation.patient_grid import PatientGrid
-from federation.report import Reporter
+from federation.report import Reporter, SiteLink
 from federation.strategy import build_strategy
 from federation.task import (
     encode_all,
@@ -32,15 +32,19 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     cfg = TrainConfig.from_run_config(context.run_config)
     server = ServerConfig.from_run_config(context.run_config)
-    out = Path(server.output_dir or f"runs/{context.run_id}")
-    reporter = Reporter(server.report_url, server.report_token, out)
+    # Paths and the report credential come out of band (the run config reaches every node): the link secret's path
+    # is in the SuperLink's environment, and the site hands this run its paths.
+    link = SiteLink.from_env()
+    paths = link.server_paths(server.campaign_id, context.run_id)
+    out = Path(paths.output_dir)
+    reporter = Reporter(link.campaign_url(server.campaign_id), link.secret, out, run_id=context.run_id)
     # When Flower started this process: the gap to now is the app's start-up (imports), a per-run cost.
     process_started = psutil.Process().create_time()
     reporter.event("started", run_id=context.run_id, num_rounds=server.num_rounds, process_started=process_started)
 
-    model = lora_model(server.base_model_path, cfg)
-    tokenizer = load_tokenizer(server.base_model_path)
-    heldout = encode_all(tokenizer, load_records(server.heldout_path)[: server.max_heldout_records], cfg.seq_len)
+    model = lora_model(paths.base_model_path, cfg)
+    tokenizer = load_tokenizer(paths.base_model_path)
+    heldout = encode_all(tokenizer, load_records(paths.heldout_path)[: server.max_heldout_records], cfg.seq_len)
     aggregation = AggregationConfig.from_run_config(context.run_config)
     strategy = build_strategy(aggregation, server.min_nodes, server.nodes_per_round)
     round_started = time.time()

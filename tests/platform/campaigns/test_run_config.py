@@ -1,0 +1,64 @@
+"""What every node receives (the Flower run config) holds no secret and no server path (issue 13.2)."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from campaigns.models import BaseModel, Campaign
+from campaigns.services import campaign_create, campaign_output_dir, campaign_run_config, campaign_submit
+from federation.control import APP_DIR
+
+pytestmark = pytest.mark.django_db
+SERVER_ONLY_KEYS = {"report-token", "report-url", "heldout-path", "output-dir", "base-model-path"}
+
+
+@pytest.fixture
+def campaign(tmp_path, settings) -> Campaign:
+    settings.DATA_DIR = tmp_path / "data"
+    heldout = tmp_path / "secret-place" / "heldout.jsonl"
+    heldout.parent.mkdir()
+    heldout.write_text('{"text": "x"}\n')
+    base = BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path / "models" / "base"))
+    return campaign_create(name="c", base_model=base, data_task="t", heldout_path=str(heldout), num_rounds=1)
+
+
+def leaks(config: dict, campaign: Campaign, secret: str) -> list[str]:
+    """Keys whose value names a server path or carries the link secret, and server-only keys."""
+    server_strings = [campaign.base_model.path, campaign.heldout_path, str(campaign_output_dir(campaign)), secret]
+    found = sorted(SERVER_ONLY_KEYS & set(config))
+    found += [k for k, v in config.items() if isinstance(v, str) and any(s and s in v for s in server_strings)]
+    found += [k for k, v in config.items() if isinstance(v, str) and ("/" in v or "token" in k or "secret" in k)]
+    return found
+
+
+def test_the_fab_declares_no_server_only_config():
+    declared = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert not SERVER_ONLY_KEYS & set(declared)
+
+
+def test_campaign_run_config_has_numbers_and_names_only(campaign, settings):
+    config = campaign_run_config(campaign)
+    assert config["campaign-id"] == campaign.pk and config["num-rounds"] == 1
+    assert leaks(config, campaign, secret="") == []
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_the_run_the_superlink_hands_to_nodes_carries_no_secret_or_path(campaign, tls_superlink, settings):
+    """Submitted for real: what the SuperLink stores as the run's config (what ClientApps get) leaks nothing."""
+    from flwr.common.serde import user_config_from_proto
+
+    from campaigns.services import superlink_client
+    from federation import control
+
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.QUEUED)
+    assert campaign_submit(campaign_id=campaign.pk)
+    campaign.refresh_from_db()
+    run = control.run_record(superlink_client(), int(campaign.flwr_run_id))
+    sent = user_config_from_proto(run.override_config)
+    secret = settings.LINK_SECRET_FILE.read_text().strip()
+    assert sent["campaign-id"] == campaign.pk
+    assert leaks(sent, campaign, secret) == []
+    control.stop_run(superlink_client(), int(campaign.flwr_run_id))
