@@ -52,7 +52,8 @@ class Command(BaseCommand):
                     next_sync = time.monotonic() + settings.NODE_KEYS_SYNC_SECONDS
                     try:
                         stack.sync_node_keys()
-                    except Exception as exc:  # a passing SuperLink error: the next round of the loop tries again
+                    except Exception as exc:  # a passing SuperLink error: try again soon
+                        next_sync = time.monotonic() + 30
                         self.stderr.write(f"node key sync failed: {exc}")
                 time.sleep(2)
         except KeyboardInterrupt:
