@@ -220,15 +220,18 @@ def campaign_complete(*, campaign: Campaign) -> None:
     if campaign.rounds.filter(number__gte=1, participants=0).exists():
         campaign_fail(campaign=campaign, reason="a round finished with no successful node update")
         return
-    with transaction.atomic():
-        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
-        if campaign.is_terminal:
-            return
-        if campaign.auto_publish:  # otherwise staff publish it later (campaign_publish), e.g. after editing notes
-            release_publish(campaign=campaign)
-        campaign.status = Campaign.Status.COMPLETED
-        campaign.finished_at = timezone.now()
-        campaign.save(update_fields=["status", "finished_at"])
+    try:
+        with transaction.atomic():
+            campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+            if campaign.is_terminal:
+                return
+            if campaign.auto_publish:  # otherwise staff publish it later (campaign_publish), e.g. after editing notes
+                release_publish(campaign=campaign)
+            campaign.status = Campaign.Status.COMPLETED
+            campaign.finished_at = timezone.now()
+            campaign.save(update_fields=["status", "finished_at"])
+    except ValidationError as exc:  # e.g. the merged adapter on disk is not the one on record
+        campaign_fail(campaign=campaign, reason=f"publishing refused: {' '.join(exc.messages)}")
 
 
 # --- reports from the ServerApp -------------------------------------------------------------
