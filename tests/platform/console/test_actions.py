@@ -137,3 +137,14 @@ def test_campaign_page_renders_with_an_infinite_loss_on_record(client, staff, ba
     assert client.get(f"/console/campaigns/{campaign.pk}/").status_code == 200
     live = client.get(f"/console/campaigns/{campaign.pk}/live").content.decode()
     assert "4.5000" in live and "4.0000" in live  # the finite values are still drawn and printed
+
+
+def test_campaign_page_shows_what_a_round_report_could_not_record(client, staff, base, heldout):
+    campaign = campaign_create(name="c", base_model=base, data_task="t", heldout_path=heldout)
+    Round.objects.create(
+        campaign=campaign, number=0, eval_loss=4.5,
+        errors=["node id 42 is not an enrolled node; its row is not recorded (<b>its update merged</b>)"],
+    )  # fmt: skip
+    client.force_login(staff)
+    live = client.get(f"/console/campaigns/{campaign.pk}/live").content.decode()
+    assert "Round 0 report: node id 42 is not an enrolled node" in live and "<b>" not in live
