@@ -329,7 +329,9 @@ def build_strategy(cfg: AggregationConfig, min_nodes: int, nodes_per_round: int 
 def describe(cfg: AggregationConfig) -> dict[str, Any]:
     """For provenance and model cards: what merged the updates, in words and numbers."""
     names = {
-        "fedavg": "FedAvg weighted by samples",
+        "fedavg": "FedAvg weighted by samples (each node's claim capped at "
+        + (f"{cfg.max_weight_ratio:g}x the round's median claim and " if cfg.max_weight_ratio else "")
+        + f"{cfg.max_examples})",
         "fedmedian": "FedMedian (coordinate-wise median)",
         "fedtrimmedavg": f"FedTrimmedAvg (trimmed mean, beta={cfg.trim_beta})",
         "multikrum": f"MultiKrum (f={cfg.krum_malicious})",
