@@ -46,15 +46,17 @@ class Row:
 
 def scenarios(clip: float, noises: tuple[float, float]) -> list[Row]:
     low, high = noises
+    off = {"max-norm-ratio": 0.0}  # the ratio rule is on by default; these rows measure the strategies without it
+    dp = {**off, "dp-clipping-norm": clip}
     return [
-        Row("clean", "FedAvg (clean run, no attack)", {}),
-        Row("clean", f"FedAvg + central DP, noise {low:g}", {"dp-noise-multiplier": low, "dp-clipping-norm": clip}),
-        Row("clean", f"FedAvg + central DP, noise {high:g}", {"dp-noise-multiplier": high, "dp-clipping-norm": clip}),
-        Row("hostile", "FedAvg", {}),
+        Row("clean", "FedAvg (clean run, no attack)", off),
+        Row("clean", f"FedAvg + central DP, noise {low:g}", {**dp, "dp-noise-multiplier": low}),
+        Row("clean", f"FedAvg + central DP, noise {high:g}", {**dp, "dp-noise-multiplier": high}),
+        Row("hostile", "FedAvg", off),
         Row("hostile", "FedAvg + norm-ratio bound (5x median)", {"max-norm-ratio": 5.0}),
-        Row("hostile", "FedMedian", {"strategy": "fedmedian"}),
-        Row("hostile", "FedTrimmedAvg (beta 0.25)", {"strategy": "fedtrimmedavg", "trim-beta": 0.25}),
-        Row("hostile", "MultiKrum (f=1, keep 3)", {"strategy": "multikrum", "krum-malicious": 1}),
+        Row("hostile", "FedMedian", {**off, "strategy": "fedmedian"}),
+        Row("hostile", "FedTrimmedAvg (beta 0.25)", {**off, "strategy": "fedtrimmedavg", "trim-beta": 0.25}),
+        Row("hostile", "MultiKrum (f=1, keep 3)", {**off, "strategy": "multikrum", "krum-malicious": 1}),
     ]
 
 

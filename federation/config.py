@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from federation.events import MAX_EXAMPLES
+
 
 def _to_key(name: str) -> str:
     return name.replace("_", "-")
@@ -117,7 +119,9 @@ STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "multikrum")
 class AggregationConfig(RunConfigMixin):
     """How the server checks and merges node updates, and whether it adds central differential privacy.
 
-    Chosen per campaign; the ServerApp alone reads it. Defaults keep plain FedAvg with no norm bound.
+    Chosen per campaign; the ServerApp alone reads it. Defaults are FedAvg with two bounds no honest node
+    notices: an update above 5x the round's median norm is refused, and a node's weight (its claimed sample
+    count, which nobody can check) is capped, so one node cannot make the merge its own update.
     """
 
     strategy: str = "fedavg"  # one of STRATEGIES: Flower's own Message-API strategies
@@ -125,7 +129,9 @@ class AggregationConfig(RunConfigMixin):
     krum_malicious: int = 1  # MultiKrum: f, how many hostile nodes to tolerate
     krum_select: int = 0  # MultiKrum: updates averaged after selection; 0 = min-nodes - krum-malicious
     max_update_norm: float = 0.0  # reject an update (reply - global) whose L2 norm exceeds this; 0 = no bound
-    max_norm_ratio: float = 0.0  # reject an update above this many times the round's median norm; 0 = off
+    max_norm_ratio: float = 5.0  # reject an update above this many times the round's median norm; 0 = off
+    max_examples: int = 100_000  # a node's FedAvg weight (claimed num-examples) counts as at most this many
+    max_weight_ratio: float = 3.0  # ...and at most this many times the round's (lower) median claim; 0 = off
     dp_noise_multiplier: float = 0.0  # > 0 turns on central DP (server-side fixed clipping + Gaussian noise)
     dp_clipping_norm: float = 1.0  # L2 bound each update is clipped to before averaging (DP sensitivity)
     dp_delta: float = 1e-5  # the delta at which epsilon is reported
@@ -144,6 +150,10 @@ class AggregationConfig(RunConfigMixin):
             problems.append("max-update-norm must be >= 0 (0 = no bound)")
         if self.max_norm_ratio < 0 or 0 < self.max_norm_ratio <= 1:
             problems.append("max-norm-ratio must be 0 (off) or > 1")
+        if not 1 <= self.max_examples <= MAX_EXAMPLES:
+            problems.append(f"max-examples must be in [1, {MAX_EXAMPLES}]")
+        if self.max_weight_ratio < 0 or 0 < self.max_weight_ratio < 1:
+            problems.append("max-weight-ratio must be 0 (off) or >= 1")
         if self.dp_noise_multiplier < 0:
             problems.append("dp-noise-multiplier must be >= 0 (0 = no differential privacy)")
         if self.dp_clipping_norm <= 0:

@@ -19,11 +19,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum, Strategy
 
-from federation import privacy
+from federation import events, privacy
 from federation.config import AggregationConfig
 from federation.validation import Verdict, check_update, cosine, ratio_outliers, update_vector
 
-WEIGHT_KEY = "num-examples"  # what nodes report as their sample count; FedAvg weights by it
+WEIGHT_KEY = events.NUM_EXAMPLES  # what nodes report as their sample count; FedAvg weights by it (capped)
 UNIT_WEIGHT_KEY = "unit-weight"  # DP: Flower's accountant requires equal weights (sensitivity is clip / n)
 DATA_VALUE = "cosine alignment of the node's update with the update the round applied (new global - old global)"
 
@@ -38,6 +38,7 @@ class NodeReport:
     rejected: str = ""  # the reply came back but failed validation; it was not aggregated
     update_norm: float | None = None  # L2 norm of (reply - global)
     data_value: float | None = None  # see DATA_VALUE; None when rejected or nothing was applied
+    weight: float | None = None  # the weight the merge gave it: its claimed num-examples after the caps
 
 
 @dataclass
@@ -69,23 +70,33 @@ def _scalar_metrics(msg: Message) -> dict[str, float]:
     return merged
 
 
-def _report(msg: Message) -> NodeReport:
+def _report(msg: Message) -> tuple[NodeReport, list[str]]:
+    """What the node says about itself, kept only within `federation.events` bounds, and what broke them."""
     node = msg.content.config_records.get("node")
-    return NodeReport(
+    metrics, problems = events.check_metrics(_scalar_metrics(msg))
+    fingerprint = str(node["fingerprint"]) if node and "fingerprint" in node else ""
+    if len(fingerprint) > 64 or any(c not in "0123456789abcdef" for c in fingerprint):
+        problems.append(f"fingerprint {events.cut(fingerprint, 80)!r} is not a sha256 hex digest")
+        fingerprint = ""
+    report = NodeReport(
         node_id=int(msg.metadata.src_node_id),
-        name=str(node["name"]) if node else "",
-        fingerprint=str(node["fingerprint"]) if node else "",
-        metrics={k: _clean(v) for k, v in _scalar_metrics(msg).items()},
+        name=events.cut(str(node["name"]) if node and "name" in node else "", events.MAX_NAME),
+        fingerprint=fingerprint,
+        metrics=metrics,
     )
+    return report, problems
 
 
-def _check(msg: Message, reference: dict[str, np.ndarray], max_norm: float) -> Verdict:
-    """The reply's shape as a Flower message, then its tensors; a reply that cannot even be read is refused."""
+def _check(msg: Message, reference: dict[str, np.ndarray], max_norm: float, problems: list[str]) -> Verdict:
+    """The reply's shape as a Flower message, its reported numbers, then its tensors; a reply that cannot even be
+    read, or whose metrics break their bounds (see federation.events), is refused."""
     if len(msg.content.array_records) != 1:
         return Verdict(f"expected one ArrayRecord, got {len(msg.content.array_records)}")
     weight = _scalar_metrics(msg).get(WEIGHT_KEY)
     if weight is None or not math.isfinite(weight) or weight <= 0:
         return Verdict(f"metrics lack a positive, finite {WEIGHT_KEY}")
+    if problems:
+        return Verdict("reported metrics out of bounds: " + "; ".join(problems))
     try:
         arrays = _numpy(next(iter(msg.content.array_records.values())))
     except (ValueError, TypeError) as exc:
@@ -121,12 +132,16 @@ class GuardedStrategy(Strategy):
         *,
         max_update_norm: float = 0.0,
         max_norm_ratio: float = 0.0,
+        max_examples: int = events.MAX_EXAMPLES,
+        max_weight_ratio: float = 0.0,
         keep_sample_size: bool = False,
         weight_key: str = WEIGHT_KEY,
     ) -> None:
         self.inner = inner
         self.max_update_norm = max_update_norm
         self.max_norm_ratio = max_norm_ratio
+        self.max_examples = max_examples
+        self.max_weight_ratio = max_weight_ratio
         self.keep_sample_size = keep_sample_size
         self.weight_key = weight_key  # the key the wrapped strategy weights by
         self.rounds: dict[int, RoundLog] = {}
@@ -177,8 +192,8 @@ class GuardedStrategy(Strategy):
                     answered.add(node_id)
                     log.replies.append(NodeReport(node_id, "", "", {}, error=str(msg.error.reason)))
                 continue
-            report = _report(msg)
-            verdict = _check(msg, reference, self.max_update_norm)
+            report, problems = _report(msg)
+            verdict = _check(msg, reference, self.max_update_norm, problems)
             report.update_norm, report.rejected = verdict.norm, verdict.reason
             log.replies.append(report)
             checked.append((report, msg))
@@ -193,6 +208,7 @@ class GuardedStrategy(Strategy):
             checked[i][0].rejected = reason
 
         accepted = [(r, m) for r, m in checked if not r.rejected]
+        self._cap_weights([r for r, _ in accepted])
         updates = {id(r): update_vector(_numpy(next(iter(m.content.array_records.values()))), reference)
                    for r, m in accepted}  # fmt: skip
         log.train_metrics = self._train_metrics([r for r, _ in accepted])
@@ -204,7 +220,8 @@ class GuardedStrategy(Strategy):
                 for key in list(msg.content.array_records):
                     del msg.content[key]
                 msg.content["arrays"] = _stand_in(reference)
-            weight = 1.0 if self.weight_key == UNIT_WEIGHT_KEY else float(report.metrics[WEIGHT_KEY] or 0.0)
+            # A refused reply under DP carries the zero stand-in: its weight is 1 like every other (unit weights).
+            weight = 1.0 if self.weight_key == UNIT_WEIGHT_KEY else float(report.weight or 0.0)
             # Only the weight goes on: node metrics are already logged, and Flower insists every reply carry
             # the same metric keys, which a hostile or older node need not respect.
             for key in list(msg.content.metric_records):
@@ -225,12 +242,31 @@ class GuardedStrategy(Strategy):
         metrics = MetricRecord({k: v for k, v in log.train_metrics.items() if v is not None})
         return arrays, (metrics if arrays is not None else None)
 
+    def _cap_weights(self, reports: list[NodeReport]) -> None:
+        """Each accepted node's weight: its claimed sample count, which nobody can check, bounded twice.
+
+        At most `max_examples`, and at most `max_weight_ratio` times the round's lower median claim (the median
+        of an even count taken low, so that with two nodes neither can outweigh the other more than the ratio).
+        A node claiming 1e12 samples then weighs no more than a few honest ones. The caps apply before any
+        strategy sees the replies, so FedAvg, MultiKrum's average and the merged train metrics all use them;
+        FedMedian and FedTrimmedAvg ignore weights, and DP uses unit weights anyway.
+        """
+        claims = sorted(float(r.metrics.get(WEIGHT_KEY) or 0.0) for r in reports)
+        cap = float(self.max_examples)
+        if self.max_weight_ratio > 0 and claims:
+            cap = min(cap, self.max_weight_ratio * claims[(len(claims) - 1) // 2])
+        for report in reports:
+            report.weight = min(float(report.metrics.get(WEIGHT_KEY) or 0.0), cap)
+
     @staticmethod
     def _train_metrics(reports: list[NodeReport]) -> dict[str, float | None]:
-        """Sample-weighted mean of every metric all accepted nodes reported (as FedAvg reports them)."""
+        """Weighted mean (capped weights, as the merge used) of every metric all accepted nodes reported.
+
+        Each value is within its bound, but a weighted sum of large ones can still overflow: non-finite -> None.
+        """
         if not reports:
             return {}
-        weights = [float(r.metrics.get(WEIGHT_KEY) or 0.0) for r in reports]
+        weights = [float(r.weight or 0.0) for r in reports]
         total = sum(weights) or 1.0
         keys = set.intersection(*(set(r.metrics) for r in reports)) - {WEIGHT_KEY}
         merged: dict[str, float | None] = {}
@@ -239,7 +275,7 @@ class GuardedStrategy(Strategy):
             merged[key] = (
                 None
                 if any(v is None for v in values)
-                else sum(w * v for w, v in zip(weights, values, strict=True)) / total
+                else _clean(sum(w * v for w, v in zip(weights, values, strict=True)) / total)
             )
         return merged
 
@@ -266,6 +302,8 @@ def build_strategy(cfg: AggregationConfig, min_nodes: int, nodes_per_round: int 
             privacy.dp_wrap(base, cfg, sample),
             max_update_norm=cfg.max_update_norm,
             max_norm_ratio=cfg.max_norm_ratio,
+            max_examples=cfg.max_examples,
+            max_weight_ratio=cfg.max_weight_ratio,
             keep_sample_size=True,
             weight_key=UNIT_WEIGHT_KEY,
         )
@@ -279,13 +317,21 @@ def build_strategy(cfg: AggregationConfig, min_nodes: int, nodes_per_round: int 
         inner = MultiKrum(**common, num_malicious_nodes=cfg.krum_malicious, num_nodes_to_select=select)
     else:
         inner = FedAvg(**common)
-    return GuardedStrategy(inner, max_update_norm=cfg.max_update_norm, max_norm_ratio=cfg.max_norm_ratio)
+    return GuardedStrategy(
+        inner,
+        max_update_norm=cfg.max_update_norm,
+        max_norm_ratio=cfg.max_norm_ratio,
+        max_examples=cfg.max_examples,
+        max_weight_ratio=cfg.max_weight_ratio,
+    )
 
 
 def describe(cfg: AggregationConfig) -> dict[str, Any]:
     """For provenance and model cards: what merged the updates, in words and numbers."""
     names = {
-        "fedavg": "FedAvg weighted by samples",
+        "fedavg": "FedAvg weighted by samples (each node's claim capped at "
+        + (f"{cfg.max_weight_ratio:g}x the round's median claim and " if cfg.max_weight_ratio else "")
+        + f"{cfg.max_examples})",
         "fedmedian": "FedMedian (coordinate-wise median)",
         "fedtrimmedavg": f"FedTrimmedAvg (trimmed mean, beta={cfg.trim_beta})",
         "multikrum": f"MultiKrum (f={cfg.krum_malicious})",

@@ -19,7 +19,7 @@ class RoundInline(admin.TabularInline):
     extra = 0
     fields = (
         "number", "eval_loss", "train_loss", "participants", "failures", "rejected", "epsilon", "delta",
-        "bytes_up", "bytes_down", "duration_s",
+        "bytes_up", "bytes_down", "duration_s", "adapter_files", "errors",
     )  # fmt: skip
     readonly_fields = fields
     can_delete = False

@@ -91,7 +91,18 @@ class Round(models.Model):
     bytes_up = models.BigIntegerField(default=0)
     bytes_down = models.BigIntegerField(default=0)
     duration_s = models.FloatField(null=True)
-    adapter_files = models.JSONField(default=dict, help_text="file name -> sha256 of the merged adapter")
+    adapter_files = models.JSONField(
+        default=dict, help_text="file name -> sha256 of the merged adapter files stored (each equal to its declared)"
+    )
+    declared_files = models.JSONField(
+        default=dict, help_text="file name -> sha256 the round event declared; only those bytes can be uploaded"
+    )
+    event_sha256 = models.CharField(
+        max_length=64, blank=True, help_text="sha256 of the recorded round event: an identical resend is a no-op"
+    )
+    errors = models.JSONField(
+        default=list, blank=True, help_text="Node rows of the report the platform could not attach or trust"
+    )
     recorded_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +17,13 @@ from django.utils import timezone
 
 from campaigns.models import BaseModel, Campaign, NodeFlag, Participation, Round
 from community.models import Node
-from federation import control, pki
+from federation import control, events, pki
 from federation.basemodel import describe_checkpoint
 from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig
 
 log = logging.getLogger(__name__)
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_FILES = events.ADAPTER_FILES
 # A round must leave nodes time to start, load the model and train; a week is longer than anyone waits.
 ROUND_TIMEOUT_MIN, ROUND_TIMEOUT_MAX = 30, 7 * 24 * 3600
 
@@ -223,15 +225,18 @@ def campaign_complete(*, campaign: Campaign) -> None:
     if campaign.rounds.filter(number__gte=1, participants=0).exists():
         campaign_fail(campaign=campaign, reason="a round finished with no successful node update")
         return
-    with transaction.atomic():
-        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
-        if campaign.is_terminal:
-            return
-        if campaign.auto_publish:  # otherwise staff publish it later (campaign_publish), e.g. after editing notes
-            release_publish(campaign=campaign)
-        campaign.status = Campaign.Status.COMPLETED
-        campaign.finished_at = timezone.now()
-        campaign.save(update_fields=["status", "finished_at"])
+    try:
+        with transaction.atomic():
+            campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+            if campaign.is_terminal:
+                return
+            if campaign.auto_publish:  # otherwise staff publish it later (campaign_publish), e.g. after editing notes
+                release_publish(campaign=campaign)
+            campaign.status = Campaign.Status.COMPLETED
+            campaign.finished_at = timezone.now()
+            campaign.save(update_fields=["status", "finished_at"])
+    except ValidationError as exc:  # e.g. the merged adapter on disk is not the one on record
+        campaign_fail(campaign=campaign, reason=f"publishing refused: {' '.join(exc.messages)}")
 
 
 # --- reports from the ServerApp -------------------------------------------------------------
@@ -270,101 +275,177 @@ def report_link_check(*, campaign: Campaign, secret: str, run_id: str) -> None:
         raise ReportRefused(f"run {run_id or '(none)'} is not campaign {campaign.pk}'s current Flower run")
 
 
-def _node_for(report: dict[str, Any]) -> Node:
-    node, created = Node.objects.get_or_create(
-        flwr_node_id=str(report["node_id"]), defaults={"name": report.get("name") or "unnamed"}
-    )
-    node.last_seen = timezone.now()
-    if report.get("name") and not created and node.name != report["name"]:
-        node.name = report["name"]
-    node.save(update_fields=["last_seen", "name"])
-    return node
+class ReportConflict(ValidationError):
+    """A report that contradicts what is already on record (the report API answers 409)."""
+
+
+def _event_digest(event: dict[str, Any]) -> str:
+    """The event's content, its send `time` aside: a retry re-sends the same body, so the same digest."""
+    body = {k: v for k, v in event.items() if k != "time"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def round_sealed(round_: Round) -> bool:
+    """On record for good: its event is recorded and every file that event declared is stored with its sha256."""
+    return bool(round_.event_sha256 and round_.declared_files) and round_.adapter_files == round_.declared_files
+
+
+def _unenrolled(row: events.NodeRow) -> str:
+    what = f"failed: {row.error}" if row.error else f"refused: {row.rejected}" if row.rejected else "its update merged"
+    return f"node id {row.node_id} is not an enrolled node; its row is not recorded ({events.cut(what, 300)})"
 
 
 def report_round(*, campaign: Campaign, event: dict[str, Any]) -> Round:
-    """Record one round (idempotent: a resent report overwrites the same rows).
+    """Record one round from the ServerApp's round event.
 
-    A reply the server refused (`rejected`) is kept on the node's participation with its reason, counted in
+    Nothing in it is trusted: every field is checked against `federation.events` (types, finite, bounds, round
+    in [0, num_rounds]). A bad field of the event itself raises ValidationError naming it (the API answers
+    400); a bad node row never fails the event: it is stored as that node's error. Nodes are the enrolled
+    `Node` rows, found by Flower node id: the name a report gives is ignored, and an id no enrolled node has
+    creates nothing; it is listed in `Round.errors` instead.
+
+    Resends and conflicts (what the ServerApp's retries and automatic resume rely on):
+    - the same event again (same content; its send `time` aside) is a no-op and returns the round as recorded,
+      so a Reporter retrying after a lost answer or a web restart gets 200, not an error;
+    - a different event for a *sealed* round (`round_sealed`: its event recorded and every adapter file that
+      event declared uploaded with the declared sha256) raises ReportConflict (409): a round on record never
+      changes, and neither do its files;
+    - a different event for a round not sealed yet (its files never all arrived: the run died mid-round)
+      replaces it, and files stored for the old event are dropped: a resumed run redoes that round.
+
+    A refused reply (`rejected`) is kept on the node's participation with its reason, counted in
     `Round.rejected` rather than `participants`, and flags the node for staff.
     """
-    nodes = event.get("nodes") or []
-    ok = [r for r in nodes if not r.get("error") and not r.get("rejected")]
-    train = event.get("train") or {}
+    try:
+        parsed = events.parse_round(event, num_rounds=campaign.num_rounds)
+    except events.EventError as exc:
+        raise ValidationError(f"round event: {exc}") from exc
+    digest = _event_digest(event)
     with transaction.atomic():
-        round_, _ = Round.objects.update_or_create(
-            campaign=campaign,
-            number=int(event["round"]),
-            defaults={
-                "eval_loss": event.get("eval_loss"),
-                "eval_perplexity": event.get("eval_perplexity"),
-                "train_loss": train.get("train-loss"),
-                "participants": len(ok),
-                "failures": sum(1 for r in nodes if r.get("error")),
-                "rejected": sum(1 for r in nodes if r.get("rejected") and not r.get("error")),
-                "epsilon": event.get("epsilon"),
-                "delta": event.get("delta"),
-                "bytes_up": int(sum(r["metrics"].get("bytes-up") or 0 for r in ok)),
-                "bytes_down": int(sum(r["metrics"].get("bytes-down") or 0 for r in ok)),
-                "duration_s": event.get("seconds"),
-            },
-        )
-        for report in nodes:
-            metrics = report.get("metrics") or {}
-            participation, _ = Participation.objects.update_or_create(
-                round=round_,
-                node=_node_for(report),
-                defaults={
-                    "samples": int(metrics.get("num-examples") or 0),
-                    "tokens": int(metrics.get("tokens") or 0),
-                    "train_loss": metrics.get("train-loss"),
-                    "val_loss_before": metrics.get("val-loss-before"),
-                    "val_loss_after": metrics.get("val-loss-after"),
-                    "seconds": metrics.get("train-seconds"),
-                    "bytes_up": int(metrics.get("bytes-up") or 0),
-                    "bytes_down": int(metrics.get("bytes-down") or 0),
-                    "data_fingerprint": report.get("fingerprint", "")[:64],
-                    "error": report.get("error", ""),
-                    "rejected_reason": report.get("rejected") or "",
-                    "update_norm": report.get("update_norm"),
-                    "data_value": report.get("data_value"),
-                },
-            )
-            if participation.rejected_reason:
-                NodeFlag.objects.update_or_create(
-                    participation=participation,
-                    defaults={
-                        "node": participation.node,
-                        "reason": f"{campaign} round {round_.number}: {participation.rejected_reason}",
-                    },
+        Campaign.objects.select_for_update().filter(pk=campaign.pk).first()  # one report at a time per campaign
+        round_ = Round.objects.filter(campaign=campaign, number=parsed.round).first()
+        if round_ is not None and round_.event_sha256:
+            if round_.event_sha256 == digest:
+                return round_
+            if round_sealed(round_):
+                raise ReportConflict(
+                    f"round {parsed.round} is already on record with its files; a different event for it is refused"
                 )
+        if round_ is None:
+            round_ = Round(campaign=campaign, number=parsed.round)
+        else:
+            round_.participations.all().delete()  # the replaced event's rows (and their flags)
+        stale = [n for n, sha in round_.adapter_files.items() if parsed.adapter_files.get(n) != sha]
+        folder = campaign_output_dir(campaign) / f"round-{parsed.round}"
+        transaction.on_commit(lambda: [(folder / n).unlink(missing_ok=True) for n in stale])
+
+        ids = [str(r.node_id) for r in parsed.nodes if r.node_id is not None]
+        enrolled = {n.flwr_node_id: n for n in Node.objects.filter(flwr_node_id__in=ids)}
+        errors: list[str] = []
+        rows: list[tuple[Node, events.NodeRow]] = []
+        for row in parsed.nodes:
+            node = enrolled.get(str(row.node_id))
+            if row.node_id is None:
+                errors.append("a node row was refused: " + "; ".join(row.problems))
+            elif node is None:
+                errors.append(_unenrolled(row))
+            elif any(node == seen for seen, _ in rows):
+                errors.append(f"node id {row.node_id} has more than one row; only the first is recorded")
+            else:
+                rows.append((node, row))
+        ok = [r for _, r in rows if not r.problems and not r.error and not r.rejected]
+        round_.eval_loss, round_.eval_perplexity = parsed.eval_loss, parsed.eval_perplexity
+        round_.train_loss, round_.duration_s = parsed.train_loss, parsed.seconds
+        round_.epsilon, round_.delta = parsed.epsilon, parsed.delta
+        round_.participants = len(ok)
+        round_.failures = sum(1 for _, r in rows if r.error or r.problems)
+        round_.rejected = sum(1 for _, r in rows if r.rejected and not r.error and not r.problems)
+        round_.bytes_up = sum(int(r.metrics.get(events.BYTES_UP) or 0) for r in ok)
+        round_.bytes_down = sum(int(r.metrics.get(events.BYTES_DOWN) or 0) for r in ok)
+        round_.declared_files = parsed.adapter_files
+        round_.adapter_files = {n: sha for n, sha in round_.adapter_files.items() if n not in stale}
+        round_.event_sha256 = digest
+        round_.errors = errors
+        round_.save()
+        for node, row in rows:
+            _record_participation(campaign, round_, node, row)
+        Node.objects.filter(pk__in=[node.pk for node, _ in rows]).update(last_seen=timezone.now())
     return round_
 
 
+def _record_participation(campaign: Campaign, round_: Round, node: Node, row: events.NodeRow) -> None:
+    if row.problems:  # not trusted: no numbers of it go into the ledger
+        row = events.NodeRow(
+            row.node_id, error=events.cut("report refused by the platform: " + "; ".join(row.problems))
+        )
+    metrics = row.metrics
+    participation = Participation.objects.create(
+        round=round_,
+        node=node,
+        samples=int(metrics.get(events.NUM_EXAMPLES) or 0),
+        tokens=int(metrics.get(events.TOKENS) or 0),
+        train_loss=metrics.get(events.TRAIN_LOSS),
+        val_loss_before=metrics.get(events.VAL_LOSS_BEFORE),
+        val_loss_after=metrics.get(events.VAL_LOSS_AFTER),
+        seconds=metrics.get(events.TRAIN_SECONDS),
+        bytes_up=int(metrics.get(events.BYTES_UP) or 0),
+        bytes_down=int(metrics.get(events.BYTES_DOWN) or 0),
+        data_fingerprint=row.fingerprint,
+        error=row.error,
+        rejected_reason="" if row.error else row.rejected,
+        update_norm=row.update_norm,
+        data_value=row.data_value,
+    )
+    if participation.rejected_reason:
+        NodeFlag.objects.create(
+            participation=participation,
+            node=node,
+            reason=f"{campaign} round {round_.number}: {participation.rejected_reason}",
+        )
+
+
 def report_file(*, campaign: Campaign, round_number: int, name: str, chunks: Any, sha256: str) -> str:
-    """Store one merged-adapter file of a round, streamed to disk and checked against its sha256."""
+    """Store one merged-adapter file of a round: only the bytes the round's event declared, and only once.
+
+    The round event comes first and names each file's sha256 (`adapter_files`); the upload is streamed to disk
+    and must hash to exactly that (ReportConflict otherwise). A stored file is never replaced: the same bytes
+    again are a no-op (a retry), and nothing else hashes to the declared sha256.
+    """
     if name not in ADAPTER_FILES:
         raise ValidationError(f"{name!r} is not an adapter file ({', '.join(ADAPTER_FILES)})")
+    if not 0 <= round_number <= campaign.num_rounds:
+        raise ValidationError(f"round {round_number} is not in [0, {campaign.num_rounds}]")
+    round_ = Round.objects.filter(campaign=campaign, number=round_number).first()
+    declared = round_.declared_files.get(name) if round_ else None
+    if not declared:
+        raise ReportConflict(f"round {round_number} has no recorded event declaring {name}; report the round first")
+    if sha256 and sha256 != declared:
+        raise ReportConflict(f"{name}: X-Content-SHA256 is not the sha256 round {round_number}'s event declared")
     folder = campaign_output_dir(campaign) / f"round-{round_number}"
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{name}.partial"
+    partial = folder / f".{name}.{secrets.token_hex(4)}.partial"  # concurrent retries never share one
     digest, size = hashlib.sha256(), 0
-    with partial.open("wb") as fh:
-        for chunk in chunks:
-            size += len(chunk)
-            if size > settings.MAX_ADAPTER_UPLOAD_BYTES:
-                partial.unlink()
-                raise ValidationError(f"{name} is larger than {settings.MAX_ADAPTER_UPLOAD_BYTES} bytes")
-            digest.update(chunk)
-            fh.write(chunk)
-    if sha256 and digest.hexdigest() != sha256:
-        partial.unlink()
-        raise ValidationError(f"{name}: sha256 does not match X-Content-SHA256")
-    partial.replace(folder / name)
-    with transaction.atomic():
-        round_, _ = Round.objects.select_for_update().get_or_create(campaign=campaign, number=round_number)
-        round_.adapter_files = {**round_.adapter_files, name: digest.hexdigest()}
-        round_.save(update_fields=["adapter_files"])
-    return digest.hexdigest()
+    try:
+        with partial.open("wb") as fh:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > settings.MAX_ADAPTER_UPLOAD_BYTES:
+                    raise ValidationError(f"{name} is larger than {settings.MAX_ADAPTER_UPLOAD_BYTES} bytes")
+                digest.update(chunk)
+                fh.write(chunk)
+        if digest.hexdigest() != declared:
+            raise ReportConflict(f"{name}: the uploaded bytes are not the file round {round_number}'s event declared")
+        with transaction.atomic():
+            round_ = Round.objects.select_for_update().get(pk=round_.pk)
+            if round_.declared_files.get(name) != declared:
+                raise ReportConflict(f"round {round_number}'s event changed while {name} was uploading")
+            if round_.adapter_files.get(name) != declared or not (folder / name).is_file():
+                partial.replace(folder / name)
+                round_.adapter_files = {**round_.adapter_files, name: declared}
+                round_.save(update_fields=["adapter_files"])
+    finally:
+        partial.unlink(missing_ok=True)
+    return declared
 
 
 # --- staff actions from the console ---------------------------------------------------------

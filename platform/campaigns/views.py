@@ -53,15 +53,17 @@ def server_config(request: HttpRequest, campaign: Campaign) -> HttpResponse:
 def report_event(request: HttpRequest, campaign: Campaign) -> HttpResponse:
     try:
         event = json.loads(request.body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         return JsonResponse({"error": f"body is not JSON: {exc}"}, status=400)
     if not isinstance(event, dict) or "type" not in event:
         return JsonResponse({"error": "event must be an object with a 'type'"}, status=400)
     if event["type"] == "round":
         try:
             services.report_round(campaign=campaign, event=event)
-        except (KeyError, TypeError, ValueError) as exc:
-            return JsonResponse({"error": f"malformed round event: {exc!r}"}, status=400)
+        except services.ReportConflict as exc:
+            return JsonResponse({"error": " ".join(exc.messages)}, status=409)
+        except ValidationError as exc:
+            return JsonResponse({"error": f"malformed round event: {' '.join(exc.messages)}"}, status=400)
     return JsonResponse({"ok": True})
 
 
@@ -79,6 +81,8 @@ def report_file(request: HttpRequest, campaign: Campaign, round_number: int, nam
             chunks=chunks,
             sha256=request.headers.get("X-Content-SHA256", ""),
         )
+    except services.ReportConflict as exc:
+        return JsonResponse({"error": " ".join(exc.messages)}, status=409)
     except ValidationError as exc:
         return JsonResponse({"error": " ".join(exc.messages)}, status=400)
     return JsonResponse({"sha256": sha})

@@ -87,10 +87,17 @@ def _x(i: int, n: int, band: bool) -> float:
     return LEFT + 18 + (plot_w - 36) * (i / (n - 1) if n > 1 else 0.5)
 
 
+def _drawable(series: Sequence[Series]) -> list[Series]:
+    """Non-finite values (a diverged loss, or a row stored before reports were bounds-checked) have no place on
+    an axis: drawn as gaps, like missing ones, so one inf cannot take the whole page down."""
+    return [Series(s.name, [v if v is not None and math.isfinite(v) else None for v in s.values]) for s in series]
+
+
 def line_chart(
     title: str, labels: Sequence[str], series: Sequence[Series], *, y_title: str, x_title: str = "round",
     fmt: str = "{:.3f}",
 ) -> SafeString:  # fmt: skip
+    series = _drawable(series)
     values = [v for s in series for v in s.values if v is not None]
     if not values:
         return _empty(title)
@@ -124,6 +131,7 @@ def bar_chart(
     title: str, labels: Sequence[str], series: Sequence[Series], *, y_title: str, x_title: str = "round",
     fmt: str = "{:g}", integer: bool = False,
 ) -> SafeString:  # fmt: skip
+    series = _drawable(series)
     values = [v for s in series for v in s.values if v is not None]
     if not values:
         return _empty(title)

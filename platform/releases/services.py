@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -37,8 +38,24 @@ def release_publish(*, campaign: Campaign) -> Release:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
 
+    # What is signed must be what the round recorded: the files are hashed as read for the release (the copy, the
+    # bytes parsed), so a file changed on disk since its upload is caught here, not published.
     shutil.copyfile(source / "adapter_model.safetensors", staging / "adapter_model.safetensors")
-    adapter_config = json.loads((source / "adapter_config.json").read_text())
+    config_bytes = (source / "adapter_config.json").read_bytes()
+    read = {
+        "adapter_config.json": hashlib.sha256(config_bytes).hexdigest(),
+        "adapter_model.safetensors": sha256_file(staging / "adapter_model.safetensors"),
+    }
+    last = campaign.rounds.filter(number=campaign.num_rounds).first()
+    recorded = last.adapter_files if last is not None else {}
+    changed = [name for name, sha in read.items() if recorded.get(name) != sha]
+    if changed:
+        shutil.rmtree(staging)
+        raise ValidationError(
+            f"round {campaign.num_rounds}'s {' and '.join(changed)} on disk do not match the sha256 on record; "
+            "refusing to publish"
+        )
+    adapter_config = json.loads(config_bytes)
     # Point at the upstream id, not a path on our server, so the folder loads anywhere.
     adapter_config["base_model_name_or_path"] = campaign.base_model.hf_id
     (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")

@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
+from federation import events
 from federation.attack import apply_attack
 from federation.config import AggregationConfig
 from federation.strategy import GuardedStrategy, build_strategy
@@ -40,15 +41,19 @@ class NodesOnlyGrid:
         return self.ids
 
 
-def reply(node_id: int, arrays: dict[str, np.ndarray], samples: int, loss: float = 1.0, fp: str = "f") -> Message:
+def reply(
+    node_id: int, arrays: dict[str, np.ndarray], samples: float, loss: float = 1.0, fp: str = "f",
+    name: str | None = None, **metrics: float,
+) -> Message:  # fmt: skip
     TaskIdentity.node_id = 0
     query = Message(content=RecordDict({}), dst_node_id=node_id, message_type="train")
     TaskIdentity.node_id = node_id
+    reported = {"num-examples": samples, "train-loss": loss, "tokens": 10 * samples, **metrics}
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}),
-            "metrics": MetricRecord({"num-examples": samples, "train-loss": loss, "tokens": 10 * samples}),
-            "node": ConfigRecord({"name": f"n{node_id}", "fingerprint": fp}),
+            "metrics": MetricRecord(reported),
+            "node": ConfigRecord({"name": f"n{node_id}" if name is None else name, "fingerprint": fp}),
         }
     )
     return Message(content=content, reply_to=query)
@@ -210,7 +215,7 @@ def test_a_norm_ratio_rule_rejects_a_scaled_update_without_knowing_the_model():
 
 
 def test_plain_fedavg_without_a_bound_is_dragged_by_a_scaled_update():
-    strategy = build_strategy(AggregationConfig(), min_nodes=4)
+    strategy = build_strategy(AggregationConfig(max_norm_ratio=0.0), min_nodes=4)
     start_round(strategy, ZERO, 4)
     arrays, _ = strategy.aggregate_train(1, four_replies("scale"))
     assert not any(r.rejected for r in strategy.rounds[1].replies)
@@ -268,3 +273,100 @@ def test_each_campaign_strategy_is_flowers_own_class(cfg, inner):
 def test_multikrum_averages_all_but_the_tolerated_hostile_nodes_by_default():
     krum = build_strategy(AggregationConfig(strategy="multikrum", krum_malicious=1), min_nodes=4).inner
     assert (krum.num_malicious_nodes, krum.num_nodes_to_select) == (1, 3)
+
+
+# --- what a node claims about itself is bounded (issue 13, items 3, 4, 11) ------------------------------------
+
+
+def test_the_default_config_refuses_a_scaled_update():
+    strategy = build_strategy(AggregationConfig(), min_nodes=4)
+    start_round(strategy, ZERO, 4)
+    arrays, _ = strategy.aggregate_train(1, four_replies("scale"))
+    assert [r.node_id for r in strategy.rounds[1].replies if r.rejected] == [4]
+    np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], 0.1, atol=0.03)
+
+
+def against(seed: int = 7) -> dict[str, np.ndarray]:
+    """An update pulling the other way, small enough to pass every norm rule."""
+    return {k: -v for k, v in honest(seed).items()}
+
+
+def test_a_node_claiming_a_huge_sample_count_weighs_at_most_a_few_honest_nodes():
+    strategy = build_strategy(AggregationConfig(), min_nodes=4)
+    start_round(strategy, ZERO, 4)
+    replies = [reply(i, honest(i), samples=10) for i in (1, 2, 3)] + [reply(4, against(), samples=10**8)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    log = strategy.rounds[1]
+    assert not any(r.rejected for r in log.replies)
+    assert [r.weight for r in log.replies] == [10, 10, 10, 30]  # 3x the round's median claim
+    expected = (10 * sum(honest(i)["lora_B"] for i in (1, 2, 3)) + 30 * against()["lora_B"]) / 60
+    np.testing.assert_allclose(arrays["lora_B"].numpy(), expected, rtol=1e-5)
+    assert arrays["lora_B"].numpy().mean() > -0.02  # not the liar's update (~-0.1), which it was with raw weights
+
+
+def test_with_two_nodes_neither_outweighs_the_other_more_than_the_ratio():
+    strategy = build_strategy(AggregationConfig(), min_nodes=2)
+    start_round(strategy, ZERO, 2)
+    strategy.aggregate_train(1, [reply(1, honest(1), samples=10), reply(2, against(), samples=10**6)])
+    assert [r.weight for r in strategy.rounds[1].replies] == [10, 30]
+
+
+def test_the_absolute_weight_cap_comes_from_the_campaign():
+    strategy = build_strategy(AggregationConfig(max_examples=20, max_weight_ratio=0.0), min_nodes=3)
+    start_round(strategy, ZERO, 3)
+    strategy.aggregate_train(1, [reply(i, honest(i), samples=n) for i, n in ((1, 5), (2, 20), (3, 5000))])
+    assert [r.weight for r in strategy.rounds[1].replies] == [5, 20, 20]
+
+
+@pytest.mark.parametrize("name", [*STRATEGIES, "dp"])
+def test_the_weight_cap_holds_under_every_strategy(name):
+    cfg = AggregationConfig(dp_noise_multiplier=0.01) if name == "dp" else AggregationConfig(strategy=name)
+    strategy = build_strategy(cfg, min_nodes=4)
+    start_round(strategy, ZERO, 4)
+    replies = [reply(i, honest(i), samples=10) for i in (1, 2, 3)] + [reply(4, against(), samples=10**8)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert [r.weight for r in strategy.rounds[1].replies] == [10, 10, 10, 30]
+    # Honest updates are ~0.1, the liar's ~-0.1: with its raw weight FedAvg's merge was the liar's (~-0.1); now
+    # it weighs at most as much as the three honest nodes together, whatever the strategy.
+    assert arrays["lora_B"].numpy().mean() > -0.02
+
+
+def test_a_sample_count_beyond_any_dataset_is_refused_not_merged():
+    strategy = build_strategy(AggregationConfig(), min_nodes=2)
+    start_round(strategy, ZERO, 2)
+    strategy.aggregate_train(1, [reply(1, honest(1), samples=10), reply(2, against(), samples=1e12)])
+    refused = strategy.rounds[1].replies[1]
+    assert "num-examples=1e+12 is outside [1, 1e+09]" in refused.rejected and refused.weight is None
+
+
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [({"tokens": -1}, "tokens=-1 is outside"), ({"bytes-up": 1e19}, "bytes-up=1e+19"),
+     ({"train-seconds": float("inf")}, "train-seconds must be finite"), ({"steps": 2.5}, "steps must be a whole")],
+)  # fmt: skip
+def test_a_reply_whose_metrics_break_their_bounds_is_refused_with_the_reason(metrics, reason):
+    strategy = build_strategy(AggregationConfig(), min_nodes=2)
+    start_round(strategy, ZERO, 2)
+    strategy.aggregate_train(1, [reply(1, honest(1), 10), reply(2, honest(2), 10, **metrics)])
+    refused = strategy.rounds[1].replies[1]
+    assert refused.rejected.startswith("reported metrics out of bounds") and reason in refused.rejected
+    assert set(refused.metrics) <= set(events.NODE_METRICS)  # the bad value itself is not passed on
+
+
+def test_a_huge_train_loss_cannot_make_the_merged_train_loss_infinite():
+    strategy = build_strategy(AggregationConfig(max_weight_ratio=0.0), min_nodes=2)
+    start_round(strategy, ZERO, 2)
+    _, metrics = strategy.aggregate_train(1, [reply(1, honest(1), 10**9, loss=1e308), reply(2, honest(2), 10)])
+    assert "train-loss" in strategy.rounds[1].replies[0].rejected
+    assert strategy.rounds[1].train_metrics["train-loss"] == pytest.approx(1.0)
+
+
+def test_node_names_are_cut_and_a_fingerprint_must_be_a_digest():
+    strategy = build_strategy(AggregationConfig(), min_nodes=2)
+    start_round(strategy, ZERO, 2)
+    strategy.aggregate_train(
+        1, [reply(1, honest(1), 10, name="x" * 10_000), reply(2, honest(2), 10, fp="<script>alert(1)</script>")]
+    )
+    first, second = strategy.rounds[1].replies
+    assert len(first.name) == events.MAX_NAME and not first.rejected
+    assert "fingerprint" in second.rejected and second.fingerprint == ""

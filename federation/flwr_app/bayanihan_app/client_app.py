@@ -53,7 +53,8 @@ def train_round(msg: Message, context: Context) -> Message:
             # Where the rest of the node's time went (benchmarks and the console read these).
             "startup-seconds": startup,
             "load-seconds": loaded - entered,
-            "eval-seconds": evaluated - loaded - result.seconds,
+            # Two clocks (time.time around, perf_counter inside train): never below 0, which the server refuses.
+            "eval-seconds": max(0.0, evaluated - loaded - result.seconds),
             "node-seconds": time.time() - entered + startup,
             "bytes-down": received.count_bytes(),
             "bytes-up": arrays.count_bytes(),

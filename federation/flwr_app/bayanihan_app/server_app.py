@@ -10,8 +10,10 @@ import psutil
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from federation.basemodel import sha256_file
 from federation.config import AggregationConfig, ServerConfig, TrainConfig
 from federation.data import load_records
+from federation.events import ADAPTER_FILES
 from federation.patient_grid import PatientGrid
 from federation.report import Reporter, SiteLink
 from federation.strategy import build_strategy
@@ -61,9 +63,12 @@ def main(grid: Grid, context: Context) -> None:
         timings = {"started": round_started, "evaluate_started": evaluate_started, "evaluated": time.time()}
         if log:
             timings.update(sent=log.sent_at, replies=log.replies_at, aggregated=log.aggregated_at)
+        # The event pins the files by sha256 before they are uploaded: the site takes only those bytes, once.
+        files = {name: sha256_file(folder / name) for name in ADAPTER_FILES}
         reporter.event(
             "round",
             round=server_round,
+            adapter_files=files,
             eval_loss=loss,
             eval_perplexity=perplexity(loss),
             eval_tokens=tokens,
@@ -74,7 +79,7 @@ def main(grid: Grid, context: Context) -> None:
             delta=log.delta if log else None,
             timings=timings,  # epoch seconds on this host: where the round's wall time went
         )
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
+        for name in files:
             reporter.upload(server_round, folder / name)
         round_started = time.time()
         return MetricRecord({"eval-loss": loss, "eval-perplexity": perplexity(loss)})

@@ -10,6 +10,8 @@ from django.core.exceptions import ValidationError
 from campaigns.models import BaseModel, Campaign, NodeFlag, Round
 from campaigns.selectors import ledger_entries, ledger_totals, open_flags
 from campaigns.services import campaign_create, report_round
+from community.models import Node
+from federation.events import ADAPTER_FILES
 
 pytestmark = pytest.mark.django_db
 
@@ -39,7 +41,7 @@ def node(node_id: int, samples: int, *, rejected: str = "", error: str = "", val
 
 def event(number: int, nodes: list[dict], epsilon: float | None = None) -> dict:
     return {"type": "round", "round": number, "eval_loss": 2.0, "nodes": nodes, "train": {}, "epsilon": epsilon,
-            "delta": 1e-5 if epsilon else None}  # fmt: skip
+            "delta": 1e-5 if epsilon else None, "adapter_files": dict.fromkeys(ADAPTER_FILES, "a" * 64)}  # fmt: skip
 
 
 def test_campaign_create_explains_each_bad_aggregation_key(base, heldout):
@@ -71,6 +73,8 @@ def test_campaign_create_stores_the_full_aggregation_config(base, heldout):
 
 @pytest.fixture
 def campaign(base) -> Campaign:
+    for i in (1, 2, 3):  # reports name nodes by Flower id; only enrolled nodes are recorded
+        Node.objects.create(name=f"n{i}", flwr_node_id=str(i))
     return Campaign.objects.create(name="c", base_model=base, data_task="t", heldout_path="h", num_rounds=2)
 
 

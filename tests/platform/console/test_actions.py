@@ -125,3 +125,26 @@ def test_campaign_page_draws_charts_with_printed_values(client, staff, base, hel
     assert "4.5000" in live and "4.2500" in live and "4.4000" in live  # values printed on the charts
     assert "Held-out eval loss per round (0 = base model)" in live and "Bytes per round (MB)" in live
     assert "round 2 of 2: nodes training" in live
+
+
+def test_campaign_page_renders_with_an_infinite_loss_on_record(client, staff, base, heldout):
+    """Rounds stored before reports were bounds-checked may hold inf (issue 13.11): the chart skips it."""
+    campaign = campaign_create(name="c", base_model=base, data_task="t", heldout_path=heldout)
+    Round.objects.create(campaign=campaign, number=0, eval_loss=4.5)
+    Round.objects.create(campaign=campaign, number=1, eval_loss=float("inf"), train_loss=float("inf"), participants=1)
+    Round.objects.create(campaign=campaign, number=2, eval_loss=4.0, train_loss=float("nan"), participants=1)
+    client.force_login(staff)
+    assert client.get(f"/console/campaigns/{campaign.pk}/").status_code == 200
+    live = client.get(f"/console/campaigns/{campaign.pk}/live").content.decode()
+    assert "4.5000" in live and "4.0000" in live  # the finite values are still drawn and printed
+
+
+def test_campaign_page_shows_what_a_round_report_could_not_record(client, staff, base, heldout):
+    campaign = campaign_create(name="c", base_model=base, data_task="t", heldout_path=heldout)
+    Round.objects.create(
+        campaign=campaign, number=0, eval_loss=4.5,
+        errors=["node id 42 is not an enrolled node; its row is not recorded (<b>its update merged</b>)"],
+    )  # fmt: skip
+    client.force_login(staff)
+    live = client.get(f"/console/campaigns/{campaign.pk}/live").content.decode()
+    assert "Round 0 report: node id 42 is not an enrolled node" in live and "<b>" not in live

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from community.models import Node
+from releases.models import Release
 from releases.services import release_publish
 
 pytestmark = pytest.mark.django_db
@@ -100,3 +102,30 @@ def test_model_card_says_what_it_is_for_who_contributed_how_it_was_aggregated_an
         assert f"| {pseudonym} | 1, 2 |" in card
     assert f'PeftModel.from_pretrained(base, "{release.repo_id}")' in card
     assert "python -m federation verify" in card and "HF_ENDPOINT" in card
+
+
+def test_a_round_file_changed_on_disk_since_its_upload_is_not_published(finished_campaign, settings):
+    """Issue 13.2: what the platform signs is the adapter the round recorded, byte for byte."""
+    folder = settings.DATA_DIR / "campaigns" / str(finished_campaign.pk) / "round-2"
+    (folder / "adapter_model.safetensors").write_bytes(b"her own weights")
+    with pytest.raises(ValidationError, match="adapter_model.safetensors on disk do not match"):
+        release_publish(campaign=finished_campaign)
+    assert not Release.objects.exists()
+    assert not (settings.DATA_DIR / "releases" / ".staging" / str(finished_campaign.pk)).exists()
+
+
+def test_a_campaign_whose_final_adapter_changed_fails_instead_of_publishing(finished_campaign, settings):
+    from campaigns.models import Campaign
+    from campaigns.services import campaign_complete
+
+    folder = settings.DATA_DIR / "campaigns" / str(finished_campaign.pk) / "round-2"
+    config = folder / "adapter_config.json"
+    config.write_bytes(config.read_bytes() + b" ")  # still valid JSON, a different file
+    campaign_complete(campaign=finished_campaign)
+    finished_campaign.refresh_from_db()
+    assert finished_campaign.status == Campaign.Status.FAILED
+    assert (
+        "publishing refused" in finished_campaign.status_reason
+        and "adapter_config.json" in finished_campaign.status_reason
+    )
+    assert not Release.objects.exists()

@@ -1,0 +1,227 @@
+"""The ServerApp -> site round event and the node metrics inside it: one home for the keys and their bounds.
+
+Nothing a node reports is trusted. The ServerApp (`federation.strategy.GuardedStrategy`) refuses a reply whose
+metrics break these bounds before it can weigh in, and the site (`campaigns.services.report_round`) checks the
+whole round event again with `parse_round` before storing a row of it: the site's columns are 32/64-bit
+integers, and a bound checked on both sides costs nothing.
+
+Bounds are generous sanity limits (no honest node comes near them), not policy: how much one node may weigh in
+a merge is the campaign's `AggregationConfig` (`max-examples`, `max-weight-ratio`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# The merged adapter a round publishes, as PEFT's save_pretrained writes it.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+# Node metric keys (the ClientApp's MetricRecord).
+NUM_EXAMPLES = "num-examples"  # the node's sample count: FedAvg's weight
+TRAIN_LOSS = "train-loss"
+VAL_LOSS_BEFORE = "val-loss-before"
+VAL_LOSS_AFTER = "val-loss-after"
+STEPS = "steps"
+TOKENS = "tokens"
+LOSS_TOKENS = "loss-tokens"
+TRAIN_SECONDS = "train-seconds"
+STARTUP_SECONDS = "startup-seconds"
+LOAD_SECONDS = "load-seconds"
+EVAL_SECONDS = "eval-seconds"
+NODE_SECONDS = "node-seconds"
+BYTES_DOWN = "bytes-down"
+BYTES_UP = "bytes-up"
+
+MAX_EXAMPLES = 10**9
+MAX_TOKENS = 2 * 10**9  # the site stores tokens in a 32-bit column (max 2,147,483,647)
+MAX_STEPS = 10**7
+MAX_BYTES = 10**12  # per node per round; an adapter is megabytes
+MAX_SECONDS = 10**7  # ~116 days
+MAX_LOSS = 1e6  # cross-entropy is >= 0 and ~ln(vocabulary) for a random model
+MAX_PERPLEXITY = 1e30  # exp(50) ~ 5e21: the ServerApp caps the loss it exponentiates at 50
+MAX_EPSILON = 1e9
+MAX_NODES_PER_ROUND = 10_000
+MAX_NAME = 100  # a node's self-given name (display only; the site shows the enrolled name)
+MAX_TEXT = 2_000  # error and refusal reasons are cut to this
+MAX_ROUND_NUMBER = 1000  # campaigns have at most 1000 rounds
+NODE_ID_LIMIT = 2**64  # Flower node ids are unsigned 64-bit
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{0,64}")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A number's allowed range. `optional`: a non-finite value means "not known" (None), not an error: a loss
+    can diverge, and an empty validation split evaluates to NaN; JSON and the site's charts cannot hold inf."""
+
+    lo: float
+    hi: float
+    integer: bool = False
+    optional: bool = False
+
+    def check(self, name: str, value: Any) -> tuple[float | int | None, str]:
+        """(the value to keep, "") or (None, why it is refused)."""
+        if value is None and self.optional:
+            return None, ""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None, f"{name} must be a number, not {type(value).__name__}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return (None, "") if self.optional else (None, f"{name} must be finite, not {value}")
+        if self.integer and value != int(value):
+            return None, f"{name} must be a whole number, not {value:g}"
+        if not self.lo <= value <= self.hi:
+            return None, f"{name}={value:g} is outside [{self.lo:g}, {self.hi:g}]"
+        return (int(value) if self.integer else float(value)), ""
+
+
+_LOSS = Bound(0.0, MAX_LOSS, optional=True)
+_SECONDS = Bound(0.0, MAX_SECONDS)
+NODE_METRICS: dict[str, Bound] = {
+    NUM_EXAMPLES: Bound(1, MAX_EXAMPLES, integer=True),
+    TRAIN_LOSS: _LOSS,
+    VAL_LOSS_BEFORE: _LOSS,
+    VAL_LOSS_AFTER: _LOSS,
+    STEPS: Bound(0, MAX_STEPS, integer=True),
+    TOKENS: Bound(0, MAX_TOKENS, integer=True),
+    LOSS_TOKENS: Bound(0, MAX_TOKENS, integer=True),
+    TRAIN_SECONDS: _SECONDS,
+    STARTUP_SECONDS: _SECONDS,
+    LOAD_SECONDS: _SECONDS,
+    EVAL_SECONDS: _SECONDS,
+    NODE_SECONDS: _SECONDS,
+    BYTES_DOWN: Bound(0, MAX_BYTES, integer=True),
+    BYTES_UP: Bound(0, MAX_BYTES, integer=True),
+}
+
+
+def check_metrics(metrics: Any) -> tuple[dict[str, float | int | None], list[str]]:
+    """A node's metrics: (the known keys' values, problems). Unknown keys are dropped: a newer ClientApp may
+    send more, and nothing unbounded goes on into the report."""
+    if not isinstance(metrics, Mapping):
+        return {}, [f"metrics must be an object, not {type(metrics).__name__}"]
+    clean: dict[str, float | int | None] = {}
+    problems: list[str] = []
+    for key, bound in NODE_METRICS.items():
+        if key in metrics:
+            value, problem = bound.check(key, metrics[key])
+            if problem:
+                problems.append(problem)
+            else:
+                clean[key] = value
+    return clean, problems
+
+
+def cut(text: Any, limit: int = MAX_TEXT) -> str:
+    text = text if isinstance(text, str) else repr(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class NodeRow:
+    """One node's line of a round event, as far as it could be read. `problems` non-empty: the row is not
+    trusted, and the site records it as that node's error (or on the round, when not even its id is readable)."""
+
+    node_id: int | None
+    metrics: dict[str, float | int | None] = field(default_factory=dict)
+    fingerprint: str = ""
+    error: str = ""
+    rejected: str = ""
+    update_norm: float | None = None
+    data_value: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RoundEvent:
+    round: int
+    eval_loss: float | None
+    eval_perplexity: float | None
+    train_loss: float | None
+    epsilon: float | None
+    delta: float | None
+    seconds: float | None
+    adapter_files: dict[str, str]  # file name -> sha256 of the merged adapter the ServerApp saved
+    nodes: list[NodeRow]
+
+
+class EventError(ValueError):
+    """The round event itself (not one node's row) is unusable; the message names every bad field."""
+
+
+def _node_row(raw: Any) -> NodeRow:
+    if not isinstance(raw, Mapping):
+        return NodeRow(None, problems=[f"a node row must be an object, not {type(raw).__name__}"])
+    node_id = raw.get("node_id")
+    if isinstance(node_id, bool) or not isinstance(node_id, int) or not 0 <= node_id < NODE_ID_LIMIT:
+        return NodeRow(None, problems=[f"node_id {cut(repr(node_id), 40)} is not a Flower node id"])
+    row = NodeRow(node_id)
+    row.error = cut(raw.get("error") or "")
+    row.rejected = cut(raw.get("rejected") or "")
+    if not row.error:  # a failed node sent nothing: no metrics to check
+        row.metrics, row.problems = check_metrics(raw.get("metrics") or {})
+    fingerprint = raw.get("fingerprint") or ""
+    if isinstance(fingerprint, str) and _FINGERPRINT.fullmatch(fingerprint):
+        row.fingerprint = fingerprint
+    else:
+        row.problems.append(f"fingerprint {cut(repr(fingerprint), 80)} is not a sha256 hex digest")
+    for name, bound in (("update_norm", Bound(0.0, math.inf, optional=True)), ("data_value", Bound(-1.001, 1.001))):
+        value = raw.get(name)
+        if value is None:
+            continue
+        checked, problem = bound.check(name, value)
+        if problem:
+            row.problems.append(problem)
+        setattr(row, name, checked)
+    return row
+
+
+def parse_round(event: Any, *, num_rounds: int = MAX_ROUND_NUMBER) -> RoundEvent:
+    """Check a round event field by field. Raises EventError for the event's own fields (the ServerApp's, sent
+    once per round); a bad node row does not fail the event: it comes back with its `problems`."""
+    if not isinstance(event, Mapping):
+        raise EventError("a round event must be an object")
+    problems: list[str] = []
+    number = event.get("round")
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= num_rounds:
+        problems.append(f"round must be a whole number in [0, {num_rounds}], not {cut(repr(number), 40)}")
+        number = -1
+    values: dict[str, float | int | None] = {}
+    train = event.get("train") or {}
+    if not isinstance(train, Mapping):
+        problems.append("train must be an object")
+        train = {}
+    for name, value, bound in (
+        ("eval_loss", event.get("eval_loss"), _LOSS),
+        ("eval_perplexity", event.get("eval_perplexity"), Bound(0.0, MAX_PERPLEXITY, optional=True)),
+        ("train_loss", train.get(TRAIN_LOSS), _LOSS),
+        ("epsilon", event.get("epsilon"), Bound(0.0, MAX_EPSILON, optional=True)),
+        ("delta", event.get("delta"), Bound(0.0, 1.0, optional=True)),
+        ("seconds", event.get("seconds"), Bound(0.0, MAX_SECONDS, optional=True)),
+    ):
+        values[name], problem = bound.check(name, value)
+        if problem:
+            problems.append(problem)
+    files = event.get("adapter_files")
+    if not (
+        isinstance(files, Mapping)
+        and set(files) == set(ADAPTER_FILES)
+        and all(isinstance(v, str) and _HEX64.fullmatch(v) for v in files.values())
+    ):
+        problems.append(f"adapter_files must map {' and '.join(ADAPTER_FILES)} to their sha256 (64 hex digits)")
+        files = {}
+    nodes = event.get("nodes") or []
+    if not isinstance(nodes, list) or len(nodes) > MAX_NODES_PER_ROUND:
+        problems.append(f"nodes must be a list of at most {MAX_NODES_PER_ROUND} rows")
+        nodes = []
+    if problems:
+        raise EventError("; ".join(problems))
+    return RoundEvent(
+        round=int(number),
+        adapter_files=dict(files),
+        nodes=[_node_row(raw) for raw in nodes],
+        **values,  # type: ignore[arg-type]
+    )
