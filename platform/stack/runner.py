@@ -49,7 +49,7 @@ class Stack:
         host, port = address.rsplit(":", 1)
         bind = os.environ.get("SUPERLINK_BIND", host)  # 0.0.0.0 to accept remote nodes
         superlink_dir = self.state_dir / "superlink"
-        superlink_dir.mkdir(parents=True, exist_ok=True)
+        superlink_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its state: node keys, runs, run configs
         tls = superlink_tls()
         proc = self.supervisor.start(
             "superlink",
