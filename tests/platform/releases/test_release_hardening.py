@@ -94,3 +94,17 @@ def test_path_traversal_is_404_on_every_file_route(client, release: Release, pat
         response = client.get(url)
         assert response.status_code == 404, url
         assert b"SECRET" not in response.content and b"root:" not in response.content
+
+
+def test_a_published_release_names_its_repo_and_its_revision_can_be_recomputed(release, settings):
+    """What `verify URL` binds to (13.6): the repo id inside the signed provenance, the revision from the files."""
+    import json
+    from pathlib import Path
+
+    from federation.verify import verify_folder
+    from releases.signing import public_key_path
+
+    folder = Path(release.path)
+    assert json.loads((folder / "provenance.json").read_text())["repo_id"] == release.repo_id
+    result = verify_folder(folder, public_key_path(), repo_id=release.repo_id, revision=release.revision)
+    assert (result.repo_id, result.revision) == (release.repo_id, release.revision)
