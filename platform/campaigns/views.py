@@ -9,7 +9,6 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -20,9 +19,10 @@ from campaigns.models import Campaign
 def report_auth(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     @wraps(view)
     def wrapped(request: HttpRequest, campaign_id: int, **kwargs: Any) -> HttpResponse:
-        campaign = get_object_or_404(Campaign, pk=campaign_id)
+        # An unknown campaign gets the same answer as a wrong token: the API does not tell which ids exist.
+        campaign = Campaign.objects.filter(pk=campaign_id).first()
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Bearer" or not services.report_token_valid(campaign, token):
+        if campaign is None or scheme != "Bearer" or not services.report_token_valid(campaign, token):
             return JsonResponse({"error": "invalid or expired report token for this campaign"}, status=403)
         return view(request, campaign, **kwargs)
 

@@ -108,3 +108,27 @@ def test_a_published_release_names_its_repo_and_its_revision_can_be_recomputed(r
     assert json.loads((folder / "provenance.json").read_text())["repo_id"] == release.repo_id
     result = verify_folder(folder, public_key_path(), repo_id=release.repo_id, revision=release.revision)
     assert (result.repo_id, result.revision) == (release.repo_id, release.revision)
+
+
+def test_the_card_and_the_terms_say_data_fingerprints_are_public(client, release):
+    """13.16: fingerprints are published unsalted; contributors and readers are told what that allows."""
+    from pathlib import Path
+
+    card = (Path(release.path) / "README.md").read_text()
+    assert "fingerprints in `provenance.json` are public and unsalted" in card
+    terms = client.get("/signup/").content.decode()
+    assert "fingerprint of your data" in terms and "confirm that it was used" in terms
+
+
+def test_a_contributor_page_does_not_list_yanked_releases(client, release, django_user_model):
+    """13.16: /me/ listed yanked repos, which are hidden from everyone but staff everywhere else."""
+    from community.models import Contributor, Node
+    from releases.services import release_yank
+
+    user = django_user_model.objects.create_user("ana", "a@x.org", "a-long-pass-phrase-42")
+    ana = Contributor.objects.create(user=user, display_name="ana", status="approved")
+    Node.objects.filter(flwr_node_id="0").update(contributor=ana)
+    client.force_login(user)
+    assert release.repo_id in client.get("/me/").content.decode()
+    release_yank(release=release, by=None, reason="withdrawn")
+    assert release.repo_id not in client.get("/me/").content.decode()
