@@ -18,9 +18,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
+def private_dir(path: Path) -> Path:
+    """A folder only its owner can enter (0700), tightened if it already existed wider."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Create or replace a file readable by its owner only (0600 from the first byte)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -85,7 +93,7 @@ def ensure_superlink_tls(folder: Path, hosts: list[str]) -> dict[str, Path]:
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     # The CA key is not kept: nothing else is ever signed with it, so it cannot be stolen later.
     paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))

@@ -60,6 +60,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def release_revision(files: dict[str, str]) -> str:
+    """A release's revision: the first 40 hex of the sha256 of its file list (`name NUL sha256 LF`, sorted by name).
+
+    The platform names each release this way when it publishes (releases/services.py calls this function), so anyone
+    can recompute it from the files the signature covers: a revision is bound to its content, not to what a server
+    says it is."""
+    manifest = "".join(f"{name}\0{sha}\n" for name, sha in sorted(files.items()))
+    return hashlib.sha256(manifest.encode()).hexdigest()[:40]
+
+
 def key_fingerprint(public_pem: bytes) -> str:
     """SHA256 of the DER SubjectPublicKeyInfo, the form the site shows next to its key."""
     from cryptography.hazmat.primitives import serialization
@@ -164,8 +174,30 @@ def _check_signature(folder: Path, public_key: Path) -> list[str]:
     return []
 
 
-def verify_folder(folder: Path, public_key: Path) -> Verified:
-    """Raise VerificationError listing every problem, or return what was checked."""
+def _check_binding(
+    provenance: dict[str, Any], revision: str, repo_id: str | None, expected_revision: str | None
+) -> list[str]:
+    """The signed release must be the one asked for: its repository named in (signed) provenance.json, its revision
+    recomputed from its (signed) file list. Without this, a mirror could serve another repo's release, or a yanked
+    one under a made-up revision, and the signature would still be valid."""
+    problems = []
+    if repo_id is not None:
+        signed_repo = provenance.get("repo_id")
+        if not signed_repo:
+            problems.append(f"{PROVENANCE_NAME} does not name its repository, so it cannot be bound to {repo_id}")
+        elif signed_repo != repo_id:
+            problems.append(f"this is a release of {signed_repo}, not of {repo_id}")
+    if expected_revision is not None and expected_revision != revision:
+        problems.append(f"the files make revision {revision}, not {expected_revision} as asked")
+    return problems
+
+
+def verify_folder(
+    folder: Path, public_key: Path, *, repo_id: str | None = None, revision: str | None = None
+) -> Verified:
+    """Raise VerificationError listing every problem, or return what was checked.
+
+    `repo_id` / `revision`: what the caller asked for; the release must be exactly that (see _check_binding)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SourceError(f"{folder}: no such folder")
@@ -176,6 +208,9 @@ def verify_folder(folder: Path, public_key: Path) -> Verified:
     provenance = _load_provenance(folder)
     problems, hashes = _check_files(folder, provenance)
     problems += _check_base_model(provenance)
+    recomputed = release_revision(hashes)
+    if not problems:  # with a file missing or changed, the revision differs for that reason, already said
+        problems += _check_binding(provenance, recomputed, repo_id, revision)
     signature_problems = _check_signature(folder, public_key)
     # A content mismatch is already explained file by file above; a key mismatch is always worth saying.
     if not problems or any("public key" in p for p in signature_problems):
@@ -192,6 +227,8 @@ def verify_folder(folder: Path, public_key: Path) -> Verified:
         base_model_files=len(provenance["base_model"]["files_sha256"]),
         rounds=len(rounds),
         nodes=nodes,
+        repo_id=str(provenance.get("repo_id") or ""),
+        revision=recomputed,
     )
 
 
@@ -285,6 +322,8 @@ def materialize(source: str, key: str | None) -> Iterator[tuple[Path, Path, Remo
         if source.startswith(("http://", "https://")):
             remote = parse_release_url(source)
             folder, commit = download_release(session, remote, Path(tmp))
+            if remote.revision != "main" and commit != remote.revision:
+                raise VerificationError([f"asked for revision {remote.revision}, the site answered {commit}"])
             remote.revision = commit
             key = key or remote.site + KEY_URL_PATH
         else:
@@ -296,9 +335,12 @@ def materialize(source: str, key: str | None) -> Iterator[tuple[Path, Path, Remo
         yield folder, fetch_public_key(session, key, Path(tmp)), remote
 
 
-def verify(source: str, key: str | None = None) -> Verified:
+def verify(source: str, key: str | None = None, *, repo_id: str | None = None, revision: str | None = None) -> Verified:
+    """Check a folder or a release URL. For a URL the repo id comes from the URL and the revision from the URL (a
+    full revision) or, for `main`, from the site's answer; `repo_id`/`revision` bind a local folder the same way."""
+    asked = None if revision in (None, "main") else revision
     with materialize(source, key) as (folder, public_key, remote):
-        result = verify_folder(folder, public_key)
         if remote is not None:
-            result.repo_id, result.revision = remote.repo_id, remote.revision
-        return result
+            # remote.revision is now the commit the site named; the URL's own revision, if one, was checked against it.
+            repo_id, asked = remote.repo_id, remote.revision
+        return verify_folder(folder, public_key, repo_id=repo_id, revision=asked)

@@ -10,7 +10,7 @@ from federation.verify import SourceError, VerificationError, verify
 
 def run(args: argparse.Namespace) -> int:
     try:
-        result = verify(args.source, args.key)
+        result = verify(args.source, args.key, repo_id=args.repo, revision=args.revision)
     except SourceError as err:
         print(f"cannot verify: {err}", file=sys.stderr)
         return 2
@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 1
-    where = f"{result.repo_id}@{result.revision}" if result.repo_id else str(result.folder)
+    where = f"{result.repo_id or result.folder}@{result.revision}"
     print(f"OK {where}: signature valid for key {result.key_fingerprint}")
     for name, sha in sorted(result.files.items()):
         print(f"  {sha}  {name}")
@@ -37,4 +37,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--key",
         help="the platform's public key, a path or URL (default for a URL: <site>/releases/signing-key.pub)",
     )
+    parser.add_argument("--repo", help="for a folder: the repo id (<org>/<name>) it must be a release of")
+    parser.add_argument("--revision", help="for a folder: the revision it must be (recomputed from its files)")
     parser.set_defaults(func=run)

@@ -12,4 +12,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bayanihan_site.settings")
 
 from django.core.asgi import get_asgi_application  # noqa: E402
 
-application = get_asgi_application()
+from bayanihan_site.limits import RequestLimits  # noqa: E402
+
+# Outermost: refuses oversized or uncredentialed bodies before Django's handler spools them (see limits.py).
+application = RequestLimits(get_asgi_application())

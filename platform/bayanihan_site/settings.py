@@ -13,6 +13,30 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(os.environ.get("BAYANIHAN_VAR", REPO_ROOT / "var")).resolve()
 
 
+def private_dir(path: Path) -> Path:
+    """A state folder only its owner can enter (0700), also when an older run made it under umask 022.
+
+    var/ holds the SQLite database (sessions, password hashes), keys, the SuperLink's state and unpublished rounds:
+    a 0700 folder keeps every file in it private whatever mode the file itself was created with."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create `path` empty and 0600 if missing (so a later writer, e.g. SQLite, keeps that mode); tighten it if not."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    return path
+
+
+private_dir(VAR_DIR)
+
+
 def env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     if value is None:
@@ -37,10 +61,10 @@ def _secret_key() -> str:
         return os.environ["SECRET_KEY"]
     path = VAR_DIR / "secret_key"
     if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(50))
+    private_file(path)  # one made before it was created 0600 is tightened too
     return path.read_text().strip()
 
 
@@ -109,6 +133,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # SQLite gives its -wal and -shm files the database file's mode: a 0600 database keeps all three private.
+    if DATABASES["default"]["NAME"] not in ("", ":memory:"):
+        private_file(Path(DATABASES["default"]["NAME"]))
     # Tests run a real Celery worker in another process: it needs a test database on disk too.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -136,9 +163,21 @@ MAX_ADAPTER_UPLOAD_BYTES = env_int("MAX_ADAPTER_UPLOAD_BYTES", 256 * 1024 * 1024
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"
-SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
+# Off by default because the default deployment is loopback over plain HTTP (a Secure cookie would never be sent).
+# A deployment reached over the network behind a TLS proxy sets HTTPS=1: secure cookies, HSTS, HTTPS redirects, and
+# trust in the proxy's X-Forwarded-Proto (only safe when the proxy sets that header itself; see docs/security.md).
+HTTPS = env_bool("HTTPS", False)
+SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", HTTPS)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS)
+if env_bool("TRUST_X_FORWARDED_PROTO", HTTPS):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
 
 # --- Celery (campaign dispatch) ---
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -196,3 +235,20 @@ LOGOUT_REDIRECT_URL = "login"
 # EC private key (P-256/P-384) that signs every release folder with OpenSSF model-signing. Made 0600 on first use
 # when missing; its public key is written beside it (signing-key.pub) and served at /releases/signing-key.pub.
 SIGNING_KEY = Path(os.environ.get("SIGNING_KEY", VAR_DIR / "keys" / "signing-key.pem")).resolve()
+
+# --- Abuse limits (issue 13) ---
+# A contributor enrolls at most this many active nodes and holds at most this many unused enrollment tokens, so one
+# account cannot outvote honest nodes under median/Krum by enrolling many (staff can raise them for a lab cluster).
+MAX_NODES_PER_CONTRIBUTOR = env_int("MAX_NODES_PER_CONTRIBUTOR", 3)
+MAX_OPEN_TOKENS_PER_CONTRIBUTOR = env_int("MAX_OPEN_TOKENS_PER_CONTRIBUTOR", 2)
+# Password guessing on /login/ and /admin/login/: after this many failures for one username (or from one client
+# address) within the window, both answer 429 with Retry-After until the window has passed.
+LOGIN_FAILURES_ALLOWED = env_int("LOGIN_FAILURES_ALLOWED", 5)
+LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 900)
+# Sign-ups per client address per hour (each also tells whether a username exists).
+SIGNUPS_PER_HOUR = env_int("SIGNUPS_PER_HOUR", 10)
+# Request bodies, checked by the outer ASGI middleware (bayanihan_site.limits) before Django reads a byte; routes
+# and their caps are listed there. Anything not listed may send at most this much (forms, admin, console).
+MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 4 * 1024 * 1024)
+MAX_ENROLL_BODY_BYTES = env_int("MAX_ENROLL_BODY_BYTES", 64 * 1024)
+MAX_HEARTBEAT_BODY_BYTES = env_int("MAX_HEARTBEAT_BODY_BYTES", 16 * 1024)

@@ -10,7 +10,6 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -22,7 +21,10 @@ from federation.report import RUN_ID_HEADER
 def report_auth(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     @wraps(view)
     def wrapped(request: HttpRequest, campaign_id: int, **kwargs: Any) -> HttpResponse:
-        campaign = get_object_or_404(Campaign, pk=campaign_id)
+        # An unknown campaign gets the same answer as a wrong secret: the API does not tell which ids exist.
+        campaign = Campaign.objects.filter(pk=campaign_id).first()
+        if campaign is None:
+            return JsonResponse({"error": "invalid link secret"}, status=403)
         scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
         try:
             services.report_link_check(

@@ -17,6 +17,20 @@ class ContributorAdmin(admin.ModelAdmin):
             services.contributor_set_status(contributor=contributor, status=status, by=request.user)
         self.message_user(request, f"{queryset.count()} contributor(s) {status}.", messages.SUCCESS)
 
+    def save_model(self, request, obj, form, change):
+        """A status edited in the change form goes through the one service (which revokes nodes), never a bare save."""
+        if change and "status" in form.changed_data:
+            status, reason = obj.status, obj.status_reason
+            obj.status = form.initial["status"]
+            super().save_model(request, obj, form, change)
+            services.contributor_set_status(contributor=obj, status=status, by=request.user, reason=reason)
+        else:
+            super().save_model(request, obj, form, change)
+
+    def has_delete_permission(self, request, obj=None):
+        # Deleting would orphan the contributor's nodes with their keys still admitted: suspend or reject instead.
+        return False
+
     @admin.action(description="Approve selected contributors")
     def approve(self, request, queryset):
         self._set(request, queryset, Contributor.Status.APPROVED)
@@ -37,6 +51,10 @@ class NodeAdmin(admin.ModelAdmin):
     search_fields = ("name", "pseudonym", "flwr_node_id")
     readonly_fields = ("pseudonym", "flwr_node_id", "public_key", "last_seen", "last_report", "created_at", "status")
     actions = ["suspend"]
+
+    def has_delete_permission(self, request, obj=None):
+        # A deleted row would leave its key registered on the SuperLink: suspend (which unregisters it) instead.
+        return False
 
     @admin.action(description="Suspend selected nodes (unregisters their key on the SuperLink)")
     def suspend(self, request, queryset):

@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class CommunityConfig(AppConfig):
     name = "community"
     verbose_name = "Contributors and nodes"
+
+    def ready(self) -> None:
+        from community import throttle  # noqa: F401  (connects the login-failure counters)

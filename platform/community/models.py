@@ -50,6 +50,14 @@ class Node(models.Model):
     last_report = models.JSONField(default=dict, blank=True, help_text="What the node said in its last heartbeat")
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Meta:
+        # Keys are stored canonical (community.services.canonical_public_key), so one key is one row.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["public_key"], condition=~models.Q(public_key=""), name="one_node_per_public_key"
+            )
+        ]
+
     def __str__(self) -> str:
         return f"{self.name} ({self.pseudonym})"
 

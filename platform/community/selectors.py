@@ -25,7 +25,10 @@ def contributor_overview(contributor: Contributor) -> dict[str, Any]:
         .order_by("-round__recorded_at")
     )
     totals = participations.aggregate(samples=Sum("samples"), tokens=Sum("tokens"))
-    releases = Release.objects.filter(campaign__rounds__participations__in=participations).distinct()
+    # Yanked releases are hidden from everyone but staff, here too.
+    releases = Release.objects.filter(
+        campaign__rounds__participations__in=participations, yanked_at__isnull=True
+    ).distinct()
     return {
         "contributor": contributor,
         "nodes": nodes,

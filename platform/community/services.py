@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from campaigns.services import superlink_client
@@ -51,15 +51,22 @@ def contributor_signup(*, username: str, email: str, password: str, accept_terms
 
 
 def contributor_set_status(*, contributor: Contributor, status: str, by: Any = None, reason: str = "") -> Contributor:
-    """Approve, suspend or reject. Suspending also revokes every node of the contributor."""
+    """The one way a contributor's status changes (console, admin actions and the admin change form all call it).
+
+    Any status but approved revokes every node of the contributor on the SuperLink and voids their unused
+    enrollment tokens: only an approved contributor's nodes may take part."""
     if status not in Contributor.Status.values:
         raise ValidationError(f"unknown status {status!r}")
     contributor.status = status
     contributor.status_reason = reason
     contributor.save(update_fields=["status", "status_reason"])
-    if status in (Contributor.Status.SUSPENDED, Contributor.Status.REJECTED):
+    if status != Contributor.Status.APPROVED:
+        label = Contributor.Status(status).label
         for node in contributor.nodes.filter(status=Node.Status.ACTIVE):
-            node_suspend(node=node, by=by, reason=reason or f"contributor {status}")
+            node_suspend(node=node, by=by, reason=reason or f"contributor {label}")
+        contributor.enrollment_tokens.filter(used_at=None, expires_at__gt=timezone.now()).update(
+            expires_at=timezone.now()
+        )
     return contributor
 
 
@@ -67,6 +74,19 @@ def enrollment_token_create(*, contributor: Contributor) -> tuple[str, Enrollmen
     """Returns the token in clear once; only its hash is kept."""
     if contributor.status != Contributor.Status.APPROVED:
         raise ValidationError("Only approved contributors can enroll nodes.")
+    # Caps (settings) keep one account from enrolling enough nodes to outvote honest ones under median/Krum.
+    open_tokens = contributor.enrollment_tokens.filter(used_at=None, expires_at__gt=timezone.now()).count()
+    if open_tokens >= settings.MAX_OPEN_TOKENS_PER_CONTRIBUTOR:
+        raise ValidationError(
+            f"You already have {open_tokens} unused enrollment token(s) (at most "
+            f"{settings.MAX_OPEN_TOKENS_PER_CONTRIBUTOR}); use one or let it expire first."
+        )
+    active = contributor.nodes.filter(status=Node.Status.ACTIVE).count()
+    if active + open_tokens >= settings.MAX_NODES_PER_CONTRIBUTOR:
+        raise ValidationError(
+            f"You have {active} active node(s) and {open_tokens} unused token(s); a contributor may run at most "
+            f"{settings.MAX_NODES_PER_CONTRIBUTOR} nodes. Ask staff if you need more."
+        )
     token = f"bye_{secrets.token_urlsafe(32)}"
     record = EnrollmentToken.objects.create(
         contributor=contributor,
@@ -84,18 +104,23 @@ class Enrollment:
     ca_certificate: str
 
 
-def _check_public_key(pem: str) -> None:
+def canonical_public_key(pem: str) -> str:
+    """The key re-encoded as SubjectPublicKeyInfo PEM with LF line ends, or ValidationError.
+
+    One key has many PEM spellings (CRLF line ends, other line widths, trailing spaces): comparing or storing the text
+    as sent let the same key enroll twice. The canonical form is what is compared, stored (unique) and registered."""
     try:
         key = serialization.load_pem_public_key(pem.encode())
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnicodeError) as exc:
         raise ValidationError({"public_key": "not a PEM public key"}) from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in {"secp256r1", "secp384r1", "secp521r1"}:
         raise ValidationError({"public_key": "must be an EC key on a NIST curve (P-256, P-384 or P-521)"})
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def node_enroll(*, token: str, public_key: str, name: str) -> Enrollment:
     """Spend an enrollment token: register the node's public key with the SuperLink, create the Node."""
-    _check_public_key(public_key)
+    public_key = canonical_public_key(public_key)
     name = (name or "node").strip()[:100]
     with transaction.atomic():
         record = (
@@ -114,15 +139,26 @@ def node_enroll(*, token: str, public_key: str, name: str) -> Enrollment:
             raise PermissionError("This enrollment token is not valid (unknown, used, expired, or not yours to use).")
         if Node.objects.filter(public_key=public_key).exists():
             raise ValidationError({"public_key": "This key is already enrolled; run join again without a token."})
+        # Locks the contributor's row: concurrent enrollments with several tokens are counted one after another.
+        Contributor.objects.select_for_update().filter(pk=record.contributor_id).first()
+        if record.contributor.nodes.filter(status=Node.Status.ACTIVE).count() >= settings.MAX_NODES_PER_CONTRIBUTOR:
+            raise PermissionError(
+                f"This contributor already runs {settings.MAX_NODES_PER_CONTRIBUTOR} active nodes (the most allowed)."
+            )
         response = superlink_client().RegisterNode(_register_request(public_key, name))
         api_token = f"byn_{secrets.token_urlsafe(32)}"
-        node = Node.objects.create(
-            contributor=record.contributor,
-            name=name,
-            flwr_node_id=str(response.node_id),
-            public_key=public_key,
-            api_token_hash=_hash(api_token),
-        )
+        try:
+            with transaction.atomic():
+                node = Node.objects.create(
+                    contributor=record.contributor,
+                    name=name,
+                    flwr_node_id=str(response.node_id),
+                    public_key=public_key,
+                    api_token_hash=_hash(api_token),
+                )
+        except IntegrityError as exc:  # the same key enrolled concurrently by another request: undo our registration
+            _unregister(response.node_id)
+            raise ValidationError({"public_key": "This key is already enrolled."}) from exc
         record.used_at = timezone.now()
         record.node = node
         record.save(update_fields=["used_at", "node"])
@@ -149,12 +185,16 @@ def node_heartbeat(*, node: Node, report: dict[str, Any]) -> Node:
     return node
 
 
-def node_suspend(*, node: Node, by: Any = None, reason: str = "") -> Node:
-    """Revoke on the SuperLink first: from then on the node's key is refused, whatever the database says."""
+def _unregister(node_id: int | str) -> None:
     from flwr.proto.control_pb2 import UnregisterNodeRequest
 
+    superlink_client().UnregisterNode(UnregisterNodeRequest(node_id=int(node_id)))
+
+
+def node_suspend(*, node: Node, by: Any = None, reason: str = "") -> Node:
+    """Revoke on the SuperLink first: from then on the node's key is refused, whatever the database says."""
     if node.flwr_node_id and node.status == Node.Status.ACTIVE:
-        superlink_client().UnregisterNode(UnregisterNodeRequest(node_id=int(node.flwr_node_id)))
+        _unregister(node.flwr_node_id)
     node.status = Node.Status.SUSPENDED
     node.status_reason = reason or "suspended by staff"
     node.save(update_fields=["status", "status_reason"])

@@ -4,10 +4,15 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from community import views
+from community.throttle import login_throttled
 
 urlpatterns = [
     path("signup/", views.signup, name="signup"),
-    path("login/", auth_views.LoginView.as_view(template_name="community/login.html"), name="login"),
+    path(
+        "login/",
+        login_throttled(auth_views.LoginView.as_view(template_name="community/login.html")),
+        name="login",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("me/", views.home, name="contributor-home"),
     path("me/tokens", views.token_create, name="token-create"),

@@ -10,16 +10,24 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
-from community import selectors, services
+from community import selectors, services, throttle
 from community.forms import SignupForm
 from community.models import Contributor, Node
 
 
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        # Each attempt also says whether a username is taken: a per-address limit keeps that from being a fast
+        # username oracle (and sign-up from being a spam vector).
+        wait = throttle.retry_after("signup", request)
+        if wait:
+            return throttle.too_many(wait, "sign-ups")
+        throttle.count("signup", request)
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -44,13 +52,19 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "community/home.html", selectors.contributor_overview(contributor))
 
 
+@never_cache  # the page shows a live enrollment token: no cache (browser, proxy) may keep a copy
 @login_required
 @require_POST
 def token_create(request: HttpRequest) -> HttpResponse:
     contributor = _contributor(request)
     if contributor is None or contributor.status != Contributor.Status.APPROVED:
         return render(request, "community/no_contributor.html", status=403)
-    token, record = services.enrollment_token_create(contributor=contributor)
+    try:
+        token, record = services.enrollment_token_create(contributor=contributor)
+    except ValidationError as exc:
+        context = selectors.contributor_overview(contributor)
+        context["token_error"] = " ".join(exc.messages)
+        return render(request, "community/home.html", context, status=409)
     context = selectors.contributor_overview(contributor)
     context.update(
         new_token=token, token_expires=record.expires_at, site_url=request.build_absolute_uri("/").rstrip("/")
@@ -115,11 +129,11 @@ def api_heartbeat(request: HttpRequest) -> JsonResponse:
     node = services.node_by_api_token(token) if scheme == "Bearer" else None
     if node is None:
         return JsonResponse({"error": "unknown node credential"}, status=401)
+    if node.status != Node.Status.ACTIVE:
+        # Before the rate limit: a revoked node learns why (and stops) instead of being told only to slow down.
+        return JsonResponse({"status": node.status, "reason": node.status_reason}, status=403)
     if _rate_limited(node, settings.HEARTBEATS_PER_MINUTE):
         return JsonResponse({"error": "too many heartbeats; slow down"}, status=429)
-    if node.status != Node.Status.ACTIVE:
-        # Tell the node why it is no longer admitted, so its owner is not left guessing.
-        return JsonResponse({"status": node.status, "reason": node.status_reason}, status=403)
     services.node_heartbeat(node=node, report=_json(request) or {})
     last = node.participations.select_related("round__campaign").order_by("-round__recorded_at").first()
     return JsonResponse(

@@ -85,8 +85,13 @@ def serve_file(
     filename: str,
     headers: dict[str, str] | None = None,
     attachment: bool = False,
+    immutable: bool = False,
 ) -> tuple[HttpResponse, bool]:
-    """The response for GET/HEAD of a stored file, and whether it counts as a download."""
+    """The response for GET/HEAD of a stored file, and whether it counts as a download.
+
+    `immutable`: the URL named the full revision, so its bytes can never change and caches may keep them for a year.
+    Under a moving name (`main`) the same file is served with `no-cache`: caches revalidate every time (a cheap 304 by
+    ETag), so a yank or a new release reaches every client at once instead of a year later."""
     etag = f'"{sha256}"'
     common = {
         "ETag": etag,
@@ -94,7 +99,7 @@ def serve_file(
         "X-Linked-Size": str(size),
         "X-Content-SHA256": sha256,
         "Accept-Ranges": "bytes",
-        "Cache-Control": "public, max-age=31536000, immutable",  # a blob never changes
+        "Cache-Control": "public, max-age=31536000, immutable" if immutable else "public, no-cache",
         **(headers or {}),
     }
     inm = request.headers.get("If-None-Match")

@@ -10,11 +10,19 @@ from releases import selectors, services
 from releases.downloads import serve_file
 from releases.models import Release
 
+# Fixed texts only: a header never carries request text (a CR in a revision echoed here made Django answer 500 and
+# uvicorn drop the connection). The JSON body may name what was asked; JSON escapes it.
+_HEADER_MESSAGES = {
+    "RepoNotFound": "Repository not found",
+    "RevisionNotFound": "Invalid rev id",
+    "EntryNotFound": "Entry not found",
+}
+
 
 def _error(code: str, message: str) -> JsonResponse:
     response = JsonResponse({"error": message}, status=404)
     response["X-Error-Code"] = code
-    response["X-Error-Message"] = message
+    response["X-Error-Message"] = _HEADER_MESSAGES[code]
     return response
 
 
@@ -98,6 +106,7 @@ def resolve(request: HttpRequest, org: str, name: str, revision: str, path: str)
         sha256=entry.sha256,
         filename=entry.path,
         headers={"X-Repo-Commit": release.revision},
+        immutable=revision == release.revision,
     )
     if counts:
         services.release_count_download(release=release, path=entry.path)

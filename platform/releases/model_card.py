@@ -140,6 +140,9 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
         "- A small number of rounds on a small amount of data: expect a narrow, modest improvement on the data "
         "task, not general gains. Evaluation is one held-out set chosen by the campaign.",
         "- Contributors' data was not inspected by anyone but its owner; only data fingerprints are recorded.",
+        "- The data fingerprints in `provenance.json` are public and unsalted (the sha256 of a node's normalized "
+        "records): anyone holding an exact copy of a node's data can confirm it was used. They do not reveal the "
+        "data itself.",
         "",
         "## How to use",
         "",

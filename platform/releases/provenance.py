@@ -41,8 +41,9 @@ def _privacy(cfg: AggregationConfig, rounds: list[dict[str, Any]]) -> dict[str, 
     }
 
 
-def campaign_provenance(campaign: Campaign, files: dict[str, str]) -> dict[str, Any]:
-    """`files`: released file name -> sha256 (every file but provenance.json itself)."""
+def campaign_provenance(campaign: Campaign, files: dict[str, str], repo_id: str = "") -> dict[str, Any]:
+    """`files`: released file name -> sha256 (every file but provenance.json itself). `repo_id` is signed with the
+    rest, so `verify` can tell a release of this repository from another's (issue 13.6)."""
     base = campaign.base_model
     aggregation = AggregationConfig.from_run_config(campaign.aggregation)
     rounds = []
@@ -83,6 +84,7 @@ def campaign_provenance(campaign: Campaign, files: dict[str, str]) -> dict[str, 
         )
     return {
         "schema": "bayanihan.provenance/1",
+        "repo_id": repo_id,
         "base_model": {
             "id": base.hf_id,
             "license": base.license,

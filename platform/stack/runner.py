@@ -63,7 +63,7 @@ class Stack:
         port = int(address.rsplit(":", 1)[1])
         site_url = site_url or settings.SITE_URL
         superlink_dir = self.state_dir / "superlink"
-        superlink_dir.mkdir(parents=True, exist_ok=True)
+        superlink_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its state: node keys, runs, run configs
         tls = superlink_tls()
         secret_file = Path(settings.LINK_SECRET_FILE)
         pki.ensure_secret_file(secret_file)

@@ -120,3 +120,13 @@ def tls_superlink(tmp_path, settings) -> Iterator[str]:
         yield public
     finally:
         stack.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Iterator[None]:
+    """Rate limits (logins, sign-ups, heartbeats) live in the cache: each test starts with none counted."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
