@@ -282,7 +282,11 @@ class ReportConflict(ValidationError):
 def _event_digest(event: dict[str, Any]) -> str:
     """The event's content, its send `time` aside: a retry re-sends the same body, so the same digest."""
     body = {k: v for k, v in event.items() if k != "time"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(f"round event: not plain JSON ({exc})") from exc
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def round_sealed(round_: Round) -> bool:
