@@ -162,7 +162,7 @@ class Nodes:
     keys: dict[str, tuple[control.ControlHttpClient, bytes]] = field(default_factory=dict)
 
     def start_superlink(self) -> dict[str, Path]:
-        """TLS and node authentication, as platform/stack/runner.py starts it; same port and database on restart."""
+        """TLS and node authentication, as platform/stack/runner.py starts it; same port on restart (state in RAM)."""
         tls = pki.ensure_superlink_tls(self.root / "tls", [HOST, "localhost"])
         link_dir = self.root / "superlink"
         link_dir.mkdir(parents=True, exist_ok=True)
