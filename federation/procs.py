@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,12 +127,48 @@ def _stop_all(processes: list[psutil.Process], timeout: float) -> None:
             pass
 
 
+def _parent_death_signal(signum: int) -> Callable[[], None] | None:
+    """A preexec_fn that makes the child receive `signum` when its parent dies (Linux `PR_SET_PDEATHSIG`).
+
+    A supervisor killed with SIGKILL runs no cleanup: without this its SuperNode, SuperLink or worker lives on as
+    an orphan (issue 12.5). What those children start themselves (flower-superexec, app processes) is covered by
+    Flower's own parent-pid monitors once their parent is gone. Elsewhere than Linux this is a no-op (None): only
+    `Supervisor.stop`/`stop_all` stop children there. Note the kernel ties the signal to the *thread* that forked
+    the child: start long-lived children from a thread that lives as long as the supervisor (the main thread).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import ctypes.util
+
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_death_signal() -> None:  # runs in the child between fork and exec: no allocation-heavy work
+        prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signum)
+
+    return set_death_signal
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 @dataclass
 class Supervisor:
-    """Owns child processes; each runs in its own process group so its children stop with it."""
+    """Owns child processes; each runs in its own process group so its children stop with it.
+
+    Children also die with the supervising process itself, even when it is killed with SIGKILL (Linux):
+    `death_signal` is sent to them by the kernel (SIGTERM lets a SuperNode deactivate cleanly).
+    """
 
     log_dir: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    death_signal: int = signal.SIGTERM
 
     def start(
         self, name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
@@ -146,6 +183,7 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_parent_death_signal(self.death_signal),
         )
         log.close()  # the child holds its own descriptor
         self.procs[name] = proc
