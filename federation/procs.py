@@ -20,20 +20,50 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for Flower processes: no telemetry, our own FLWR_HOME, `federation` importable."""
+def flower_env(home: Path, extra: dict[str, str] | None = None, node_bin: Path | None = None) -> dict[str, str]:
+    """Environment for Flower processes: no telemetry, our own FLWR_HOME, `federation` importable.
+
+    `node_bin` (from `node_runtime_bin`) goes first on PATH: a SuperNode then runs our `flwr-clientapp`.
+    """
     env = dict(os.environ)
+    path = os.pathsep.join(str(p) for p in (node_bin, BIN) if p)
     env.update(
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_HOME=str(home),
         # flower-superexec and the app processes it spawns must come from this environment.
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        PATH=f"{path}{os.pathsep}{env.get('PATH', '')}",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra or {})
     return env
+
+
+CLIENTAPP_WRAPPER = """#!/bin/sh
+# Written by `python -m federation join|node`. Flower's SuperExec launches `flwr-clientapp` by PATH lookup; this
+# node-private copy comes first on the SuperNode's PATH so that the node runs only the installed Bayanihan
+# ClientApp, never app code from the wire (federation/node_runtime.py says why and how).
+PYTHONPATH={repo}${{PYTHONPATH:+:$PYTHONPATH}}
+export PYTHONPATH
+exec {python} -m federation.node_runtime "$@"
+"""
+
+
+def node_runtime_bin(home: Path) -> Path:
+    """`home`/bin (0700) with our `flwr-clientapp`; put it first on the SuperNode's PATH (`flower_env(node_bin=)`)."""
+    import shlex
+
+    bin_dir = home / "bin"
+    bin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    bin_dir.chmod(0o700)
+    script = bin_dir / "flwr-clientapp"
+    text = CLIENTAPP_WRAPPER.format(repo=shlex.quote(str(REPO_ROOT)), python=shlex.quote(sys.executable))
+    tmp = bin_dir / ".flwr-clientapp.tmp"
+    tmp.write_text(text)
+    tmp.chmod(0o700)
+    tmp.replace(script)  # atomic: a SuperNode already running never sees a half-written script
+    return bin_dir
 
 
 def superlink_command(state_dir: Path, host: str, port: int, tls: dict[str, Path] | None = None) -> list[str]:
