@@ -177,6 +177,8 @@ SUPERLINK_HOSTNAMES = [h for h in os.environ.get("SUPERLINK_HOSTNAMES", "127.0.0
 SUPERLINK_PUBLIC_ADDRESS = os.environ.get("SUPERLINK_PUBLIC_ADDRESS", SUPERLINK_ADDRESS)
 NODE_ONLINE_SECONDS = env_int("NODE_ONLINE_SECONDS", 90)
 HEARTBEATS_PER_MINUTE = env_int("HEARTBEATS_PER_MINUTE", 30)
+# How long the SuperLink's node list (ListNodes) answers every heartbeat before it is asked again.
+SUPERLINK_PRESENCE_CACHE_SECONDS = env_int("SUPERLINK_PRESENCE_CACHE_SECONDS", 10)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "contributor-home"
 LOGOUT_REDIRECT_URL = "login"
