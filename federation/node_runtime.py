@@ -161,11 +161,11 @@ def check_fab(*, fab_id: str, fab_hash: str, content: bytes, shipped: ShippedApp
     extra = sorted(files.keys() - shipped.files.keys())
     missing = sorted(shipped.files.keys() - files.keys())
     parts = []
-    for what, paths in (("differs from the installed app", changed), ("is not in the installed app", extra),
-                        ("is missing", missing)):  # fmt: skip
+    for what, paths in (("files that differ from the installed app", changed),
+                        ("files the installed app does not have", extra), ("files missing", missing)):  # fmt: skip
         if paths:
             shown = ", ".join(paths[:5]) + (f" (+{len(paths) - 5} more)" if len(paths) > 5 else "")
-            parts.append(f"{shown} {what}")
+            parts.append(f"{what}: {shown}")
     if parts:
         raise AppRefused(f"{fab_id}: " + "; ".join(parts))
 

@@ -114,8 +114,8 @@ def test_an_exit_without_refusal_retries_after_retry_seconds():
 
 
 def test_app_refusals_are_read_from_the_log():
-    line = "ERROR :      app refused: mallory/evil: bayanihan_app/client_app.py differs from the installed app (run 7)"
-    assert read_signs(line).refusals == ["mallory/evil: bayanihan_app/client_app.py differs from the installed app"]
+    line = "ERROR :      app refused: mallory/evil: files that differ from the installed app: a.py, b.py (run 7)"
+    assert read_signs(line).refusals == ["mallory/evil: files that differ from the installed app: a.py, b.py"]
 
 
 def test_log_tail_returns_only_new_complete_lines_and_survives_truncation(tmp_path: Path):
