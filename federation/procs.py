@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,20 +20,50 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for Flower processes: no telemetry, our own FLWR_HOME, `federation` importable."""
+def flower_env(home: Path, extra: dict[str, str] | None = None, node_bin: Path | None = None) -> dict[str, str]:
+    """Environment for Flower processes: no telemetry, our own FLWR_HOME, `federation` importable.
+
+    `node_bin` (from `node_runtime_bin`) goes first on PATH: a SuperNode then runs our `flwr-clientapp`.
+    """
     env = dict(os.environ)
+    path = os.pathsep.join(str(p) for p in (node_bin, BIN) if p)
     env.update(
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_HOME=str(home),
         # flower-superexec and the app processes it spawns must come from this environment.
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        PATH=f"{path}{os.pathsep}{env.get('PATH', '')}",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra or {})
     return env
+
+
+CLIENTAPP_WRAPPER = """#!/bin/sh
+# Written by `python -m federation join|node`. Flower's SuperExec launches `flwr-clientapp` by PATH lookup; this
+# node-private copy comes first on the SuperNode's PATH so that the node runs only the installed Bayanihan
+# ClientApp, never app code from the wire (federation/node_runtime.py says why and how).
+PYTHONPATH={repo}${{PYTHONPATH:+:$PYTHONPATH}}
+export PYTHONPATH
+exec {python} -m federation.node_runtime "$@"
+"""
+
+
+def node_runtime_bin(home: Path) -> Path:
+    """`home`/bin (0700) with our `flwr-clientapp`; put it first on the SuperNode's PATH (`flower_env(node_bin=)`)."""
+    import shlex
+
+    bin_dir = home / "bin"
+    bin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    bin_dir.chmod(0o700)
+    script = bin_dir / "flwr-clientapp"
+    text = CLIENTAPP_WRAPPER.format(repo=shlex.quote(str(REPO_ROOT)), python=shlex.quote(sys.executable))
+    tmp = bin_dir / ".flwr-clientapp.tmp"
+    tmp.write_text(text)
+    tmp.chmod(0o700)
+    tmp.replace(script)  # atomic: a SuperNode already running never sees a half-written script
+    return bin_dir
 
 
 def superlink_command(state_dir: Path, host: str, port: int, tls: dict[str, Path] | None = None) -> list[str]:
@@ -132,12 +163,48 @@ def _stop_all(processes: list[psutil.Process], timeout: float) -> None:
             pass
 
 
+def _parent_death_signal(signum: int) -> Callable[[], None] | None:
+    """A preexec_fn that makes the child receive `signum` when its parent dies (Linux `PR_SET_PDEATHSIG`).
+
+    A supervisor killed with SIGKILL runs no cleanup: without this its SuperNode, SuperLink or worker lives on as
+    an orphan (issue 12.5). What those children start themselves (flower-superexec, app processes) is covered by
+    Flower's own parent-pid monitors once their parent is gone. Elsewhere than Linux this is a no-op (None): only
+    `Supervisor.stop`/`stop_all` stop children there. Note the kernel ties the signal to the *thread* that forked
+    the child: start long-lived children from a thread that lives as long as the supervisor (the main thread).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import ctypes.util
+
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_death_signal() -> None:  # runs in the child between fork and exec: no allocation-heavy work
+        prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signum)
+
+    return set_death_signal
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 @dataclass
 class Supervisor:
-    """Owns child processes; each runs in its own process group so its children stop with it."""
+    """Owns child processes; each runs in its own process group so its children stop with it.
+
+    Children also die with the supervising process itself, even when it is killed with SIGKILL (Linux):
+    `death_signal` is sent to them by the kernel (SIGTERM lets a SuperNode deactivate cleanly).
+    """
 
     log_dir: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    death_signal: int = signal.SIGTERM
 
     def start(
         self, name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
@@ -152,6 +219,7 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_parent_death_signal(self.death_signal),
         )
         log.close()  # the child holds its own descriptor
         self.procs[name] = proc

@@ -3,7 +3,10 @@
 1. the data is checked first (bad data: file:line errors, nothing is sent, exit 2);
 2. an EC key pair is made locally (private key 0600, never sent);
 3. the public key is enrolled with the site, which registers it with the SuperLink;
-4. a real flower-supernode runs with TLS and that key, restarted if it drops, until Ctrl-C.
+4. a real flower-supernode runs with TLS and that key until Ctrl-C, restarted when it exits or when it is alive but
+   no longer connected (federation.node_watch: what the SuperLink sees, via the site, and the SuperNode's log);
+5. that SuperNode runs only the ClientApp this installed `federation` ships (federation.node_runtime): our own
+   `flwr-clientapp` comes first on its PATH, and an app the platform did not ship is refused.
 Running `join` again with the same --home resumes without a token.
 """
 
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from federation import pki, procs
+from federation import node_runtime, node_watch, pki, procs
 from federation.cli.validate import check_data, print_stats
 from federation.data import DataError
 
@@ -65,23 +68,13 @@ def heartbeat(state: dict, report: dict) -> tuple[int, dict]:
         return 0, {"error": str(exc)}
 
 
-def status_line(code: int, body: dict, alive: bool) -> str:
-    if code == 0:
-        return f"site unreachable ({body.get('error', '')[:60]}); node {'running' if alive else 'restarting'}"
-    link = "connected" if alive else "reconnecting"
-    last = body.get("last_round")
-    if not last:
-        return f"{link} · waiting for the first round"
-    loss = f"{last['train_loss']:.4f}" if last.get("train_loss") is not None else "n/a"
-    return f"{link} · last round: {last['campaign']} round {last['round']} · train loss {loss}"
-
-
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM from a supervisor: same clean stop as Ctrl-C
 
 
 def run(args: argparse.Namespace) -> int:
-    # The SuperNode runs in its own process group; only a clean exit of `join` stops it with us.
+    # The SuperNode runs in its own process group: a clean exit of `join` stops it, and so does the kernel
+    # (PR_SET_PDEATHSIG, procs.Supervisor) if `join` is killed.
     signal.signal(signal.SIGTERM, _interrupt)
     data = str(Path(args.data).resolve())
     try:
@@ -104,41 +97,83 @@ def run(args: argparse.Namespace) -> int:
     config: dict[str, str | int | float] = {"data-path": data, "name": state["name"]}
     if args.model:
         config["model-path"] = str(Path(args.model).resolve())
-    command = procs.supernode_command(state["superlink"], args.port or procs.free_port(), config, ca, key_path)
-    env = procs.flower_env(home / "flwr-home")
-    supervisor = procs.Supervisor(home / "logs")
-    last_line = ""
     try:
-        while True:
-            node = supervisor.procs.get("supernode")
-            if node is None or node.poll() is not None:
-                if node is not None:
-                    print(f"SuperNode exited with code {node.returncode}; see {home / 'logs' / 'supernode.log'}")
-                    supervisor.stop("supernode")  # also ends what it left running
-                code, body = heartbeat(state, {"state": "starting"})
-                if code == 403:
-                    print(
-                        f"this node is no longer admitted: {body.get('reason') or body.get('status')}", file=sys.stderr
-                    )
-                    return 3
-                if node is not None:
-                    time.sleep(args.retry_seconds)  # the SuperLink may be restarting: try again shortly
-                supervisor.start("supernode", command, env=env, cwd=home)
-            code, body = heartbeat(state, {"state": "running", "supernode": "alive"})
-            if code == 403:
-                supervisor.stop_all()
-                print(f"this node is no longer admitted: {body.get('reason') or body.get('status')}", file=sys.stderr)
-                return 3
-            line = status_line(code, body, alive=supervisor.procs["supernode"].poll() is None)
-            if line != last_line:
-                print(time.strftime("%H:%M:%S"), line, flush=True)
-                last_line = line
-            time.sleep(args.interval)
+        node_runtime.self_test()  # fail now, not at every round, if Flower's internals changed
+    except node_runtime.InternalsChanged as err:
+        print(f"join: {err}", file=sys.stderr)
+        return 1
+    command = procs.supernode_command(state["superlink"], args.port or procs.free_port(), config, ca, key_path)
+    env = procs.flower_env(home / "flwr-home", node_bin=procs.node_runtime_bin(home))
+    supervisor = procs.Supervisor(home / "logs")
+    try:
+        return _supervise(args, state, home, supervisor, command, env)
     except KeyboardInterrupt:
         print("stopping the node")
         return 0
     finally:
         supervisor.stop_all(timeout=8)
+
+
+def _say(line: str) -> None:
+    print(time.strftime("%H:%M:%S"), line, flush=True)
+
+
+def _supervise(
+    args: argparse.Namespace,
+    state: dict,
+    home: Path,
+    supervisor: procs.Supervisor,
+    command: list[str],
+    env: dict[str, str],
+) -> int:
+    """Keep one SuperNode connected: restart it when it exits or when it is alive but gone (node_watch)."""
+    watch = node_watch.Watch(retry_seconds=args.retry_seconds, offline_grace=args.offline_restart_seconds)
+    log = node_watch.LogTail(home / "logs" / "supernode.log")
+    log.skip_to_end()  # lines of an earlier session say nothing about this one
+    next_start = time.monotonic()
+    down_noticed = False
+    last_line = ""
+    while True:
+        node = supervisor.procs.get("supernode")
+        alive = node is not None and node.poll() is None
+        if not alive and time.monotonic() >= next_start:
+            code, body = heartbeat(state, {"state": "starting"})
+            if code == 403:
+                print(f"this node is no longer admitted: {body.get('reason') or body.get('status')}", file=sys.stderr)
+                return 3
+            supervisor.stop("supernode")  # reaps the old one and what it left running
+            supervisor.start("supernode", command, env=env, cwd=home)
+            watch.started(time.monotonic())
+            alive, down_noticed = True, False
+        signs = node_watch.read_signs(log.read())
+        for reason in signs.refusals:
+            _say(node_watch.REFUSAL_LINE + reason)
+        code, body = heartbeat(state, {"state": "running", "supernode": "alive" if alive else "restarting"})
+        if code == 403:
+            supervisor.stop_all()
+            print(f"this node is no longer admitted: {body.get('reason') or body.get('status')}", file=sys.stderr)
+            return 3
+        now = time.monotonic()
+        if alive or not down_noticed:
+            verdict = watch.observe(now, alive, code, body, signs)
+            line = verdict.line
+            if verdict.restart:
+                if alive:
+                    _say(f"restarting the SuperNode: {watch.reason}")
+                    supervisor.stop("supernode")
+                else:
+                    _say(f"SuperNode exited with code {node.returncode if node else '?'}; see {log.path}")
+                next_start, down_noticed = now + verdict.start_in, True
+        else:
+            wait = max(0.0, next_start - now)
+            state_text = f"reconnecting · {watch.reason}; next try in {wait:.0f}s"
+            line = node_watch.status_line(code, body, "unknown", state_text)
+        # The countdown changes every tick: print when the state (not the seconds) changes.
+        key = line.split("; next try in")[0]
+        if key != last_line:
+            _say(line)
+            last_line = key
+        time.sleep(args.interval)
 
 
 def _load_or_enroll(args: argparse.Namespace, home: Path, public_pem: bytes) -> dict:
@@ -166,4 +201,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=0, help="local port for the SuperNode's app runtime")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between status updates")
     parser.add_argument("--retry-seconds", type=float, default=5.0, help="wait before restarting a dropped SuperNode")
+    parser.add_argument(
+        "--offline-restart-seconds",
+        type=float,
+        default=30.0,
+        help="restart a running SuperNode the SuperLink has not seen online for this long (doubles while it fails)",
+    )
     parser.set_defaults(func=run)

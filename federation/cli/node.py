@@ -41,8 +41,10 @@ def run(args: argparse.Namespace) -> int:
     home.mkdir(parents=True, exist_ok=True)
     command = procs.supernode_command(args.superlink, args.port or procs.free_port(), config)
     print(f"starting SuperNode '{args.name}' → SuperLink {args.superlink}", flush=True)
+    # Our `flwr-clientapp` first on PATH: the node runs only the installed ClientApp (federation.node_runtime).
+    env = procs.flower_env(home, node_bin=procs.node_runtime_bin(home))
     # Replace this process: signals (Ctrl-C, SIGTERM from a supervisor) reach the SuperNode directly.
-    os.execve(command[0], command, procs.flower_env(home))
+    os.execve(command[0], command, env)
     return 0  # not reached
 
 

@@ -227,6 +227,8 @@ NODE_ONLINE_SECONDS = env_int("NODE_ONLINE_SECONDS", 90)
 # `make serve` reconciles the SuperLink's node keys with the platform's this often (and after every SuperLink start).
 NODE_KEYS_SYNC_SECONDS = env_int("NODE_KEYS_SYNC_SECONDS", 300)
 HEARTBEATS_PER_MINUTE = env_int("HEARTBEATS_PER_MINUTE", 30)
+# How long the SuperLink's node list (ListNodes) answers every heartbeat before it is asked again.
+SUPERLINK_PRESENCE_CACHE_SECONDS = env_int("SUPERLINK_PRESENCE_CACHE_SECONDS", 10)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "contributor-home"
 LOGOUT_REDIRECT_URL = "login"

@@ -140,6 +140,8 @@ def api_heartbeat(request: HttpRequest) -> JsonResponse:
         {
             "status": node.status,
             "pseudonym": node.pseudonym,
+            # What the SuperLink sees: lets `join` restart a SuperNode that is alive but no longer connected.
+            "superlink": selectors.node_superlink_presence(node),
             "last_round": (
                 {
                     "campaign": last.round.campaign.name,

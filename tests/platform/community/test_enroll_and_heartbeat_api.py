@@ -90,3 +90,30 @@ def test_suspended_node_is_told_why(client, approved, tls_superlink, tmp_path):
     response = client.post("/api/v1/nodes/heartbeat", {}, content_type="application/json",
                            headers={"Authorization": f"Bearer {api_token}"})  # fmt: skip
     assert response.status_code == 403 and response.json()["reason"] == "sent NaN updates"
+
+
+def test_heartbeat_answer_says_what_the_superlink_sees_and_asks_it_once_per_cache_period(
+    client, approved, tls_superlink, tmp_path, settings, monkeypatch
+):
+    from django.core.cache import cache
+
+    from federation import control
+
+    cache.clear()
+    token, _ = enrollment_token_create(contributor=approved)
+    api_token = enroll(client, token, tmp_path / "a").json()["api_token"]
+    beat = lambda: client.post(  # noqa: E731
+        "/api/v1/nodes/heartbeat", {}, content_type="application/json", headers={"Authorization": f"Bearer {api_token}"}
+    )
+    asked = []
+    real = control.online_node_ids
+    monkeypatch.setattr(control, "online_node_ids", lambda c: asked.append(1) or real(c))  # counts, still real
+    # Registered, but no SuperNode runs with this key: the SuperLink sees it offline.
+    assert beat().json()["superlink"] == "offline"
+    assert beat().json()["superlink"] == "offline"
+    assert len(asked) == 1  # the second heartbeat was answered from the cache
+
+    cache.clear()
+    settings.SUPERLINK_ADDRESS = "127.0.0.1:9"  # nothing listens: the site cannot tell
+    response = beat()
+    assert response.status_code == 200 and response.json()["superlink"] == "unknown"

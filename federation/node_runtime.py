@@ -1,0 +1,287 @@
+"""A node's own `flwr-clientapp`: it runs the INSTALLED Bayanihan ClientApp, never app code from the wire.
+
+Why this exists (issue 13, critical 1): Flower's SuperNode executes whatever app a run ships in its FAB — anyone
+who can start a run can run code on every contributor's machine and read their data. Flower's own guard,
+`flower-supernode --trusted-entities`, only accepts apps whose verification carries `valid_license`, which the
+open-source SuperLink sets only for apps fetched from Flower Hub; a self-submitted app can never pass it.
+
+So a node agrees to exactly one app: the `federation/flwr_app` shipped with the `federation` version it has
+installed. `join` (and `node`) put a node-private `bin/` first on the SuperNode's PATH holding a `flwr-clientapp`
+that runs `python -m federation.node_runtime <the same arguments>` (Flower 1.42's SuperExec launches the bare name
+`flwr-clientapp` through PATH: `supercore/superexec/executor/subprocess_executor.py` with
+`supercore/constant.py:TASK_TYPE_TO_COMMAND`). This module then does what `flwr-clientapp` does — pull the task,
+heartbeat it, push the reply and the task output, exit with Flower's exit codes — except that instead of
+`install_from_fab` + loading the FAB's `clientapp` it checks the FAB against the installed app files (fab id and
+the sha256 of every file) and, only if they match, calls the installed `federation` ClientApp in this process.
+Any other app gets an Error reply (`app refused: ...`, Flower's INVALID_FAB code) and a log line `join` shows.
+
+Flower has no public hook for this, so the runtime plumbing comes from Flower 1.42 internals
+(`flwr.supernode.runtime.run_clientapp` and friends). flwr is pinned to 1.42.0; `self_test()` checks at start-up
+that every internal used here still exists with the expected signature and fails loudly otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import sys
+import tomllib
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+FLWR_VERSION = "1.42.0"
+REFUSED_PREFIX = "app refused: "  # `join` looks for this in the SuperNode's log
+MANIFEST = ".info/CONTENT"  # Flower's own per-file hash list inside a FAB; we compute hashes ourselves
+
+# Internal names this module relies on, with the parameters it passes (checked by self_test).
+_INTERNALS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "run_clientapp.pull_task_input": ("flwr.supernode.runtime.run_clientapp:pull_task_input", ("client",)),
+    "run_clientapp.push_message": (
+        "flwr.supernode.runtime.run_clientapp:push_message", ("client", "message", "context")
+    ),
+    "run_clientapp.push_task_output": (
+        "flwr.supernode.runtime.run_clientapp:push_task_output", ("client", "context", "sub_status", "details")
+    ),
+    "RuntimeHttpClient.from_server_address": (
+        "flwr.supercore.runtime:RuntimeHttpClient.from_server_address",
+        ("server_address", "insecure", "root_certificates", "interceptors", "retry_invoker"),
+    ),
+    "HeartbeatSender": ("flwr.supercore.heartbeat:HeartbeatSender", ()),
+    "make_task_heartbeat_fn_http": ("flwr.supercore.heartbeat:make_task_heartbeat_fn_http", ("client",)),
+    "make_simple_http_retry_invoker": ("flwr.supercore.retry:make_simple_http_retry_invoker", ()),
+    "register_signal_handlers": (
+        "flwr.supercore.exit:register_signal_handlers", ("event_type", "exit_message", "exit_handlers")
+    ),
+    "flwr_exit": ("flwr.supercore.exit:flwr_exit", ("code", "event_type")),
+    "start_parent_process_monitor": ("flwr.supercore.app_utils:start_parent_process_monitor", ("parent_pid",)),
+    "flwr-clientapp arguments": ("flwr.supernode.cli.flwr_clientapp:_parse_args_run_flwr_clientapp", ()),
+    "try_obtain_flwr_app_token": ("flwr.common.args:try_obtain_flwr_app_token", ("args",)),
+    "validate_and_resolve_root_certificates": (
+        "flwr.supercore.tls:validate_and_resolve_root_certificates", ()
+    ),
+    "RuntimeTokenHttpInterceptor": ("flwr.supercore.interceptors:RuntimeTokenHttpInterceptor", ()),
+    "RuntimeVersionHttpInterceptor": ("flwr.supercore.interceptors:RuntimeVersionHttpInterceptor", ()),
+    "RuntimeTracingInterceptor": ("flwr.supercore.runtime.tracing:RuntimeTracingInterceptor", ()),
+    "TASK_TYPE_TO_COMMAND": ("flwr.supercore.constant:TASK_TYPE_TO_COMMAND", ()),
+}  # fmt: skip
+
+
+class InternalsChanged(RuntimeError):
+    """Flower's internals are not what this module was written against."""
+
+
+class AppRefused(Exception):
+    """The FAB is not the app this installed `federation` ships; `str()` is the reason."""
+
+
+def _resolve(target: str) -> Any:
+    import importlib
+
+    module_name, _, attr_path = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr_path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def self_test() -> None:
+    """Raise InternalsChanged naming every Flower internal that moved, vanished or changed its parameters."""
+    import flwr
+
+    problems = []
+    for label, (target, params) in _INTERNALS.items():
+        try:
+            obj = _resolve(target)
+        except (ImportError, AttributeError) as exc:
+            problems.append(f"{label} ({target}) is missing: {exc}")
+            continue
+        if params:
+            have = set(inspect.signature(obj).parameters)
+            missing = [p for p in params if p not in have]
+            if missing:
+                problems.append(f"{label} ({target}) lost parameter(s) {', '.join(missing)}")
+    if not problems:
+        from flwr.supercore.constant import TASK_TYPE_TO_COMMAND, TaskType
+
+        if TASK_TYPE_TO_COMMAND.get(TaskType.CLIENT_APP) != "flwr-clientapp":
+            problems.append("SuperExec no longer launches `flwr-clientapp` for ClientApp tasks")
+    if problems:
+        raise InternalsChanged(
+            f"federation.node_runtime was written against flwr {FLWR_VERSION} internals (no public hook exists "
+            f"to run only the installed app), but the installed flwr {getattr(flwr, '__version__', '?')} differs:\n  "
+            + "\n  ".join(problems)
+            + f"\nInstall flwr=={FLWR_VERSION} (requirements.txt) or update federation/node_runtime.py."
+        )
+
+
+# --- The app this node agrees to run -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShippedApp:
+    fab_id: str  # "publisher/name", as Flower derives it from the FAB's pyproject.toml
+    files: dict[str, str]  # path inside the FAB -> sha256 of its bytes
+
+
+@lru_cache(maxsize=1)
+def shipped_app() -> ShippedApp:
+    """The FAB the platform builds from this installed `federation` (same builder), as file hashes."""
+    from federation.control import APP_DIR, build_fab
+
+    files = fab_file_hashes(build_fab(APP_DIR).content)
+    project = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
+    return ShippedApp(f"{project['tool']['flwr']['app']['publisher']}/{project['project']['name']}", files)
+
+
+def fab_file_hashes(content: bytes) -> dict[str, str]:
+    """sha256 of every file in a FAB (zip), ignoring Flower's manifest (it only restates these hashes)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as fab:
+            return {
+                info.filename: hashlib.sha256(fab.read(info)).hexdigest()
+                for info in fab.infolist()
+                if not info.is_dir() and info.filename != MANIFEST
+            }
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise AppRefused(f"the FAB is not a readable zip archive ({exc})") from None
+
+
+def check_fab(*, fab_id: str, fab_hash: str, content: bytes, shipped: ShippedApp | None = None) -> None:
+    """Raise AppRefused unless the FAB is exactly the app this installed `federation` ships."""
+    shipped = shipped or shipped_app()
+    if fab_id != shipped.fab_id:
+        raise AppRefused(f"fab id {fab_id!r} is not the Bayanihan app {shipped.fab_id!r}")
+    if hashlib.sha256(content).hexdigest() != fab_hash:
+        raise AppRefused("the FAB's content does not match its announced sha256")
+    files = fab_file_hashes(content)
+    changed = sorted(p for p in files.keys() & shipped.files.keys() if files[p] != shipped.files[p])
+    extra = sorted(files.keys() - shipped.files.keys())
+    missing = sorted(shipped.files.keys() - files.keys())
+    parts = []
+    for what, paths in (("files that differ from the installed app", changed),
+                        ("files the installed app does not have", extra), ("files missing", missing)):  # fmt: skip
+        if paths:
+            shown = ", ".join(paths[:5]) + (f" (+{len(paths) - 5} more)" if len(paths) > 5 else "")
+            parts.append(f"{what}: {shown}")
+    if parts:
+        raise AppRefused(f"{fab_id}: " + "; ".join(parts))
+
+
+# --- Running one job ------------------------------------------------------------------------------------------
+
+
+def run_job(message: Any, context: Any) -> Any:
+    """Run one message through the installed ClientApp and return its reply.
+
+    One function on purpose: issue 14's warm worker replaces this body with a hand-off over a Unix socket.
+    """
+    from federation.flwr_app.bayanihan_app.client_app import app
+
+    return app(message=message, context=context)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`flwr-clientapp` as Flower 1.42's `run_clientapp`, with the FAB check in place of installing the FAB."""
+    try:
+        self_test()
+    except InternalsChanged as exc:
+        print(f"federation.node_runtime: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+    from logging import ERROR, INFO
+
+    from flwr.app import Message
+    from flwr.app.error import Error
+    from flwr.common.args import try_obtain_flwr_app_token
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supercore import log
+    from flwr.supercore.app_utils import start_parent_process_monitor
+    from flwr.supercore.exit import ExitCode, flwr_exit, register_signal_handlers
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supercore.runtime.tracing import RuntimeTracingInterceptor
+    from flwr.supercore.telemetry import EventType
+    from flwr.supercore.tls import validate_and_resolve_root_certificates
+    from flwr.supernode.cli.flwr_clientapp import _parse_args_run_flwr_clientapp
+    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+    # The same arguments SuperExec gives Flower's flwr-clientapp; --allow-runtime-dependency-installation is
+    # accepted and ignored: nothing is ever installed here.
+    args = _parse_args_run_flwr_clientapp().parse_args(argv)
+    token = try_obtain_flwr_app_token(args)
+    if args.parent_pid is not None:
+        start_parent_process_monitor(args.parent_pid)  # exit if the SuperExec is gone (even after SIGKILL)
+    log(INFO, "Start Bayanihan node runtime (installed ClientApp only)")
+
+    retry_invoker = make_simple_http_retry_invoker()
+    client = RuntimeHttpClient.from_server_address(
+        server_address=args.runtime_api_address,
+        insecure=args.insecure,
+        root_certificates=validate_and_resolve_root_certificates(args.root_certificates, args.insecure),
+        interceptors=[
+            RuntimeTracingInterceptor(),
+            RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+            RuntimeTokenHttpInterceptor(token),
+        ],
+        retry_invoker=retry_invoker,
+    )
+    state: dict[str, Any] = {
+        "heartbeat": None,
+        "context": None,
+        "sub_status": SubStatus.FAILED,
+        "details": "ClientApp task failed due to unknown reason",
+    }
+
+    def on_exit() -> None:
+        retry_invoker.max_tries = 1  # never block the exit on retries
+        push_task_output(client=client, context=state["context"], sub_status=state["sub_status"],
+                         details=state["details"])  # fmt: skip
+        heartbeat = state["heartbeat"]
+        if heartbeat is not None and heartbeat.is_running:
+            heartbeat.stop()
+        client.close()
+
+    register_signal_handlers(
+        event_type=EventType.FLWR_CLIENTAPP_RUN_LEAVE, exit_message="Task stopped.", exit_handlers=[on_exit]
+    )
+    exit_code = ExitCode.SUCCESS
+    message = reply = None
+    try:
+        state["heartbeat"] = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        state["heartbeat"].start()
+        message, state["context"], run, fab = pull_task_input(client)
+        try:
+            check_fab(fab_id=run.fab_id, fab_hash=fab.hash_str, content=fab.content)
+        except AppRefused as refused:
+            reason = f"{REFUSED_PREFIX}{refused}"
+            log(ERROR, "%s (run %s)", reason, run.run_id)  # `join` turns this line into a status line
+            state["details"] = reason
+            reply = Message(Error(code=ErrorCode.INVALID_FAB, reason=reason), reply_to=message)
+            exit_code = ExitCode.TASK_PROC_EXCEPTION
+        else:
+            reply = run_job(message, state["context"])
+            state["sub_status"], state["details"] = SubStatus.COMPLETED, ""
+    except Exception as ex:  # noqa: BLE001 - as Flower's runtime: any failure becomes an error reply
+        reason = f"{type(ex)}:<'{ex}'>"
+        log(ERROR, "ClientApp raised an exception", exc_info=ex)
+        state["details"] = reason
+        if message is not None:
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+        exit_code = ExitCode.TASK_PROC_EXCEPTION
+    finally:
+        if reply is not None and state["context"] is not None:
+            try:
+                push_message(client, reply, state["context"])
+            except Exception as ex:  # noqa: BLE001
+                log(ERROR, "Failed to push reply message", exc_info=ex)
+                exit_code = ExitCode.CLIENTAPP_COMMUNICATION_ERROR
+    flwr_exit(code=exit_code, event_type=EventType.FLWR_CLIENTAPP_RUN_LEAVE)
+
+
+if __name__ == "__main__":
+    main()
