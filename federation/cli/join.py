@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from federation import pki, procs
+from federation import pki, preflight, procs
 from federation.cli.validate import check_data, print_stats
 from federation.data import DataError
 
@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         print_stats(data, check_data(data))
     except DataError as err:
         print(f"{data}: the data has problems; nothing was sent and the node will not join:\n{err}", file=sys.stderr)
+        return 2
+    if not preflight.passed(args):  # model, disk, memory: what a round will need, before a token is spent
         return 2
     home = Path(args.home).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -166,4 +168,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=0, help="local port for the SuperNode's app runtime")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between status updates")
     parser.add_argument("--retry-seconds", type=float, default=5.0, help="wait before restarting a dropped SuperNode")
+    preflight.add_arguments(parser)
     parser.set_defaults(func=run)
