@@ -25,6 +25,9 @@ def run_base(args: argparse.Namespace) -> int:
 def run_corpus(args: argparse.Namespace) -> int:
     from federation.corpus import build_demo_corpus
 
+    if args.nodes < 1:
+        print(f"demo-corpus: --nodes must be at least 1, got {args.nodes}", file=sys.stderr)
+        return 2
     manifest = build_demo_corpus(Path(args.out), n_contributors=args.nodes, max_chunks_per_node=args.max_chunks)
     print(json.dumps({k: v for k, v in manifest.items() if k in ("nodes", "heldout")}, indent=2))
     return 0
