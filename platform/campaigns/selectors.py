@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from django.db.models import Avg, Count, Q, Sum
 
-from campaigns.models import Campaign, NodeFlag, Participation
+from campaigns.models import BaseModel, Campaign, NodeFlag, Participation
 
 # Contributions count only when the server aggregated them: a failed or refused reply gave nothing.
 ACCEPTED = Q(error="", rejected_reason="")
@@ -63,3 +63,11 @@ def open_flags(campaign: Campaign | None = None) -> list[NodeFlag]:
     if campaign is not None:
         flags = flags.filter(participation__round__campaign=campaign)
     return list(flags)
+
+
+def base_models_public() -> list[dict]:
+    """What a contributor's `join` compares its checkpoint with: ids and file hashes, never the server's paths."""
+    return [
+        {"name": m.name, "hf_id": m.hf_id, "files": m.files}
+        for m in BaseModel.objects.order_by("name").only("name", "hf_id", "files")
+    ]

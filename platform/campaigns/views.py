@@ -1,5 +1,5 @@
-"""The ServerApp's API: its server config and its reports. Authenticated by the link secret (a bearer token only the
-SuperLink host holds) and the Flower run id; no cookies, so no CSRF."""
+"""The ServerApp's API (its server config and its reports: authenticated by the link secret, a bearer token only
+the SuperLink host holds, and the Flower run id; no cookies, so no CSRF), and the public base-model list."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from campaigns import services
+from campaigns import selectors, services
 from campaigns.models import Campaign
 from federation.report import RUN_ID_HEADER
 
@@ -88,3 +88,10 @@ def report_file(request: HttpRequest, campaign: Campaign, round_number: int, nam
     except ValidationError as exc:
         return JsonResponse({"error": " ".join(exc.messages)}, status=400)
     return JsonResponse({"sha256": sha})
+
+
+@require_http_methods(["GET"])
+def base_models(request: HttpRequest) -> HttpResponse:
+    # Public: the hashes of published base models are no secret, and `join` checks a contributor's
+    # checkpoint against them before enrolling (federation/preflight.py).
+    return JsonResponse({"base_models": selectors.base_models_public()})

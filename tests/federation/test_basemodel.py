@@ -73,3 +73,28 @@ def test_prepare_is_a_no_op_when_checkpoint_matches(tiny_checkpoint, tmp_path, m
     (dest / "config.json").write_text("{}")
     with pytest.raises(AssertionError, match="must not download"):
         basemodel.prepare_smollm2(dest, tmp_path / "cache", progress=lambda s: None)
+
+
+def test_prepare_from_a_local_gguf_dequantizes_it_without_a_download(tiny_checkpoint, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from federation.basemodel import prepare_smollm2
+    from federation.tiny import write_tiny_gguf
+
+    gguf_file = write_tiny_gguf(tiny_checkpoint, tmp_path / "gguf" / "tiny.gguf")
+    cache = tmp_path / "cache"  # stays empty: no wheel is fetched
+    manifest = prepare_smollm2(tmp_path / "base", cache, progress=lambda _: None, gguf_file=gguf_file, model_id="t/t")
+    assert manifest["id"] == "t/t" and "tiny.gguf" in manifest["source"] and not cache.exists()
+    assert describe_checkpoint(tmp_path / "base")["files"] == manifest["files"]
+    ids = torch.tensor([[5, 17, 42, 300]])
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    assert torch.allclose(base(ids).logits, ref(ids).logits, atol=1e-5)  # the GGUF round trip loses nothing
+
+
+def test_prepare_names_a_missing_gguf(tmp_path):
+    from federation.basemodel import prepare_smollm2
+
+    with pytest.raises(ValueError, match="nope.gguf: no such GGUF file"):
+        prepare_smollm2(tmp_path / "base", tmp_path / "cache", gguf_file=tmp_path / "nope.gguf")

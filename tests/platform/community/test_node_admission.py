@@ -58,7 +58,7 @@ def test_join_resumes_without_a_token_and_a_revoked_node_is_refused_with_the_rea
         stack.supervisor.start(
             "again",
             [sys.executable, "-m", "federation", "join", "--data", str(tiny_corpus / "node-1"), "--home", str(home),
-             "--interval", "1"],
+             "--model", str(tiny_checkpoint), "--interval", "1"],
             env=procs.flower_env(home / "flwr-home"),
         )  # fmt: skip
         wait_for(lambda: Node.objects.get(pk=node.pk).last_seen > seen, 90, "a heartbeat after resuming")
