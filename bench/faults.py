@@ -59,6 +59,8 @@ class Outcome:
     num_rounds: int | None = None
     problems: list[str] = field(default_factory=list)
     attempts: str = "1"
+    node_failures: list[str] = field(default_factory=list)
+    node1_trained: list[int] = field(default_factory=list)  # rounds node-1 trained in (the fault run kills its node)
     seconds: float = 0.0
     reason: str = ""
     orphans: list[str] = field(default_factory=list)
@@ -134,6 +136,29 @@ def attempts_of(campaign) -> str:
         if isinstance(value, list | dict):
             return f"{len(value)} ({f.name})"
     return "1"
+
+
+def node_failures(campaign) -> list[str]:
+    """'round N: node (error)' for every node recorded failed in a round: who the faults cost which round."""
+    from campaigns.models import Participation
+
+    failed = (
+        Participation.objects.using(campaign._state.db)
+        .filter(round__campaign_id=campaign.pk)
+        .exclude(error="")
+        .order_by("round__number", "node__name")
+        .values_list("round__number", "node__name", "error")
+    )
+    return [f"r{number}: {name} ({error.split(' — ')[0][:40]})" for number, name, error in failed]
+
+
+def trained_rounds(campaign, node: str) -> list[int]:
+    from campaigns.models import Participation
+
+    trained = Participation.objects.using(campaign._state.db).filter(
+        round__campaign_id=campaign.pk, node__name=node, error="", samples__gt=0
+    )
+    return sorted(trained.values_list("round__number", flat=True))
 
 
 # --- one run ------------------------------------------------------------------------------------------------------
@@ -266,6 +291,8 @@ def run_demo(label: str, load: str, model: Path, args: argparse.Namespace, injec
         outcome.num_rounds = campaign.num_rounds
         outcome.rounds = tools.recorded_rounds(campaign, using=alias)
         outcome.attempts = attempts_of(campaign)
+        outcome.node_failures = node_failures(campaign)
+        outcome.node1_trained = trained_rounds(campaign, "node-1")
         numbers = list(outcome.rounds)
         release = getattr(campaign, "release", None) if campaign.status == "completed" else None
         provenance = Path(release.path) / "provenance.json" if release is not None else None
@@ -274,7 +301,8 @@ def run_demo(label: str, load: str, model: Path, args: argparse.Namespace, injec
             numbers = [r["round"] for r in json.loads(provenance.read_text())["rounds"]]
         outcome.problems = tools.round_numbers_problems(numbers, campaign.num_rounds)
         if not outcome.reason and campaign.status != "completed":
-            outcome.reason = campaign.status_reason
+            # Its first line: a crashed process's reason goes on with the tail of its log (in the run's logs/).
+            outcome.reason = campaign.status_reason.strip().splitlines()[0].removesuffix("; last log lines:")
     close_database(alias)
     if not outcome.reason and outcome.exit_code != 0:
         outcome.reason = log_reason(log) or f"demo exited with code {outcome.exit_code}"
@@ -315,7 +343,7 @@ def table(outcomes: list[Outcome], model: str, args: argparse.Namespace) -> str:
     faulty = [o for o in outcomes if o.faulty]
     lines = [
         f"`manage.py demo` with its defaults ({model}, 3 nodes through `federation join`, 2 rounds), "
-        f"{len(busy)} time(s) in a row{'' if args.no_busy else ' with two busy-loop processes on the cores'}"
+        f"{len(busy)} time(s) in a row{'' if args.no_busy else f' with {args.busy} busy loops competing for the cores'}"
         + ("" if args.no_faults else ", then once with node-1's SuperNode killed (-9) in round 1 and the SuperLink "
            "killed (-9) in the middle of round 2")
         + ". Each run starts from an empty state folder; the base model is prepared once.",
@@ -323,15 +351,20 @@ def table(outcomes: list[Outcome], model: str, args: argparse.Namespace) -> str:
         f"**{done}/{len(busy)} runs completed**"
         + ("" if not faulty else f"; fault run: **{'completed' if faulty[0].completed else 'failed'}**") + ".",
         "",
+        *[f"Fault run: node-1 (its SuperNode killed in round 1) trained in round(s) "
+          f"{', '.join(map(str, o.node1_trained)) or 'none'} — issue 12 asks that it trains again after `join` "
+          "brings it back." for o in faulty],
+        "",
         "| run | load | faults injected | completed | campaign | rounds recorded | rounds contiguous, none twice "
-        "| attempts | wall min | orphans | failure reason |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| nodes failed in a round | attempts | wall min | orphans | failure reason |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for o in outcomes:
         lines.append(
             f"| {o.run} | {o.load} | {_cell('; '.join(o.injected) or '—', 300)} | {'yes' if o.completed else 'no'} "
             f"| {o.status} | {', '.join(map(str, o.rounds)) or '—'} | {_cell('; '.join(o.problems)) or 'yes'} "
-            f"| {o.attempts} | {o.seconds / 60:.1f} | {', '.join(o.orphans) or 'none'} | {_cell(o.reason) or '—'} |"
+            f"| {_cell('; '.join(o.node_failures), 200) or 'none'} | {o.attempts} | {o.seconds / 60:.1f} "
+            f"| {', '.join(o.orphans) or 'none'} | {_cell(o.reason) or '—'} |"
         )
     lines += [
         "",
