@@ -256,7 +256,9 @@ def run_demo(label: str, load: str, model: Path, args: argparse.Namespace, injec
     outcome = Outcome(label, load, faulty=inject)
     database = var / "bayanihan.sqlite3"
     alias = run_database(f"run_{label.replace('-', '_')}", database)
-    command = [sys.executable, "manage.py", "demo", "--model", str(model), "--timeout", str(args.run_timeout)]
+    # The fault run waits out a lost node and a SuperLink restart on top of the campaign: it gets twice as long.
+    limit = args.run_timeout * (2 if inject else 1)
+    command = [sys.executable, "manage.py", "demo", "--model", str(model), "--timeout", str(limit)]
     print(f"{label}: {' '.join(command[1:])} (state {var.relative_to(REPO)}; {load})", flush=True)
     started = time.monotonic()
     plan = FaultPlan(var, started, args.superlink_delay) if inject else None
@@ -265,7 +267,7 @@ def run_demo(label: str, load: str, model: Path, args: argparse.Namespace, injec
             command, cwd=REPO, env=demo_env(var, label), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
     try:
-        watchdog = args.run_timeout + 120  # the demo gives up by itself first; this is for a demo that hangs
+        watchdog = limit + 120  # the demo gives up by itself first; this is for a demo that hangs
         while demo.poll() is None:
             if plan is not None and database.exists():  # (opening it first would create it)
                 campaign = current_campaign(alias)
@@ -402,7 +404,7 @@ def main() -> int:
     parser.add_argument("--no-faults", action="store_true", help="skip the run with faults")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--busy", type=int, default=2, help="busy-loop processes (default 2: one per core here)")
-    parser.add_argument("--run-timeout", type=float, default=None, help="give one run this many seconds (15/5 min)")
+    parser.add_argument("--run-timeout", type=float, default=None, help="s per run (15/5 min; fault run 2x)")
     parser.add_argument("--superlink-delay", type=float, default=None, help="s into round 2 before killing (10/0)")
     parser.add_argument("--orphan-grace", type=float, default=15.0, help="s after a run before counting orphans")
     args = parser.parse_args()
