@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .PHONY: setup demo demo-tiny serve test test-fast lint clean bench bench-aggregation bench-quality bench-overhead \
-	bench-communication bench-scale bench-downloads
+	bench-communication bench-scale bench-downloads bench-faults
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,11 @@ bench-scale: setup
 # Release downloads (site and HF API) vs a plain file copy; 200 concurrent downloads.
 bench-downloads: setup
 	$(PY) bench/downloads.py
+
+# The real demo campaign 5 times under two busy loops, then once with a SuperNode and the SuperLink killed mid-round:
+# completed?, rounds, attempts, orphans (~60 min on 2 cores; not in `make bench`, which would double its time).
+bench-faults: setup
+	$(PY) bench/faults.py
 
 # Robust strategies vs a hostile node, and DP's cost, on 4 real nodes and the tiny model (~20 min on 2 cores).
 bench-aggregation: setup

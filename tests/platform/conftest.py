@@ -60,7 +60,17 @@ class LivePlatform:
 
 
 @pytest.fixture
-def live_platform(live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings) -> Iterator[LivePlatform]:
+def superlink_front():
+    """Called with (the SuperLink address nodes would dial, its TLS files) once the SuperLink runs; returns the
+    address nodes dial instead, or None for the SuperLink's own. A test module overrides this fixture to put
+    something between nodes and the SuperLink (tests/platform/faults.py's FaultProxy answering 500s)."""
+    return lambda address, tls: None
+
+
+@pytest.fixture
+def live_platform(
+    live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings, superlink_front
+) -> Iterator[LivePlatform]:
     from bayanihan_site.celery import app as celery_app
     from stack.broker import ensure_broker
     from stack.local_nodes import start_local_nodes
@@ -95,7 +105,10 @@ def live_platform(live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings)
     )
     stack = Stack(tmp_path / "stack")
     try:
-        stack.start_federation(superlink, public, live_server.url)
+        tls = stack.start_federation(superlink, public, live_server.url)
+        front = superlink_front(public, tls)  # a fault proxy between the nodes and the platform's Caddy
+        if front:
+            settings.SUPERLINK_PUBLIC_ADDRESS = front  # what enrollment tells the nodes to dial
         stack.start_worker(env)
         start_local_nodes(stack, ["node-1", "node-2"], live_server.url, tiny_corpus, tiny_checkpoint)
         yield LivePlatform(stack, superlink, live_server.url, tiny_corpus, tiny_checkpoint, public)
