@@ -46,7 +46,9 @@ def report_auth(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
 @report_auth
 def server_config(request: HttpRequest, campaign: Campaign) -> HttpResponse:
     """Paths on the SuperLink host the ServerApp needs; kept out of the run config, which every node receives."""
-    return JsonResponse(services.campaign_server_paths(campaign).to_json())
+    response = JsonResponse(services.campaign_server_paths(campaign).to_json())
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @csrf_exempt

@@ -107,6 +107,11 @@ class Stack:
 
     def start_federation(self, address: str, public_address: str, site_url: str | None = None) -> dict[str, Path]:
         """SuperLink on loopback, then its proxy for nodes."""
+        if address.rsplit(":", 1)[1] == public_address.rsplit(":", 1)[1]:
+            raise RuntimeError(
+                f"SUPERLINK_ADDRESS ({address}, the SuperLink on loopback) and SUPERLINK_PUBLIC_ADDRESS "
+                f"({public_address}, the proxy nodes dial) need different ports"
+            )
         tls = self.start_superlink(address, site_url)
         self.start_proxy(public_address, address)
         return tls
