@@ -170,8 +170,9 @@ def test_join_refuses_a_changed_model_then_enrolls_and_its_supernode_connects(
                                      accept_terms=True)  # fmt: skip
     contributor_set_status(contributor=contributor, status=Contributor.Status.APPROVED)
     token, _ = enrollment_token_create(contributor=contributor)
+    # --min-memory 1: no round is trained here, and the test machine is shared with other tests.
     join = ["join", "--site", live_server.url, "--token", token, "--data", str(tiny_corpus / "node-1"),
-            "--name", "fresh", "--home", str(tmp_path / "home"), "--interval", "1"]  # fmt: skip
+            "--name", "fresh", "--home", str(tmp_path / "home"), "--interval", "1", "--min-memory", "1"]  # fmt: skip
 
     # Error path: a checkpoint that differs from the site's base model is refused before anything is sent.
     changed = tmp_path / "changed"
