@@ -21,10 +21,12 @@ import requests
 from federation.basemodel import describe_checkpoint
 
 GIB = 1024**3
-# A SmolLM2-135M round measured at about 1.3 GiB RSS (SuperNode + ClientApp, README "What a contributor
-# needs"); 2 GiB leaves room for the page cache and a second round's data. Disk: adapters, logs and
-# Flower's FAB cache stay under 100 MB, but a full disk makes every write in a round fail, so ask for 1 GiB.
-DEFAULT_MIN_MEMORY_GIB = 2.0
+# Measured (README "What a contributor needs"): a ClientApp training SmolLM2-135M at the default TrainConfig
+# (batch 4 × seq-len 256) peaks at 4.6 GiB RSS, the SuperNode beside it ≈ 0.3 GiB; below 5 GiB available a
+# round risks being killed for memory. Campaigns with shorter sequences need less: hence an option.
+# Disk: the node's state, logs and Flower's app cache stay under 100 MB, but a full disk fails every write
+# in a round, so ask for 1 GiB.
+DEFAULT_MIN_MEMORY_GIB = 5.0
 DEFAULT_MIN_DISK_GIB = 1.0
 
 
@@ -47,19 +49,18 @@ def check_model(model: str | None, registered: list[dict] | None) -> list[Proble
         files = describe_checkpoint(model)["files"]
     except ValueError as err:
         return [Problem(str(err), f"point --model at a prepared checkpoint folder, or make one with `{prepare}`")]
-    if not registered:
+    candidates = [base for base in registered or [] if base.get("files")]
+    if not candidates:
         return []  # the site has no base model yet (or did not say): nothing to compare against
-    for base in registered:
-        expected = base.get("files") or {}
-        if expected and all(files.get(name) == sha for name, sha in expected.items()):
-            return []
-    closest = min(registered, key=lambda b: _differences(files, b.get("files") or {}))
-    differ = _differences(files, closest.get("files") or {})
+    if any(not _differences(files, base["files"]) for base in candidates):
+        return []
+    closest = min(candidates, key=lambda base: len(_differences(files, base["files"])))
+    differ = _differences(files, closest["files"])
     names = ", ".join(sorted(differ)[:5]) + (" …" if len(differ) > 5 else "")
+    label = str(closest.get("hf_id") or closest.get("name"))[:200]  # from the network: bounded
     return [
         Problem(
-            f"{model}: these files are not the site's base model {closest.get('hf_id') or closest.get('name')} "
-            f"({len(differ)} missing or different: {names})",
+            f"{model}: these files are not the site's base model {label} ({len(differ)} missing or different: {names})",
             f"make a fresh copy with `python -m federation prepare-base --out {model}` (after deleting the folder);"
             " a changed checkpoint would train an adapter for a different model",
         )

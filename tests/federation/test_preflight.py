@@ -38,7 +38,9 @@ def test_a_changed_checkpoint_names_the_files_that_differ_and_the_sites_model(ti
     changed = tmp_path / "model"
     shutil.copytree(tiny_checkpoint, changed)
     (changed / "config.json").write_text((changed / "config.json").read_text() + " ")
-    [problem] = check_model(str(changed), [{"name": "tiny", "hf_id": "org/tiny", "files": expected}])
+    far = {"name": "far", "hf_id": "org/far", "files": {"a": "1", "b": "2", "config.json": "3"}}
+    sites = [far, {"name": "tiny", "hf_id": "org/tiny", "files": expected}, {"name": "empty", "files": {}}]
+    [problem] = check_model(str(changed), sites)  # named after the closest of the site's models
     assert (
         "not the site's base model org/tiny" in problem.what and "1 missing or different: config.json" in problem.what
     )
