@@ -247,6 +247,12 @@ MAX_OPEN_TOKENS_PER_CONTRIBUTOR = env_int("MAX_OPEN_TOKENS_PER_CONTRIBUTOR", 2)
 # address) within the window, both answer 429 with Retry-After until the window has passed.
 LOGIN_FAILURES_ALLOWED = env_int("LOGIN_FAILURES_ALLOWED", 5)
 LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 900)
+# The limits above (and the heartbeat limit) live in Django's cache: per process by default. Several web processes
+# share one count through Redis: CACHE_REDIS_URL=redis://127.0.0.1:6379/1.
+if os.environ.get("CACHE_REDIS_URL"):
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["CACHE_REDIS_URL"]}
+    }
 # Sign-ups per client address per hour (each also tells whether a username exists).
 SIGNUPS_PER_HOUR = env_int("SIGNUPS_PER_HOUR", 10)
 # Request bodies, checked by the outer ASGI middleware (bayanihan_site.limits) before Django reads a byte; routes

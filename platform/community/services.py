@@ -157,7 +157,9 @@ def node_enroll(*, token: str, public_key: str, name: str) -> Enrollment:
                     api_token_hash=_hash(api_token),
                 )
         except IntegrityError as exc:  # the same key enrolled concurrently by another request: undo our registration
-            _unregister(response.node_id)
+            from flwr.proto.control_pb2 import UnregisterNodeRequest
+
+            superlink_client().UnregisterNode(UnregisterNodeRequest(node_id=int(response.node_id)))
             raise ValidationError({"public_key": "This key is already enrolled."}) from exc
         record.used_at = timezone.now()
         record.node = node
@@ -185,16 +187,12 @@ def node_heartbeat(*, node: Node, report: dict[str, Any]) -> Node:
     return node
 
 
-def _unregister(node_id: int | str) -> None:
-    from flwr.proto.control_pb2 import UnregisterNodeRequest
-
-    superlink_client().UnregisterNode(UnregisterNodeRequest(node_id=int(node_id)))
-
-
 def node_suspend(*, node: Node, by: Any = None, reason: str = "") -> Node:
     """Revoke on the SuperLink first: from then on the node's key is refused, whatever the database says."""
+    from flwr.proto.control_pb2 import UnregisterNodeRequest
+
     if node.flwr_node_id and node.status == Node.Status.ACTIVE:
-        _unregister(node.flwr_node_id)
+        superlink_client().UnregisterNode(UnregisterNodeRequest(node_id=int(node.flwr_node_id)))
     node.status = Node.Status.SUSPENDED
     node.status_reason = reason or "suspended by staff"
     node.save(update_fields=["status", "status_reason"])
