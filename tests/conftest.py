@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from federation import procs
 from federation.tiny import build_tiny_checkpoint
 
 
@@ -37,3 +39,23 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
     build_demo_corpus(root, n_contributors=2, max_chunks_per_node=16, max_heldout=8)
     return root
+
+
+@pytest.fixture
+def tls_superlink(tmp_path, settings) -> Iterator[str]:
+    """A real SuperLink with TLS and node authentication behind its proxy; yields the address nodes dial.
+
+    Here rather than in tests/platform/ because the contributor-install test (tests/federation/) needs it too."""
+    from stack.runner import Stack
+
+    superlink, public = f"127.0.0.1:{procs.free_port()}", f"127.0.0.1:{procs.free_port()}"
+    settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS = superlink, public
+    settings.SUPERLINK_TLS_DIR = tmp_path / "superlink-tls"
+    settings.SUPERLINK_ROOT_CERT = str(tmp_path / "superlink-tls" / "ca.crt")
+    settings.LINK_SECRET_FILE = tmp_path / "keys" / "link-secret"
+    stack = Stack(tmp_path / "stack")
+    try:
+        stack.start_federation(superlink, public)
+        yield public
+    finally:
+        stack.stop()

@@ -14,13 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from federation import procs
 from federation.tiny import write_tiny_gguf
 
 pytestmark = pytest.mark.integration
@@ -138,26 +136,9 @@ def test_verify_accepts_a_signed_release_and_refuses_a_changed_one(fresh_venv, t
     assert result.returncode == 1 and "FAILED" in result.stderr and "adapter_model.safetensors" in result.stderr
 
 
-@pytest.fixture
-def tls_superlink_here(tmp_path, settings) -> Iterator[str]:
-    """A real SuperLink with TLS and node authentication (as tests/platform/conftest.py's tls_superlink)."""
-    from stack.runner import Stack
-
-    superlink = f"127.0.0.1:{procs.free_port()}"
-    settings.SUPERLINK_ADDRESS = settings.SUPERLINK_PUBLIC_ADDRESS = superlink
-    settings.SUPERLINK_TLS_DIR = tmp_path / "superlink-tls"
-    settings.SUPERLINK_ROOT_CERT = str(tmp_path / "superlink-tls" / "ca.crt")
-    stack = Stack(tmp_path / "stack")
-    try:
-        stack.start_superlink(superlink)
-        yield superlink
-    finally:
-        stack.stop()
-
-
 @pytest.mark.django_db(transaction=True)
 def test_join_refuses_a_changed_model_then_enrolls_and_its_supernode_connects(
-    fresh_venv, prepared_base, tiny_corpus, live_server, tls_superlink_here, tmp_path, settings
+    fresh_venv, prepared_base, tiny_corpus, live_server, tls_superlink, tmp_path, settings
 ):
     from campaigns.services import base_model_register
     from community.models import Contributor, EnrollmentToken, Node
@@ -190,7 +171,7 @@ def test_join_refuses_a_changed_model_then_enrolls_and_its_supernode_connects(
         cwd=fresh_venv.root, env=fresh_venv.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        control_api = control.client(tls_superlink_here, settings.SUPERLINK_ROOT_CERT)
+        control_api = control.client(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_ROOT_CERT)
         deadline = time.monotonic() + 180
         node = None
         while time.monotonic() < deadline:

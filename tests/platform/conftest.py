@@ -117,24 +117,6 @@ def live_platform(
         broker.close()
 
 
-@pytest.fixture
-def tls_superlink(tmp_path, settings) -> Iterator[str]:
-    """A real SuperLink with TLS and node authentication behind its proxy; yields the address nodes dial."""
-    from stack.runner import Stack
-
-    superlink, public = f"127.0.0.1:{procs.free_port()}", f"127.0.0.1:{procs.free_port()}"
-    settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS = superlink, public
-    settings.SUPERLINK_TLS_DIR = tmp_path / "superlink-tls"
-    settings.SUPERLINK_ROOT_CERT = str(tmp_path / "superlink-tls" / "ca.crt")
-    settings.LINK_SECRET_FILE = tmp_path / "keys" / "link-secret"
-    stack = Stack(tmp_path / "stack")
-    try:
-        stack.start_federation(superlink, public)
-        yield public
-    finally:
-        stack.stop()
-
-
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
     """Rate limits (logins, sign-ups, heartbeats) live in the cache: each test starts with none counted."""
