@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -147,6 +148,7 @@ def _supervise(
             supervisor.start("supernode", command, env=env, cwd=home)
             watch.started(time.monotonic())
             alive, down_noticed = True, False
+            next_start = math.inf  # the next start is decided by the watch once this one ends
         signs = node_watch.read_signs(log.read())
         for reason in signs.refusals:
             _say(node_watch.REFUSAL_LINE + reason)
