@@ -10,6 +10,7 @@ import psutil
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from federation import task_heartbeat
 from federation.config import AggregationConfig, ServerConfig, TrainConfig
 from federation.data import load_records
 from federation.patient_grid import PatientGrid
@@ -30,6 +31,9 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    # Flower's task heartbeat dies on one HTTP 500 and the run fails a minute later: make it patient first thing.
+    if not task_heartbeat.guard_task_heartbeats():
+        raise RuntimeError("no Flower task heartbeat found in flwr-serverapp (federation/task_heartbeat.py)")
     cfg = TrainConfig.from_run_config(context.run_config)
     server = ServerConfig.from_run_config(context.run_config)
     out = Path(server.output_dir or f"runs/{context.run_id}")
