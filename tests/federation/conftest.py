@@ -18,6 +18,7 @@ class FlakyServer:
     status: int = 500
     ok: Callable[[str, str, bytes], tuple[int, bytes]] = lambda method, path, body: (200, b"{}")
     seen: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status answered)
+    headers: dict[str, str] = field(default_factory=dict)  # extra headers on a proper answer (set by `ok`)
     url: str = ""
 
 
@@ -37,6 +38,8 @@ def flaky_server() -> Iterator[FlakyServer]:
             )
             state.seen.append((self.command, self.path, status))
             self.send_response(status)
+            for key, value in ({} if failing else state.headers).items():
+                self.send_header(key, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
