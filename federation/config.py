@@ -92,6 +92,10 @@ class ServerConfig(RunConfigMixin):
     report_url: str = ""
     report_token: str = ""
     max_heldout_records: int = 64
+    # Resuming after an infrastructure failure: the last merged round this run continues from (0: a fresh start).
+    # The ServerApp downloads that round's adapter from the site; Flower's strategy still counts from 1, so
+    # campaign round = start_round + Flower's round. Not a secret: a round number.
+    start_round: int = 0
 
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "multikrum")

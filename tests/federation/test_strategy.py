@@ -268,3 +268,22 @@ def test_each_campaign_strategy_is_flowers_own_class(cfg, inner):
 def test_multikrum_averages_all_but_the_tolerated_hostile_nodes_by_default():
     krum = build_strategy(AggregationConfig(strategy="multikrum", krum_malicious=1), min_nodes=4).inner
     assert (krum.num_malicious_nodes, krum.num_nodes_to_select) == (1, 3)
+
+
+def test_a_resumed_dp_campaign_continues_the_accountant_of_the_earlier_rounds():
+    """A new Flower run from round 1's adapter: after its first round, epsilon is the one of two rounds."""
+    from federation import privacy
+
+    cfg = AggregationConfig(dp_noise_multiplier=1.0, dp_clipping_norm=0.5, dp_delta=1e-5)
+    whole = build_strategy(cfg, min_nodes=4)
+    start_round(whole, ZERO, 4)
+    arrays, _ = whole.aggregate_train(1, four_replies(None))
+    list(whole.configure_train(2, arrays, ConfigRecord({}), NodesOnlyGrid(4)))
+    whole.aggregate_train(2, four_replies(None))
+
+    resumed = build_strategy(cfg, min_nodes=4)
+    privacy.replay(resumed.inner, rounds=1)
+    start_round(resumed, ZERO, 4)
+    resumed.aggregate_train(1, four_replies(None))
+    assert resumed.rounds[1].epsilon == pytest.approx(whole.rounds[2].epsilon)
+    assert resumed.rounds[1].epsilon > whole.rounds[1].epsilon
