@@ -79,12 +79,11 @@ def running_site(name: str, *, fresh: bool = True, superlink: bool = True) -> It
 
     from django.conf import settings
 
-    from bayanihan_site.celery import app as celery_app
     from stack.broker import ensure_broker
     from stack.runner import Stack, platform_env
 
     broker = ensure_broker(settings.CELERY_BROKER_URL, var / "redis")
-    celery_app.conf.broker_url = broker.url
+    broker.activate()
     env = platform_env(CELERY_BROKER_URL=broker.url)
     stack = Stack(var / "run")
     try:

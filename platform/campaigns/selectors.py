@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from django.db.models import Avg, Count, Q, Sum
 
-from campaigns.models import BaseModel, Campaign, NodeFlag, Participation
+from campaigns.models import BaseModel, Campaign, CampaignAttempt, NodeFlag, Participation
 
 # Contributions count only when the server aggregated them: a failed or refused reply gave nothing.
 ACCEPTED = Q(error="", rejected_reason="")
@@ -71,3 +73,35 @@ def base_models_public() -> list[dict]:
         {"name": m.name, "hf_id": m.hf_id, "files": m.files}
         for m in BaseModel.objects.order_by("name").only("name", "hf_id", "files")
     ]
+
+
+def round_file(*, campaign: Campaign, round_number: int, name: str) -> tuple[Path, str]:
+    """A stored merged-adapter file of a round and the sha256 on record for it; LookupError when there is none."""
+    from campaigns.services import ADAPTER_FILES, campaign_output_dir
+
+    round_ = campaign.rounds.filter(number=round_number).first()
+    sha = round_.adapter_files.get(name) if round_ is not None and name in ADAPTER_FILES else None
+    path = campaign_output_dir(campaign) / f"round-{round_number}" / name
+    if not sha or not path.is_file():
+        raise LookupError(f"round {round_number} has no stored {name}")
+    return path, sha
+
+
+def campaign_attempts(campaign: Campaign) -> list[CampaignAttempt]:
+    """Every Flower run of the campaign, first to last (the campaign page, provenance)."""
+    return list(campaign.attempts.order_by("number"))
+
+
+def attempt_record(attempt: CampaignAttempt) -> dict[str, Any]:
+    """An attempt as provenance.json states it."""
+    return {
+        "attempt": attempt.number,
+        "trigger": attempt.trigger,
+        "flwr_run_id": attempt.flwr_run_id or None,
+        "from_round": attempt.from_round,
+        "started_at": attempt.started_at.isoformat() if attempt.started_at else None,
+        "ended_at": attempt.ended_at.isoformat() if attempt.ended_at else None,
+        "outcome": attempt.outcome,
+        "failure_kind": attempt.failure_kind or None,
+        "reason": attempt.reason or None,
+    }

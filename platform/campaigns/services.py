@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from campaigns.models import BaseModel, Campaign, NodeFlag, Participation, Round
+from campaigns.models import BaseModel, Campaign, CampaignAttempt, NodeFlag, Participation, Round
 from community.models import Node
 from federation import control, events, pki
 from federation.basemodel import describe_checkpoint
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 ADAPTER_FILES = events.ADAPTER_FILES
 # A round must leave nodes time to start, load the model and train; a week is longer than anyone waits.
 ROUND_TIMEOUT_MIN, ROUND_TIMEOUT_MAX = 30, 7 * 24 * 3600
+# Flower runs per campaign (launch + automatic resumes): enough for a bad night, not an endless loop.
+MAX_ATTEMPTS_CAP = 20
 
 
 def base_model_register(*, path: Path, name: str, hf_id: str = "", note: str = "") -> BaseModel:
@@ -60,6 +63,7 @@ def campaign_create(
     min_nodes: int = 2,
     nodes_per_round: int = 0,
     round_timeout: int = 3600,
+    max_attempts: int = 3,
     auto_publish: bool = True,
     card_notes: str = "",
     by: Any = None,
@@ -85,6 +89,8 @@ def campaign_create(
         errors["nodes_per_round"] = "must be 0 (every connected node) or a number of nodes"
     if not ROUND_TIMEOUT_MIN <= round_timeout <= ROUND_TIMEOUT_MAX:
         errors["round_timeout"] = f"must be between {ROUND_TIMEOUT_MIN} and {ROUND_TIMEOUT_MAX} seconds"
+    if not 1 <= max_attempts <= MAX_ATTEMPTS_CAP:
+        errors["max_attempts"] = f"must be between 1 and {MAX_ATTEMPTS_CAP}"
     if not Path(heldout_path).is_file():
         errors["heldout_path"] = f"{heldout_path}: no such file"
     if errors:
@@ -100,6 +106,7 @@ def campaign_create(
         min_nodes=min_nodes,
         nodes_per_round=nodes_per_round,
         round_timeout=round_timeout,
+        max_attempts=max_attempts,
         auto_publish=auto_publish,
         card_notes=card_notes,
         created_by=by if getattr(by, "pk", None) else None,
@@ -117,6 +124,7 @@ def campaign_launch(*, campaign: Campaign, by: Any = None) -> Campaign:
         campaign.status = Campaign.Status.QUEUED
         campaign.launched_at = timezone.now()
         campaign.save(update_fields=["status", "launched_at"])
+        _attempt_queue(campaign, CampaignAttempt.Trigger.LAUNCH)
         transaction.on_commit(lambda: enqueue(campaign_submit_task, campaign.pk))
     return campaign
 
@@ -133,8 +141,10 @@ def superlink_client() -> Any:
 def campaign_run_config(campaign: Campaign) -> dict[str, Any]:
     """The Flower run config of a campaign. Every node receives it (context.run_config): numbers and names only,
     never a secret or a server path — the ServerApp fetches those from the site (campaign_server_paths)."""
+    start_round = campaign_resume_point(campaign=campaign)
     server = ServerConfig(
         campaign_id=campaign.pk,
+        start_round=start_round,
         num_rounds=campaign.num_rounds,
         min_nodes=campaign.min_nodes,
         nodes_per_round=campaign.nodes_per_round,
@@ -163,6 +173,7 @@ def campaign_submit(*, campaign_id: int) -> bool:
         if campaign is None or campaign.status != Campaign.Status.QUEUED or campaign.flwr_run_id:
             return False
     run_config = campaign_run_config(campaign)
+    start_round = int(run_config["start-round"])
     run_id = control.start_run(superlink_client(), run_config)
     with transaction.atomic():
         campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
@@ -171,11 +182,160 @@ def campaign_submit(*, campaign_id: int) -> bool:
         if not cancelled_meanwhile:
             campaign.status = Campaign.Status.RUNNING
         campaign.save(update_fields=["flwr_run_id", "status"])
+        _attempt_started(campaign, run_id, start_round)
     if cancelled_meanwhile:  # cancelled while we were submitting: the run must not go on
         control.stop_run(superlink_client(), run_id)
         return False
-    log.info("campaign %s submitted as Flower run %s", campaign_id, run_id)
+    log.info("campaign %s submitted as Flower run %s from round %s", campaign_id, run_id, start_round)
     return True
+
+
+# --- attempts: one Flower run each; resuming from the last merged round --------------------------
+
+
+def last_merged_round(campaign: Campaign) -> int | None:
+    """The highest round n such that rounds 0..n are all on record with their merged adapter; None if not round 0."""
+    merged = {r.number for r in campaign.rounds.all() if set(r.adapter_files) == set(ADAPTER_FILES)}
+    n = -1
+    while n + 1 in merged:
+        n += 1
+    return n if n >= 0 else None
+
+
+def campaign_resume_point(*, campaign: Campaign) -> int:
+    """The round the next run starts from, with every later round (a partial one the failed run left) removed.
+
+    The new run redoes those rounds, so the record never holds a round twice or a round from two runs.
+    """
+    merged = last_merged_round(campaign)
+    start = merged or 0
+    later = campaign.rounds.filter(number__gt=start) if merged is not None else campaign.rounds.all()
+    folders = [campaign_output_dir(campaign) / f"round-{n}" for n in later.values_list("number", flat=True)]
+    later.delete()
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    return start
+
+
+def _open_attempt(campaign: Campaign) -> CampaignAttempt | None:
+    return (
+        campaign.attempts.filter(outcome__in=[CampaignAttempt.Outcome.QUEUED, CampaignAttempt.Outcome.RUNNING])
+        .order_by("-number")
+        .first()
+    )
+
+
+def _attempt_queue(campaign: Campaign, trigger: str) -> CampaignAttempt:
+    number = (campaign.attempts.order_by("-number").values_list("number", flat=True).first() or 0) + 1
+    return CampaignAttempt.objects.create(campaign=campaign, number=number, trigger=trigger)
+
+
+def _attempt_started(campaign: Campaign, run_id: int, start_round: int) -> None:
+    from console.services import audit
+
+    attempt = _open_attempt(campaign) or _attempt_queue(campaign, CampaignAttempt.Trigger.LAUNCH)
+    attempt.flwr_run_id, attempt.from_round = str(run_id), start_round
+    attempt.started_at, attempt.outcome = timezone.now(), CampaignAttempt.Outcome.RUNNING
+    attempt.save(update_fields=["flwr_run_id", "from_round", "started_at", "outcome"])
+    audit(
+        by="platform",
+        action="campaign.attempt",
+        target=campaign,
+        attempt=attempt.number,
+        trigger=attempt.trigger,
+        flwr_run_id=str(run_id),
+        from_round=start_round,
+    )
+
+
+def _attempt_end(campaign: Campaign, outcome: str, kind: str = "", reason: str = "") -> CampaignAttempt | None:
+    from console.services import audit
+
+    attempt = _open_attempt(campaign)
+    if attempt is None:
+        return None
+    attempt.outcome, attempt.ended_at = outcome, timezone.now()
+    attempt.failure_kind = kind or attempt.failure_kind
+    attempt.reason = reason or attempt.reason
+    attempt.save(update_fields=["outcome", "ended_at", "failure_kind", "reason"])
+    audit(
+        by="platform",
+        action="campaign.attempt-end",
+        target=campaign,
+        attempt=attempt.number,
+        flwr_run_id=attempt.flwr_run_id,
+        outcome=outcome,
+        kind=attempt.failure_kind,
+        reason=attempt.reason,
+    )
+    return attempt
+
+
+def attempts_used(campaign: Campaign) -> int:
+    """Attempts counted against `max_attempts`: the latest launch or staff Resume and the automatic ones since."""
+    used = 0
+    for trigger in campaign.attempts.order_by("-number").values_list("trigger", flat=True):
+        used += 1
+        if trigger != CampaignAttempt.Trigger.AUTO:
+            break
+    return used
+
+
+def report_failure(*, campaign: Campaign, event: dict[str, Any]) -> None:
+    """The ServerApp's terminal `failed` event: kind=training marks the current attempt as a training failure.
+
+    Only that kind is recorded (anything else is ignored): it is what stops the campaign instead of resuming it.
+    """
+    if event.get("kind") != CampaignAttempt.Kind.TRAINING:
+        return
+    with transaction.atomic():
+        Campaign.objects.select_for_update().filter(pk=campaign.pk).first()
+        attempt = _open_attempt(campaign)
+        if attempt is not None:
+            attempt.failure_kind = CampaignAttempt.Kind.TRAINING
+            attempt.reason = str(event.get("reason") or "the ServerApp gave no reason")[:2000]
+            attempt.save(update_fields=["failure_kind", "reason"])
+
+
+def campaign_run_failed(*, campaign_id: int, run_id: str, sub_status: str, details: str = "") -> None:
+    """The campaign's Flower run ended without completing: resume it from the last merged round, or fail it.
+
+    Training failure (the ServerApp said so, or staff/someone stopped the run): the campaign fails with its reason.
+    Infrastructure failure (anything else: SuperLink restart, ServerApp or worker crash, nodes gone): a new run
+    continues from the last merged round, until `max_attempts` runs have been used.
+    """
+    from campaigns.tasks import campaign_submit_task, enqueue
+
+    complete = False
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
+        if campaign is None or campaign.status != Campaign.Status.RUNNING or campaign.flwr_run_id != run_id:
+            return  # handled already (a second follow task), or cancelled meanwhile
+        attempt = _open_attempt(campaign)
+        said = attempt.reason if attempt is not None and attempt.failure_kind == CampaignAttempt.Kind.TRAINING else ""
+        ended = f"Flower run {run_id} ended {sub_status}" + (f": {details}" if details else "")
+        if said or sub_status == "stopped":
+            reason = f"training failed: {said}" if said else f"{ended} (stopped outside the platform)"
+            _attempt_end(campaign, CampaignAttempt.Outcome.FAILED, CampaignAttempt.Kind.TRAINING, reason)
+            _fail(campaign, reason)
+            return
+        _attempt_end(campaign, CampaignAttempt.Outcome.FAILED, CampaignAttempt.Kind.INFRASTRUCTURE, ended)
+        merged = last_merged_round(campaign)
+        if merged == campaign.num_rounds:  # every round is on record: the run died after its last report
+            complete = True
+        elif attempts_used(campaign) >= campaign.max_attempts:
+            _fail(campaign, f"{ended}; gave up after {attempts_used(campaign)} attempts (max_attempts)")
+            return
+        else:
+            campaign.status = Campaign.Status.QUEUED
+            campaign.flwr_run_id = ""
+            campaign.report_token_hash = ""  # the old run's ServerApp, should it still live, may no longer report
+            campaign.save(update_fields=["status", "flwr_run_id", "report_token_hash"])
+            _attempt_queue(campaign, CampaignAttempt.Trigger.AUTO)
+            transaction.on_commit(lambda: enqueue(campaign_submit_task, campaign.pk))
+            log.warning("campaign %s: %s; resuming from round %s", campaign.pk, ended, merged or 0)
+    if complete:
+        campaign_complete(campaign=campaign)
 
 
 def campaign_follow(*, campaign_id: int) -> bool:
@@ -183,12 +343,16 @@ def campaign_follow(*, campaign_id: int) -> bool:
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is None or campaign.status != Campaign.Status.RUNNING:
         return True
-    state = control.run_state(superlink_client(), int(campaign.flwr_run_id))
+    try:
+        state = control.run_state(superlink_client(), int(campaign.flwr_run_id))
+    except LookupError:  # a SuperLink with in-memory state forgets its runs when it restarts
+        state = control.RunState("finished", "failed", "the SuperLink no longer knows the run (it restarted)")
     if not state.finished:
         return False
     if not state.succeeded:
-        detail = f": {state.details}" if state.details else ""
-        campaign_fail(campaign=campaign, reason=f"Flower run {campaign.flwr_run_id} ended {state.sub_status}{detail}")
+        campaign_run_failed(
+            campaign_id=campaign.pk, run_id=campaign.flwr_run_id, sub_status=state.sub_status, details=state.details
+        )
         return True
     campaign_complete(campaign=campaign)
     return True
@@ -197,12 +361,18 @@ def campaign_follow(*, campaign_id: int) -> bool:
 def campaign_fail(*, campaign: Campaign, reason: str) -> None:
     with transaction.atomic():
         campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
-        if campaign.is_terminal:
-            return
-        campaign.status = Campaign.Status.FAILED
-        campaign.status_reason = reason
-        campaign.finished_at = timezone.now()
-        campaign.save(update_fields=["status", "status_reason", "finished_at"])
+        _attempt_end(campaign, CampaignAttempt.Outcome.FAILED, reason=reason)
+        _fail(campaign, reason)
+
+
+def _fail(campaign: Campaign, reason: str) -> None:
+    """Inside a transaction holding the campaign's row."""
+    if campaign.is_terminal:
+        return
+    campaign.status = Campaign.Status.FAILED
+    campaign.status_reason = reason
+    campaign.finished_at = timezone.now()
+    campaign.save(update_fields=["status", "status_reason", "finished_at"])
     log.warning("campaign %s failed: %s", campaign.pk, reason)
 
 
@@ -230,6 +400,7 @@ def campaign_complete(*, campaign: Campaign) -> None:
             campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
             if campaign.is_terminal:
                 return
+            _attempt_end(campaign, CampaignAttempt.Outcome.COMPLETED)
             if campaign.auto_publish:  # otherwise staff publish it later (campaign_publish), e.g. after editing notes
                 release_publish(campaign=campaign)
             campaign.status = Campaign.Status.COMPLETED
@@ -468,6 +639,7 @@ def campaign_cancel(*, campaign: Campaign, by: Any = None, reason: str = "") -> 
         who = getattr(by, "username", None) or "staff"
         campaign.status = Campaign.Status.CANCELLED
         campaign.status_reason = f"cancelled by {who}" + (f": {reason}" if reason else "")
+        _attempt_end(campaign, CampaignAttempt.Outcome.CANCELLED, reason=campaign.status_reason)
         campaign.finished_at = timezone.now()
         campaign.save(update_fields=["status", "status_reason", "finished_at"])
     if campaign.flwr_run_id:
@@ -480,11 +652,11 @@ def campaign_cancel(*, campaign: Campaign, by: Any = None, reason: str = "") -> 
 
 
 def campaign_resume(*, campaign: Campaign, by: Any = None) -> Campaign:
-    """Relaunch a failed or cancelled campaign as a new Flower run, with the same configuration.
+    """Relaunch a failed or cancelled campaign as a new Flower run that continues from its last merged round.
 
-    Semantics: rounds restart from scratch (round 0 = the base model again). The earlier attempt's rounds and
-    participations are discarded so the campaign's record and its release describe one run only; the earlier
-    run's journal stays on disk under the campaign's output folder.
+    Rounds 0..last merged stay on record (the new run starts from that round's merged adapter and numbers its
+    rounds on from there); a partial round after it is dropped when the run is submitted and redone. A campaign
+    with no merged round starts from round 0. The new attempt starts a fresh count against `max_attempts`.
     """
     from campaigns.tasks import campaign_submit_task, enqueue
 
@@ -492,7 +664,6 @@ def campaign_resume(*, campaign: Campaign, by: Any = None) -> Campaign:
         campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
         if campaign.status not in (Campaign.Status.FAILED, Campaign.Status.CANCELLED):
             raise ValidationError(f"campaign is {campaign.status}; only a failed or cancelled one can be resumed")
-        campaign.rounds.all().delete()
         campaign.status = Campaign.Status.QUEUED
         campaign.status_reason = ""
         campaign.flwr_run_id = ""
@@ -504,6 +675,7 @@ def campaign_resume(*, campaign: Campaign, by: Any = None) -> Campaign:
                 "status", "status_reason", "flwr_run_id", "report_token_hash", "launched_at", "finished_at"
             ]
         )  # fmt: skip
+        _attempt_queue(campaign, CampaignAttempt.Trigger.RESUME)
         transaction.on_commit(lambda: enqueue(campaign_submit_task, campaign.pk))
     log.info("campaign %s resumed by %s", campaign.pk, getattr(by, "username", by))
     return campaign

@@ -9,7 +9,7 @@ from functools import wraps
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -68,13 +68,23 @@ def report_event(request: HttpRequest, campaign: Campaign) -> HttpResponse:
             return JsonResponse({"error": " ".join(exc.messages)}, status=409)
         except ValidationError as exc:
             return JsonResponse({"error": f"malformed round event: {' '.join(exc.messages)}"}, status=400)
+    elif event["type"] == "failed":
+        services.report_failure(campaign=campaign, event=event)
     return JsonResponse({"ok": True})
 
 
 @csrf_exempt
-@require_http_methods(["PUT"])
+@require_http_methods(["PUT", "GET"])
 @report_auth
 def report_file(request: HttpRequest, campaign: Campaign, round_number: int, name: str) -> HttpResponse:
+    if request.method == "GET":  # a resumed run fetches the merged adapter it continues from (Reporter.download_round)
+        try:
+            path, sha = selectors.round_file(campaign=campaign, round_number=round_number, name=name)
+        except LookupError as exc:
+            return JsonResponse({"error": str(exc)}, status=404)
+        response = FileResponse(path.open("rb"), content_type="application/octet-stream")
+        response["X-Content-SHA256"] = sha
+        return response
     # Read the body as a stream so a large upload never sits whole in memory.
     chunks = iter(lambda: request.read(1 << 20), b"")
     try:

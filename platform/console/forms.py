@@ -42,6 +42,13 @@ class CampaignForm(forms.Form):
         label="Round timeout (s)",
         help_text="How long a round waits for replies; a node that has not answered by then counts as failed",
     )
+    max_attempts = forms.IntegerField(
+        required=False,
+        initial=3,
+        label="Max attempts",
+        help_text="Flower runs the campaign may use: after an infrastructure failure (SuperLink restart, crash) "
+        "it resumes from the last merged round as a new run, up to this many runs in all",
+    )
     strategy = forms.ChoiceField(choices=[(s, s) for s in STRATEGIES], initial="fedavg", label="Aggregation")
     lora_r = forms.IntegerField(initial=DEFAULTS.lora_r, label="LoRA r")
     lora_alpha = forms.IntegerField(initial=DEFAULTS.lora_alpha, label="LoRA alpha")
@@ -70,6 +77,7 @@ class CampaignForm(forms.Form):
             "min_nodes": data["min_nodes"],
             "nodes_per_round": data["nodes_per_round"],
             "round_timeout": data["round_timeout"],
+            "max_attempts": 3 if data.get("max_attempts") is None else data["max_attempts"],
             "train_config": {key: data[name] for name, key in TRAIN_FIELDS.items()},
             "aggregation": {"strategy": data["strategy"]},
             "auto_publish": data["auto_publish"],

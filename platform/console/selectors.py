@@ -11,7 +11,7 @@ from django.db.models import Case, Count, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from campaigns.models import BaseModel, Campaign, Participation, Round
-from campaigns.selectors import open_flags
+from campaigns.selectors import campaign_attempts, open_flags
 from community.models import Contributor, Node
 from console import charts
 from console.models import AuditEntry
@@ -128,6 +128,7 @@ def campaign_live(campaign: Campaign) -> dict[str, Any]:
         "nodes": sorted(progress.values(), key=lambda n: n.node.name),
         "is_live": campaign.status in ACTIVE,
         "flags": open_flags(campaign),
+        "attempts": campaign_attempts(campaign),
         "charts": [
             charts.line_chart(
                 "Held-out eval loss per round (0 = base model)",

@@ -128,7 +128,7 @@ def campaign_resume(request: HttpRequest, pk: int) -> HttpResponse:
         pk,
         "resume",
         lambda c: campaign_services.campaign_resume(campaign=c, by=request.user),
-        "Relaunched as a new Flower run; rounds start again from round 0.",
+        "Relaunched as a new Flower run; it continues from the last merged round.",
     )
 
 

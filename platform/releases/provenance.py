@@ -10,7 +10,7 @@ from typing import Any
 from django.conf import settings
 
 from campaigns.models import Campaign
-from campaigns.selectors import ledger_totals
+from campaigns.selectors import attempt_record, campaign_attempts, ledger_totals
 from federation.config import AggregationConfig
 from federation.strategy import DATA_VALUE, describe
 
@@ -105,8 +105,11 @@ def campaign_provenance(campaign: Campaign, files: dict[str, str], repo_id: str 
             "train_config": campaign.train_config,
             "flower_run_id": campaign.flwr_run_id,
             "launched_at": campaign.launched_at.isoformat() if campaign.launched_at else None,
+            "max_attempts": campaign.max_attempts,
         },
         "rounds": rounds,
+        # Each Flower run the rounds came from: a resumed run continued from `from_round`'s merged adapter.
+        "attempts": [attempt_record(a) for a in campaign_attempts(campaign)],
         "privacy": _privacy(aggregation, rounds),
         "contribution_ledger": {
             "data_value": DATA_VALUE,

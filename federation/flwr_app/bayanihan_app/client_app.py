@@ -31,7 +31,9 @@ def train_round(msg: Message, context: Context) -> Message:
     set_adapter_state(model, received.to_torch_state_dict())
     loaded = time.time()
     val_before, _ = evaluate(model, data.val, data.pad_id)
-    result = train(model, data.train, cfg, data.pad_id, round_seed=int(msg.content["config"]["server-round"]))
+    # A resumed campaign is a new Flower run counting from 1 again: seed by the campaign's round, not Flower's.
+    campaign_round = int(msg.content["config"]["server-round"]) + int(context.run_config.get("start-round", 0))
+    result = train(model, data.train, cfg, data.pad_id, round_seed=campaign_round)
     val_after, _ = evaluate(model, data.val, data.pad_id)
     evaluated = time.time()
 

@@ -6,12 +6,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import httpx
 import psutil
+import requests
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from safetensors.torch import load_file
 
+from federation import privacy, task_heartbeat
 from federation.basemodel import sha256_file
-from federation.config import AggregationConfig, ServerConfig, TrainConfig
+from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig
 from federation.data import load_records
 from federation.events import ADAPTER_FILES
 from federation.patient_grid import PatientGrid
@@ -29,10 +33,18 @@ from federation.task import (
 
 app = ServerApp()
 
+# How the platform tells a training failure (it would fail again: stop the campaign) from an infrastructure one
+# (resume from the last merged round): before exiting on an error of its own, the ServerApp reports a terminal
+# `failed` event with kind=training. A run that ends failed without one (SuperLink restart, this process killed,
+# the site or SuperLink unreachable) counts as infrastructure. Errors of the links themselves are infrastructure.
+INFRASTRUCTURE_ERRORS = (httpx.HTTPError, requests.RequestException, ConnectionError, TimeoutError)
+
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = TrainConfig.from_run_config(context.run_config)
+    # Flower's task heartbeat dies on one HTTP 500 and the run fails a minute later: make it patient first thing.
+    if not task_heartbeat.guard_task_heartbeats():
+        raise RuntimeError("no Flower task heartbeat found in flwr-serverapp (federation/task_heartbeat.py)")
     server = ServerConfig.from_run_config(context.run_config)
     # Paths and the report credential come out of band (the run config reaches every node): the link secret's path
     # is in the SuperLink's environment, and the site hands this run its paths.
@@ -40,24 +52,68 @@ def main(grid: Grid, context: Context) -> None:
     paths = link.server_paths(server.campaign_id, context.run_id)
     out = Path(paths.output_dir)
     reporter = Reporter(link.campaign_url(server.campaign_id), link.secret, out, run_id=context.run_id)
+    try:
+        run(grid, context, server, paths, reporter, out)
+    except INFRASTRUCTURE_ERRORS:
+        raise
+    except Exception as exc:
+        reporter.event("failed", kind="training", reason=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+
+
+def initial_adapter(model, server: ServerConfig, reporter: Reporter, out: Path) -> ArrayRecord:
+    """A fresh adapter, or (resuming) the merged adapter of round `start_round`, fetched from the site."""
+    if server.start_round:
+        folder = reporter.download_round(server.start_round, out / f"resume-from-round-{server.start_round}")
+        state = load_file(str(folder / "adapter_model.safetensors"))
+        expected = set(get_adapter_state(model))
+        if set(state) != expected:
+            raise ValueError(
+                f"round {server.start_round}'s adapter does not fit this campaign's LoRA config "
+                f"({len(set(state) ^ expected)} tensors differ)"
+            )
+        set_adapter_state(model, state)
+    return ArrayRecord(get_adapter_state(model))
+
+
+def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, reporter: Reporter, out: Path) -> None:
+    cfg = TrainConfig.from_run_config(context.run_config)
+    start = server.start_round
     # When Flower started this process: the gap to now is the app's start-up (imports), a per-run cost.
     process_started = psutil.Process().create_time()
-    reporter.event("started", run_id=context.run_id, num_rounds=server.num_rounds, process_started=process_started)
+    reporter.event(
+        "started",
+        run_id=context.run_id,
+        num_rounds=server.num_rounds,
+        start_round=start,
+        process_started=process_started,
+    )
 
     model = lora_model(paths.base_model_path, cfg)
     tokenizer = load_tokenizer(paths.base_model_path)
     heldout = encode_all(tokenizer, load_records(paths.heldout_path)[: server.max_heldout_records], cfg.seq_len)
     aggregation = AggregationConfig.from_run_config(context.run_config)
     strategy = build_strategy(aggregation, server.min_nodes, server.nodes_per_round)
+    privacy.replay(strategy.inner, rounds=start)  # DP: the earlier rounds' releases, composed again
+    initial = initial_adapter(model, server, reporter, out)
     round_started = time.time()
 
     def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Called by Strategy.start before round 1 (the base model) and after every round."""
+        """Called by Strategy.start before round 1 (the starting adapter) and after every round.
+
+        Flower counts this run's rounds from 1; the campaign's round is `start + server_round`. Round `start` is
+        already on record when resuming: its evaluation is not reported again.
+        """
         nonlocal round_started
         evaluate_started = time.time()
         set_adapter_state(model, arrays.to_torch_state_dict())
         loss, tokens = evaluate(model, heldout, int(tokenizer.pad_token_id))
-        folder = out / f"round-{server_round}"
+        metrics = MetricRecord({"eval-loss": loss, "eval-perplexity": perplexity(loss)})
+        campaign_round = start + server_round
+        if server_round == 0 and start:
+            round_started = time.time()
+            return metrics
+        folder = out / f"round-{campaign_round}"
         model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only
         log = strategy.rounds.get(server_round)
         timings = {"started": round_started, "evaluate_started": evaluate_started, "evaluated": time.time()}
@@ -67,7 +123,7 @@ def main(grid: Grid, context: Context) -> None:
         files = {name: sha256_file(folder / name) for name in ADAPTER_FILES}
         reporter.event(
             "round",
-            round=server_round,
+            round=campaign_round,
             adapter_files=files,
             eval_loss=loss,
             eval_perplexity=perplexity(loss),
@@ -80,15 +136,15 @@ def main(grid: Grid, context: Context) -> None:
             timings=timings,  # epoch seconds on this host: where the round's wall time went
         )
         for name in files:
-            reporter.upload(server_round, folder / name)
+            reporter.upload(campaign_round, folder / name)
         round_started = time.time()
-        return MetricRecord({"eval-loss": loss, "eval-perplexity": perplexity(loss)})
+        return metrics
 
     train_config = ConfigRecord({"campaign-id": server.campaign_id})
     strategy.start(
         grid=PatientGrid(grid),  # a passing HTTP 500 from the SuperLink's SQLite must not end the campaign
-        initial_arrays=ArrayRecord(get_adapter_state(model)),
-        num_rounds=server.num_rounds,
+        initial_arrays=initial,
+        num_rounds=server.num_rounds - start,
         timeout=server.round_timeout,
         train_config=train_config,
         evaluate_fn=evaluate_round,

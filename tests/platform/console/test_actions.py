@@ -6,7 +6,13 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from campaigns.models import Campaign, Round
-from campaigns.services import campaign_cancel, campaign_create, campaign_resume, campaign_set_card_notes
+from campaigns.services import (
+    campaign_cancel,
+    campaign_create,
+    campaign_launch,
+    campaign_resume,
+    campaign_set_card_notes,
+)
 from community.models import Contributor
 from console.models import AuditEntry
 
@@ -76,17 +82,19 @@ def test_an_unknown_status_is_refused_with_its_reason_and_not_audited(client, st
     assert not AuditEntry.objects.exists()
 
 
-def test_cancel_a_queued_campaign_then_resume_it_from_round_zero(base, heldout, staff):
+def test_cancel_a_queued_campaign_then_resume_it(base, heldout, staff):
     campaign = campaign_create(name="c", base_model=base, data_task="t", heldout_path=heldout)
     with pytest.raises(ValidationError, match="only a queued or running"):
         campaign_cancel(campaign=campaign, by=staff)
-    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.QUEUED)
+    campaign = campaign_launch(campaign=campaign)  # its task is queued on commit: never here (no commit)
     campaign = campaign_cancel(campaign=campaign, by=staff, reason="wrong data")
     assert campaign.status == Campaign.Status.CANCELLED and campaign.is_terminal
     assert campaign.status_reason == "cancelled by staffer: wrong data"
     Round.objects.create(campaign=campaign, number=0, eval_loss=3.0)
     campaign = campaign_resume(campaign=campaign, by=staff)
-    assert campaign.status == Campaign.Status.QUEUED and not campaign.rounds.exists()
+    # Rounds stay until the new run is submitted: it continues from the last merged one (tests/platform/campaigns)
+    assert campaign.status == Campaign.Status.QUEUED and campaign.rounds.count() == 1
+    assert [(a.number, a.trigger) for a in campaign.attempts.order_by("number")] == [(1, "launch"), (2, "resume")]
     assert campaign.flwr_run_id == "" and campaign.finished_at is None and campaign.status_reason == ""
     with pytest.raises(ValidationError, match="only a failed or cancelled"):
         campaign_resume(campaign=campaign, by=staff)

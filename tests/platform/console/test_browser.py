@@ -208,5 +208,10 @@ def test_staff_cancel_a_running_campaign_and_resume_it(browser, live_platform):
     campaign.refresh_from_db()
     assert campaign.release.repo_id  # auto-published on completion
     assert sorted(campaign.rounds.values_list("number", flat=True)) == [0, 1]
-    actions = list(AuditEntry.objects.order_by("at", "pk").values_list("action", flat=True))
+    entries = AuditEntry.objects.order_by("at", "pk")
+    actions = list(entries.exclude(actor_name="platform").values_list("action", flat=True))
     assert actions == ["campaign.create", "campaign.launch", "campaign.cancel", "campaign.resume"]
+    # Each Flower run is an attempt the platform logs: started, ended (cancelled), started again, completed.
+    runs = [(e.action, e.detail.get("attempt")) for e in entries.filter(actor_name="platform")]
+    assert runs == [("campaign.attempt", 1), ("campaign.attempt-end", 1), ("campaign.attempt", 2),
+                    ("campaign.attempt-end", 2)]  # fmt: skip

@@ -12,7 +12,6 @@ from django.core.management.base import BaseCommand, CommandError
 from rich.console import Console
 from rich.table import Table
 
-from bayanihan_site.celery import app as celery_app
 from campaigns.models import Campaign
 from campaigns.services import campaign_create, campaign_fail, campaign_launch, superlink_client
 from federation import control, procs
@@ -70,7 +69,7 @@ class Command(BaseCommand):
         lap("corpus")
 
         broker = ensure_broker(settings.CELERY_BROKER_URL, Path(settings.VAR_DIR) / "redis")
-        celery_app.conf.broker_url = broker.url
+        broker.activate()  # this process queues the campaign's tasks (on_commit) too
         # The configured ports when free (so `make serve` finds the same), else any free ones.
         port = settings.PORT if procs.port_free(settings.PORT) else procs.free_port()
         superlink, public = settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS

@@ -24,6 +24,7 @@ class Command(BaseCommand):
         call_command("migrate", verbosity=0)
         call_command("collectstatic", verbosity=0, interactive=False)
         broker = ensure_broker(settings.CELERY_BROKER_URL, Path(settings.VAR_DIR) / "redis")
+        broker.activate()  # web and worker inherit it through platform_env()
         env = platform_env(CELERY_BROKER_URL=broker.url)
         stack = Stack(Path(settings.VAR_DIR) / "serve")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
