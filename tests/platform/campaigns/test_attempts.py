@@ -27,10 +27,12 @@ TOKEN = "s3cret-token"
 @pytest.fixture
 def campaign(tmp_path, settings) -> Campaign:
     settings.DATA_DIR = tmp_path / "data"
+    settings.LINK_SECRET_FILE, settings.LINK_SECRET_SHA256 = tmp_path / "link-secret", ""
+    settings.LINK_SECRET_FILE.write_text(TOKEN + "\n")  # the ServerApp's credential (the link secret)
     base = BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
     campaign = Campaign.objects.create(
         name="c", base_model=base, data_task="t", heldout_path="h", num_rounds=3, auto_publish=False,
-        status=Campaign.Status.RUNNING, flwr_run_id="7", report_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest(),
+        status=Campaign.Status.RUNNING, flwr_run_id="7",
     )  # fmt: skip
     CampaignAttempt.objects.create(campaign=campaign, number=1, flwr_run_id="7", outcome="running")
     return campaign
@@ -142,7 +144,8 @@ def test_a_second_follow_of_the_same_failed_run_changes_nothing(campaign, django
 
 def get_file(client, campaign, number, name, token=TOKEN):
     return client.get(
-        f"/api/v1/campaigns/{campaign.pk}/rounds/{number}/files/{name}", headers={"Authorization": f"Bearer {token}"}
+        f"/api/v1/campaigns/{campaign.pk}/rounds/{number}/files/{name}",
+        headers={"Authorization": f"Bearer {token}", "X-Flower-Run-Id": campaign.flwr_run_id},
     )
 
 
@@ -163,7 +166,7 @@ def test_a_failed_event_through_the_api_marks_the_attempt_as_a_training_failure(
         f"/api/v1/campaigns/{campaign.pk}/events",
         json.dumps({"type": "failed", "kind": "training", "reason": "every update refused"}),
         content_type="application/json",
-        headers={"Authorization": f"Bearer {TOKEN}"},
+        headers={"Authorization": f"Bearer {TOKEN}", "X-Flower-Run-Id": campaign.flwr_run_id},
     )
     assert response.status_code == 200
     attempt = campaign.attempts.get()
