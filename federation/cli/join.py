@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     home = Path(args.home).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)  # keys, the node API token and logs: private to the contributor
     key_path, public_pem = pki.ensure_node_key(home)
     try:
         state = _load_or_enroll(args, home, public_pem)

@@ -392,8 +392,17 @@ def campaign_complete(*, campaign: Campaign) -> None:
             reason=f"the run finished but rounds {missing or [campaign.num_rounds]} never reached the platform",
         )
         return
-    if campaign.rounds.filter(number__gte=1, participants=0).exists():
-        campaign_fail(campaign=campaign, reason="a round finished with no successful node update")
+    # A round whose every reply was refused by update validation is a training failure: the campaign fails. A round
+    # whose nodes all dropped out (errors, timeouts: connections, restarts) merged nothing and kept the adapter as it
+    # was; it is on record with its failures, and it does not throw away the rounds that did train.
+    trained = campaign.rounds.filter(number__gte=1)
+    if trained.filter(participants=0, rejected__gt=0).exists():
+        campaign_fail(
+            campaign=campaign, reason="a round finished with no successful node update (every update was refused)"
+        )
+        return
+    if not trained.filter(participants__gt=0).exists():
+        campaign_fail(campaign=campaign, reason="no round had a successful node update")
         return
     try:
         with transaction.atomic():

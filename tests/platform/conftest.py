@@ -50,7 +50,8 @@ class LivePlatform:
         campaign_launch(campaign=campaign)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.stack.check()  # a crashed SuperLink/worker/node fails the test with its log tail
+            self.stack.revive()  # as `make serve` does: a dead SuperLink or proxy is restarted, keys re-synced
+            self.stack.check()  # a crashed worker/node fails the test with its log tail
             campaign.refresh_from_db()
             if campaign.is_terminal:
                 return campaign

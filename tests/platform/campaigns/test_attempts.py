@@ -187,3 +187,38 @@ def test_provenance_and_the_campaign_page_list_every_attempt(
     client.force_login(django_user_model.objects.create_user("staffer", "s@example.org", "pw", is_staff=True))
     page = client.get(f"/console/campaigns/{campaign.pk}/").content.decode()
     assert 'id="attempts"' in page and "auto-resume" in page and "Flower run 7 ended failed: x" in page
+
+
+# --- which empty rounds end a campaign ----------------------------------------------------------------------------
+
+
+def test_a_round_whose_nodes_all_dropped_out_does_not_throw_the_campaign_away(campaign):
+    from campaigns.services import campaign_complete
+
+    merged(campaign, 0, 1, 2, 3)
+    Round.objects.filter(campaign=campaign, number=2).update(participants=0, failures=2)  # connections lost
+    campaign_complete(campaign=campaign)
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.COMPLETED, campaign.status_reason
+
+
+def test_a_round_whose_every_update_was_refused_fails_the_campaign(campaign):
+    from campaigns.services import campaign_complete
+
+    merged(campaign, 0, 1, 2, 3)
+    Round.objects.filter(campaign=campaign, number=2).update(participants=0, rejected=2)  # validation refused all
+    campaign_complete(campaign=campaign)
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.FAILED and "every update was refused" in campaign.status_reason
+
+
+def test_a_campaign_in_which_no_round_trained_fails(campaign):
+    from campaigns.services import campaign_complete
+
+    merged(campaign, 0, 1, 2, 3)
+    Round.objects.filter(campaign=campaign, number__gte=1).update(participants=0, failures=2)
+    campaign_complete(campaign=campaign)
+    campaign.refresh_from_db()
+    assert (
+        campaign.status == Campaign.Status.FAILED and "no round had a successful node update" in campaign.status_reason
+    )

@@ -21,7 +21,9 @@ def training_pids(home: str) -> list[int]:
     found = []
     for proc in psutil.process_iter(["cmdline", "cwd"]):
         cmdline, cwd = proc.info["cmdline"] or [], proc.info["cwd"] or ""
-        if any("flwr-clientapp" in part for part in cmdline) and cwd.startswith(home):
+        # The node's own runtime (`python -m federation.node_runtime`, behind its `flwr-clientapp` on PATH).
+        app = any("flwr-clientapp" in part or part == "federation.node_runtime" for part in cmdline)
+        if app and cwd.startswith(home):
             found.append(proc.pid)
     return found
 

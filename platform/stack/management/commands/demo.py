@@ -122,7 +122,17 @@ class Command(BaseCommand):
             console.print(
                 f"Launched campaign #{campaign.pk} “{campaign.name}”: {opts['rounds']} rounds × {opts['nodes']} nodes"
             )
-            campaign = follow_campaign(campaign, console, check=stack.check, timeout=opts["timeout"])
+
+            def keep_alive() -> None:
+                # As `make serve` does: a SuperLink (or proxy) that died is restarted with the node keys re-registered,
+                # and the campaign resumes from its last merged round; any other dead process stops the demo.
+                for name in stack.revive():
+                    console.print(
+                        f"[yellow]{name} had exited: restarted it; the campaign resumes from its last merged round"
+                    )
+                stack.check()
+
+            campaign = follow_campaign(campaign, console, check=keep_alive, timeout=opts["timeout"])
             lap("campaign")
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted: stopping the run and every process the demo started.")
