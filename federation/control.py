@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from flwr.cli.build import build_fab_from_disk
 from flwr.common.serde import fab_to_proto, user_config_to_proto
 from flwr.proto.control_pb2 import ListNodesRequest, ListRunsRequest, StartRunRequest, StopRunRequest
@@ -61,7 +62,13 @@ def start_run(control: ControlHttpClient, run_config: dict[str, Any], app_dir: P
 
 def run_record(control: ControlHttpClient, run_id: int) -> Any:
     """The SuperLink's record of a run (flwr.proto.run_pb2.Run: status, pending_at/starting_at/running_at, ...)."""
-    runs = control.ListRuns(ListRunsRequest(run_id=run_id)).run_dict
+    try:
+        runs = control.ListRuns(ListRunsRequest(run_id=run_id)).run_dict
+    except httpx.HTTPStatusError as exc:
+        # Flower 1.42 answers a run id it does not know with 404 (seen after an in-memory SuperLink restart).
+        if exc.response.status_code == 404:
+            raise LookupError(f"run {run_id} is unknown to the SuperLink") from None
+        raise
     if run_id not in runs:
         raise LookupError(f"run {run_id} is unknown to the SuperLink")
     return runs[run_id]

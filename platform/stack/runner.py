@@ -143,7 +143,7 @@ class Stack:
         self.supervisor.start(
             f"node-{name}",
             [sys.executable, "-m", "federation", "join", "--site", site_url, "--token", token, "--data",
-             str(data_path), "--name", name, "--model", str(model_path), "--home", str(home), "--interval", "2",
+             str(data_path), "--name", name, "--model", str(model_path), "--home", str(home), "--interval", "3",
              # Local nodes share this one machine (the bench starts up to 100): join's memory bar is meant
              # for a contributor's own machine, and the bench measures memory itself.
              "--min-memory", "0"],
