@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from federation.events import MAX_EXAMPLES
@@ -99,20 +99,27 @@ class ServerConfig(RunConfigMixin):
 
 @dataclass(frozen=True)
 class ServerPaths:
-    """Where the ServerApp finds its inputs and writes its outputs on the SuperLink host; from the site only."""
+    """What the ServerApp gets from the site only (never the run config, which every node receives): where it finds
+    its inputs and writes its outputs on the SuperLink host, and which contributor each enrolled node belongs to
+    (an opaque key per contributor), so that robust strategies count one vote per contributor, not per node."""
 
     base_model_path: str
     heldout_path: str
     output_dir: str
+    node_owners: Mapping[str, str] = field(default_factory=dict)  # Flower node id (str) -> contributor key
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> ServerPaths:
-        missing = [f.name for f in fields(cls) if not isinstance(body.get(_to_key(f.name)), str)]
+        paths = [f.name for f in fields(cls) if f.name != "node_owners"]
+        missing = [name for name in paths if not isinstance(body.get(_to_key(name)), str)]
         if missing:
             raise ValueError(f"server config from the site lacks {', '.join(_to_key(m) for m in missing)}")
-        return cls(**{f.name: body[_to_key(f.name)] for f in fields(cls)})
+        owners = body.get("node-owners") or {}
+        if not isinstance(owners, Mapping) or not all(isinstance(v, str) for v in owners.values()):
+            raise ValueError("server config from the site: node-owners must map node ids to contributor keys")
+        return cls(**{name: body[_to_key(name)] for name in paths}, node_owners={str(k): v for k, v in owners.items()})
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, Any]:
         return {_to_key(k): v for k, v in asdict(self).items()}
 
 

@@ -148,6 +148,8 @@ class GuardedStrategy(Strategy):
         self._global = ArrayRecord()
         self._sent_at: float | None = None
         self._sent: list[Message] = []  # this round's instructions (Flower gives each its message id as it sends)
+        # Flower node id -> its contributor (from the site, never from a node): one vote per contributor.
+        self.owners: dict[int, str] = {}
 
     def summary(self) -> None:
         self.inner.summary()
@@ -227,9 +229,11 @@ class GuardedStrategy(Strategy):
             for key in list(msg.content.metric_records):
                 del msg.content[key]
             msg.content["metrics"] = MetricRecord({self.weight_key: weight})
-            forwarded.append(msg)
+            forwarded.append((report.node_id, msg))
 
-        arrays, _ = self.inner.aggregate_train(server_round, forwarded) if forwarded else (None, None)
+        merged = [m for _, m in forwarded] if self.keep_sample_size else self._one_vote_per_owner(forwarded)
+
+        arrays, _ = self.inner.aggregate_train(server_round, merged) if merged else (None, None)
         if arrays is not None:
             applied = update_vector(_numpy(arrays), reference)
             for report, _ in accepted:
@@ -241,6 +245,44 @@ class GuardedStrategy(Strategy):
         self.rounds[server_round] = log
         metrics = MetricRecord({k: v for k, v in log.train_metrics.items() if v is not None})
         return arrays, (metrics if arrays is not None else None)
+
+    def _one_vote_per_owner(self, replies: list[tuple[int, Message]]) -> list[Message]:
+        """The accepted replies of one contributor's nodes become one: their weighted mean, with their summed weight.
+
+        FedAvg's merge is unchanged by this (a weighted mean of weighted means), while robust strategies (median,
+        trimmed mean, Krum) see one vote per contributor: enrolling more nodes buys no more votes (issue 13.7).
+        Nodes the site did not name keep a vote each. Never under DP, whose accounting needs exactly the sampled
+        number of replies (the caller skips it there).
+        """
+        groups: dict[str, list[Message]] = {}
+        out: list[Message] = []
+        for node_id, msg in replies:
+            owner = self.owners.get(int(node_id))
+            if owner is None:
+                out.append(msg)
+            else:
+                groups.setdefault(owner, []).append(msg)
+        for msgs in groups.values():
+            if len(msgs) == 1:
+                out.append(msgs[0])
+                continue
+            weights = [float(m.content["metrics"][self.weight_key]) for m in msgs]
+            total = sum(weights)
+            shares = [w / total for w in weights] if total > 0 else [1.0 / len(msgs)] * len(msgs)
+            arrays = [_numpy(next(iter(m.content.array_records.values()))) for m in msgs]
+            mean = {
+                k: sum(s * a[k].astype(np.float64) for s, a in zip(shares, arrays, strict=True)).astype(
+                    arrays[0][k].dtype
+                )
+                for k in arrays[0]
+            }
+            first = msgs[0]
+            for key in list(first.content.array_records) + list(first.content.metric_records):
+                del first.content[key]
+            first.content["arrays"] = ArrayRecord({k: Array(v) for k, v in mean.items()})
+            first.content["metrics"] = MetricRecord({self.weight_key: total})
+            out.append(first)
+        return out
 
     def _cap_weights(self, reports: list[NodeReport]) -> None:
         """Each accepted node's weight: its claimed sample count, which nobody can check, bounded twice.

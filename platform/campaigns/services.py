@@ -163,6 +163,12 @@ def campaign_server_paths(campaign: Campaign) -> ServerPaths:
         base_model_path=campaign.base_model.path,
         heldout_path=campaign.heldout_path,
         output_dir=str(campaign_output_dir(campaign) / "server"),
+        # One vote per contributor in robust strategies: which contributor each active node belongs to (by pk;
+        # the ServerApp only groups by it). Node ids change after a SuperLink restart: every run asks again.
+        node_owners={
+            n.flwr_node_id: str(n.contributor_id)
+            for n in Node.objects.filter(status=Node.Status.ACTIVE).exclude(flwr_node_id="").exclude(contributor=None)
+        },
     )
 
 

@@ -46,3 +46,11 @@ def test_without_a_site_paths_come_from_a_local_file_and_reports_are_only_journa
 def test_server_paths_from_the_site_must_name_every_path():
     with pytest.raises(ValueError, match="output-dir"):
         ServerPaths.from_json({"base-model-path": "/m", "heldout-path": "/h"})
+
+
+def test_server_paths_carry_the_node_owners_and_refuse_a_malformed_map():
+    body = {"base-model-path": "/m", "heldout-path": "/h", "output-dir": "/o", "node-owners": {"7": "3", "8": "3"}}
+    paths = ServerPaths.from_json(body)
+    assert paths.node_owners == {"7": "3", "8": "3"} and ServerPaths.from_json(paths.to_json()) == paths
+    with pytest.raises(ValueError, match="node-owners"):
+        ServerPaths.from_json({**body, "node-owners": ["7"]})

@@ -389,3 +389,41 @@ def test_a_resumed_dp_campaign_continues_the_accountant_of_the_earlier_rounds():
     resumed.aggregate_train(1, four_replies(None))
     assert resumed.rounds[1].epsilon == pytest.approx(whole.rounds[2].epsilon)
     assert resumed.rounds[1].epsilon > whole.rounds[1].epsilon
+
+
+# --- one vote per contributor (issue 13.7): nodes of one contributor are merged into one reply first ------------
+
+
+def seven_replies() -> list[Message]:
+    """Three honest contributors with a node each (1-3); a fourth enrolled four nodes (4-7) pulling the other way."""
+    return [reply(i, honest(i), samples=10) for i in (1, 2, 3)] + [
+        reply(i, against(i), samples=10) for i in range(4, 8)
+    ]
+
+
+OWNERS = {1: "ana", 2: "ben", 3: "cas", 4: "mal", 5: "mal", 6: "mal", 7: "mal"}
+
+
+def test_a_contributor_with_many_nodes_has_one_vote_in_a_robust_strategy():
+    alone = build_strategy(AggregationConfig(strategy="fedmedian"), min_nodes=7)
+    start_round(alone, ZERO, 7)
+    per_node, _ = alone.aggregate_train(1, seven_replies())
+    assert per_node["lora_B"].numpy().mean() < -0.05  # four nodes of one person outvote three people
+
+    grouped = build_strategy(AggregationConfig(strategy="fedmedian"), min_nodes=7)
+    grouped.owners = OWNERS
+    start_round(grouped, ZERO, 7)
+    per_person, _ = grouped.aggregate_train(1, seven_replies())
+    assert per_person["lora_B"].numpy().mean() > 0.05  # one vote each: the three honest people win
+    assert len(grouped.rounds[1].replies) == 7  # every node is still on record with its own report
+
+
+def test_grouping_by_contributor_leaves_fedavg_unchanged():
+    results = []
+    for owners in ({}, OWNERS):
+        strategy = build_strategy(AggregationConfig(max_norm_ratio=0.0), min_nodes=7)
+        strategy.owners = owners
+        start_round(strategy, ZERO, 7)
+        arrays, _ = strategy.aggregate_train(1, seven_replies())
+        results.append(arrays["lora_B"].numpy())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5)

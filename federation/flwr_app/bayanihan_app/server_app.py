@@ -94,6 +94,7 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
     heldout = encode_all(tokenizer, load_records(paths.heldout_path)[: server.max_heldout_records], cfg.seq_len)
     aggregation = AggregationConfig.from_run_config(context.run_config)
     strategy = build_strategy(aggregation, server.min_nodes, server.nodes_per_round)
+    strategy.owners = {int(k): v for k, v in paths.node_owners.items() if k.isdigit()}
     privacy.replay(strategy.inner, rounds=start)  # DP: the earlier rounds' releases, composed again
     initial = initial_adapter(model, server, reporter, out)
     round_started = time.time()

@@ -78,12 +78,22 @@ def get_config(client, campaign, token=TOKEN, run_id=RUN_ID):
 
 
 def test_server_config_gives_the_server_paths_to_the_link_secret_holder(client, campaign, settings, tmp_path):
+    from django.contrib.auth import get_user_model
+
+    from community.models import Contributor
+
+    owner = Contributor.objects.create(user=get_user_model().objects.create(username="ana"), display_name="ana")
+    Node.objects.filter(flwr_node_id=str(NODE_ID)).update(contributor=owner)
+    Node.objects.create(name="ana-2", flwr_node_id="5", contributor=owner)
+    Node.objects.create(name="gone", flwr_node_id="6", contributor=owner, status=Node.Status.SUSPENDED)
     response = get_config(client, campaign)
     assert response.status_code == 200
     assert response.json() == {
         "base-model-path": str(tmp_path / "base"),
         "heldout-path": str(tmp_path / "heldout.jsonl"),
         "output-dir": str(settings.DATA_DIR / "campaigns" / str(campaign.pk) / "server"),
+        # Which contributor each active node belongs to: robust strategies count one vote per contributor.
+        "node-owners": {str(NODE_ID): str(owner.pk), "5": str(owner.pk)},
     }
 
 
