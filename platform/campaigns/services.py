@@ -16,6 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from bayanihan_site.superlink import superlink_client
 from campaigns.models import BaseModel, Campaign, CampaignAttempt, NodeFlag, Participation, Round
 from community.models import Node
 from federation import control, events, pki
@@ -131,11 +132,6 @@ def campaign_launch(*, campaign: Campaign, by: Any = None) -> Campaign:
 
 def campaign_output_dir(campaign: Campaign) -> Path:
     return Path(settings.DATA_DIR) / "campaigns" / str(campaign.pk)
-
-
-def superlink_client() -> Any:
-    """The platform's Control API client for its SuperLink (TLS, trusting SUPERLINK_ROOT_CERT)."""
-    return control.client(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_ROOT_CERT)
 
 
 def campaign_run_config(campaign: Campaign) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def superlink_online_node_ids() -> set[int] | None:
         return None
     if cached is not None:
         return set(cached)
-    from campaigns.services import superlink_client
+    from bayanihan_site.superlink import superlink_client
     from federation.control import online_node_ids
 
     ttl = settings.SUPERLINK_PRESENCE_CACHE_SECONDS

@@ -18,7 +18,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from campaigns.services import superlink_client
+from bayanihan_site.superlink import superlink_client
 from community.models import Contributor, EnrollmentToken, Node, UnadmittedNode
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ def test_the_run_the_superlink_hands_to_nodes_carries_no_secret_or_path(campaign
     """Submitted for real: what the SuperLink stores as the run's config (what ClientApps get) leaks nothing."""
     from flwr.common.serde import user_config_from_proto
 
-    from campaigns.services import superlink_client
+    from bayanihan_site.superlink import superlink_client
     from federation import control
 
     Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.QUEUED)

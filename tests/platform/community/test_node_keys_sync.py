@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flwr.proto.control_pb2 import ListNodesRequest, RegisterNodeRequest
 
-from campaigns.services import superlink_client
+from bayanihan_site.superlink import superlink_client
 from community.models import Node, UnadmittedNode
 from community.services import node_keys_sync
 from federation import pki

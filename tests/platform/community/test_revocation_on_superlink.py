@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db]
 def _status_on_superlink(flwr_node_id: str) -> str:
     from flwr.proto.control_pb2 import ListNodesRequest
 
-    from campaigns.services import superlink_client
+    from bayanihan_site.superlink import superlink_client
 
     nodes = superlink_client().ListNodes(ListNodesRequest()).nodes_info
     return next((n.status for n in nodes if str(n.node_id) == flwr_node_id), "absent")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from campaigns.services import superlink_client
+from bayanihan_site.superlink import superlink_client
 from community.models import Node
 from federation import control
 

@@ -12,8 +12,9 @@ from django.core.management.base import BaseCommand, CommandError
 from rich.console import Console
 from rich.table import Table
 
+from bayanihan_site.superlink import superlink_client
 from campaigns.models import Campaign
-from campaigns.services import campaign_create, campaign_fail, campaign_launch, superlink_client
+from campaigns.services import campaign_create, campaign_fail, campaign_launch
 from federation import control, procs
 from federation.corpus import build_demo_corpus
 from stack.basemodels import ensure_base_model
