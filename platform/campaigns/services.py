@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from bayanihan_site.superlink import superlink_client
 from campaigns.models import BaseModel, Campaign, CampaignAttempt, NodeFlag, Participation, Round
+from campaigns.signals import attempt_recorded
 from community.models import Node
 from federation import control, events, pki
 from federation.basemodel import describe_checkpoint
@@ -233,26 +234,15 @@ def _attempt_queue(campaign: Campaign, trigger: str) -> CampaignAttempt:
 
 
 def _attempt_started(campaign: Campaign, run_id: int, start_round: int) -> None:
-    from console.services import audit
-
     attempt = _open_attempt(campaign) or _attempt_queue(campaign, CampaignAttempt.Trigger.LAUNCH)
     attempt.flwr_run_id, attempt.from_round = str(run_id), start_round
     attempt.started_at, attempt.outcome = timezone.now(), CampaignAttempt.Outcome.RUNNING
     attempt.save(update_fields=["flwr_run_id", "from_round", "started_at", "outcome"])
-    audit(
-        by="platform",
-        action="campaign.attempt",
-        target=campaign,
-        attempt=attempt.number,
-        trigger=attempt.trigger,
-        flwr_run_id=str(run_id),
-        from_round=start_round,
-    )
+    _announce(campaign, "campaign.attempt", attempt.number, trigger=attempt.trigger, flwr_run_id=str(run_id),
+              from_round=start_round)  # fmt: skip
 
 
 def _attempt_end(campaign: Campaign, outcome: str, kind: str = "", reason: str = "") -> CampaignAttempt | None:
-    from console.services import audit
-
     attempt = _open_attempt(campaign)
     if attempt is None:
         return None
@@ -260,17 +250,14 @@ def _attempt_end(campaign: Campaign, outcome: str, kind: str = "", reason: str =
     attempt.failure_kind = kind or attempt.failure_kind
     attempt.reason = reason or attempt.reason
     attempt.save(update_fields=["outcome", "ended_at", "failure_kind", "reason"])
-    audit(
-        by="platform",
-        action="campaign.attempt-end",
-        target=campaign,
-        attempt=attempt.number,
-        flwr_run_id=attempt.flwr_run_id,
-        outcome=outcome,
-        kind=attempt.failure_kind,
-        reason=attempt.reason,
-    )
+    _announce(campaign, "campaign.attempt-end", attempt.number, flwr_run_id=attempt.flwr_run_id, outcome=outcome,
+              kind=attempt.failure_kind, reason=attempt.reason)  # fmt: skip
     return attempt
+
+
+def _announce(campaign: Campaign, action: str, attempt: int, **detail: Any) -> None:
+    """Tell the audit log (console, which listens) about an attempt, by the platform itself."""
+    attempt_recorded.send(sender=Campaign, campaign=campaign, action=action, detail={"attempt": attempt, **detail})
 
 
 def attempts_used(campaign: Campaign) -> int:
