@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from bayanihan_site.superlink import superlink_client
 from campaigns.models import BaseModel, Campaign, CampaignAttempt, NodeFlag, Participation, Round
-from campaigns.signals import attempt_recorded
+from campaigns.signals import attempt_recorded, campaign_completing
 from community.models import Node
 from federation import control, events, pki
 from federation.basemodel import describe_checkpoint
@@ -367,8 +367,6 @@ def _fail(campaign: Campaign, reason: str) -> None:
 
 def campaign_complete(*, campaign: Campaign) -> None:
     """All rounds must be on record with their merged adapter; then publish the release."""
-    from releases.services import release_publish
-
     missing = [
         n
         for n in range(campaign.num_rounds + 1)
@@ -399,8 +397,7 @@ def campaign_complete(*, campaign: Campaign) -> None:
             if campaign.is_terminal:
                 return
             _attempt_end(campaign, CampaignAttempt.Outcome.COMPLETED)
-            if campaign.auto_publish:  # otherwise staff publish it later (campaign_publish), e.g. after editing notes
-                release_publish(campaign=campaign)
+            campaign_completing.send(sender=Campaign, campaign=campaign)  # releases publishes it (auto_publish)
             campaign.status = Campaign.Status.COMPLETED
             campaign.finished_at = timezone.now()
             campaign.save(update_fields=["status", "finished_at"])
@@ -681,26 +678,10 @@ def campaign_resume(*, campaign: Campaign, by: Any = None) -> Campaign:
 
 def campaign_set_card_notes(*, campaign: Campaign, notes: str, by: Any = None) -> Campaign:
     """Staff's free text for the model card; it can change only until the release is published (then immutable)."""
-    from releases.models import Release
-
     with transaction.atomic():
         campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
-        if Release.objects.filter(campaign=campaign).exists():
+        if hasattr(campaign, "release"):  # the reverse one-to-one of releases.Release: published
             raise ValidationError({"card_notes": "the release is published; its model card can no longer change"})
         campaign.card_notes = notes.strip()
         campaign.save(update_fields=["card_notes"])
     return campaign
-
-
-def campaign_publish(*, campaign: Campaign, by: Any = None) -> Any:
-    """Publish the release of a completed campaign that has none yet (auto_publish off)."""
-    from releases.models import Release
-    from releases.services import release_publish
-
-    with transaction.atomic():
-        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
-        if campaign.status != Campaign.Status.COMPLETED:
-            raise ValidationError(f"campaign is {campaign.status}; only a completed one can be published")
-        if Release.objects.filter(campaign=campaign).exists():
-            raise ValidationError("this campaign's release is already published")
-        return release_publish(campaign=campaign)

@@ -155,7 +155,7 @@ def campaign_publish(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         pk,
         "publish",
-        lambda c: campaign_services.campaign_publish(campaign=c, by=request.user),
+        lambda c: release_services.campaign_publish(campaign=c, by=request.user),
         "Release published.",
     )
 

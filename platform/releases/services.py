@@ -126,3 +126,21 @@ def release_count_download(*, release: Release, path: str | None) -> None:
         Release.objects.filter(pk=release.pk).update(signature_downloads=F("signature_downloads") + 1)
     elif path is not None:
         ReleaseFile.objects.filter(release=release, path=path).update(download_count=F("download_count") + 1)
+
+
+def campaign_publish(*, campaign: Campaign, by: Any = None) -> Release:
+    """Staff publish the release of a completed campaign that has none yet (auto_publish off)."""
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if campaign.status != Campaign.Status.COMPLETED:
+            raise ValidationError(f"campaign is {campaign.status}; only a completed one can be published")
+        if Release.objects.filter(campaign=campaign).exists():
+            raise ValidationError("this campaign's release is already published")
+        return release_publish(campaign=campaign)
+
+
+def publish_on_completion(sender: object, *, campaign: Campaign, **_: object) -> None:
+    """campaigns.signals.campaign_completing receiver: an auto-publish campaign is published as it completes (its
+    ValidationError fails the campaign instead); otherwise staff publish it later (campaign_publish)."""
+    if campaign.auto_publish:
+        release_publish(campaign=campaign)
