@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from stack.basemodels import ensure_base_model
@@ -14,6 +15,9 @@ class Command(BaseCommand):
         parser.add_argument("--tiny", action="store_true", help="a tiny random Llama, for trying things quickly")
 
     def handle(self, *args, **options):
+        # Staff run this before the first `make serve` (which migrates): on a fresh var/ the tables do not exist
+        # yet, and the model would be prepared only to end in a "no such table" traceback.
+        call_command("migrate", verbosity=0)
         try:
             base = ensure_base_model(model_path=options["path"], tiny=options["tiny"], progress=self.stdout.write)
         except (ValidationError, FileNotFoundError) as exc:
