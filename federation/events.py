@@ -20,6 +20,17 @@ from typing import Any
 # The merged adapter a round publishes, as PEFT's save_pretrained writes it.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
+# Event types: the "type" of each event the ServerApp sends the site (federation.report.Reporter.event). The site
+# records ROUND and FAILED and answers any other type with OK (the rest are for the ServerApp's journal and the
+# benchmarks): a type spelt differently on one side would be acknowledged and silently dropped.
+EVENT_STARTED = "started"
+EVENT_ROUND = "round"
+EVENT_FAILED = "failed"
+EVENT_FINISHED = "finished"
+# A FAILED event's `kind` when the ServerApp itself failed (bad config, a bug): the site stops the campaign
+# instead of resuming it, since a new run would fail the same way.
+FAILURE_TRAINING = "training"
+
 # Node metric keys (the ClientApp's MetricRecord).
 NUM_EXAMPLES = "num-examples"  # the node's sample count: FedAvg's weight
 TRAIN_LOSS = "train-loss"

@@ -275,7 +275,7 @@ def report_failure(*, campaign: Campaign, event: dict[str, Any]) -> None:
 
     Only that kind is recorded (anything else is ignored): it is what stops the campaign instead of resuming it.
     """
-    if event.get("kind") != CampaignAttempt.Kind.TRAINING:
+    if event.get("kind") != events.FAILURE_TRAINING:
         return
     with transaction.atomic():
         Campaign.objects.select_for_update().filter(pk=campaign.pk).first()
