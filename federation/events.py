@@ -109,6 +109,45 @@ NODE_METRICS: dict[str, Bound] = {
 }
 
 
+@dataclass(frozen=True)
+class NodeMetrics:
+    """What a ClientApp reports for its round, by name: `record()` spells the keys, so the node side never does."""
+
+    examples: int
+    train_loss: float
+    val_loss_before: float
+    val_loss_after: float
+    steps: int
+    tokens: int
+    loss_tokens: int
+    train_seconds: float
+    startup_seconds: float
+    load_seconds: float
+    eval_seconds: float
+    node_seconds: float
+    bytes_down: int
+    bytes_up: int
+
+    def record(self) -> dict[str, int | float]:
+        """The MetricRecord's contents: every key in NODE_METRICS (a test holds the two together)."""
+        return {
+            NUM_EXAMPLES: self.examples,
+            TRAIN_LOSS: self.train_loss,
+            VAL_LOSS_BEFORE: self.val_loss_before,
+            VAL_LOSS_AFTER: self.val_loss_after,
+            STEPS: self.steps,
+            TOKENS: self.tokens,
+            LOSS_TOKENS: self.loss_tokens,
+            TRAIN_SECONDS: self.train_seconds,
+            STARTUP_SECONDS: self.startup_seconds,
+            LOAD_SECONDS: self.load_seconds,
+            EVAL_SECONDS: self.eval_seconds,
+            NODE_SECONDS: self.node_seconds,
+            BYTES_DOWN: self.bytes_down,
+            BYTES_UP: self.bytes_up,
+        }
+
+
 def check_metrics(metrics: Any) -> tuple[dict[str, float | int | None], list[str]]:
     """A node's metrics: (the known keys' values, problems). Unknown keys are dropped: a newer ClientApp may
     send more, and nothing unbounded goes on into the report."""
