@@ -20,6 +20,17 @@ from typing import Any
 # The merged adapter a round publishes, as PEFT's save_pretrained writes it.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
+# Event types: the "type" of each event the ServerApp sends the site (federation.report.Reporter.event). The site
+# records ROUND and FAILED and answers any other type with OK (the rest are for the ServerApp's journal and the
+# benchmarks): a type spelt differently on one side would be acknowledged and silently dropped.
+EVENT_STARTED = "started"
+EVENT_ROUND = "round"
+EVENT_FAILED = "failed"
+EVENT_FINISHED = "finished"
+# A FAILED event's `kind` when the ServerApp itself failed (bad config, a bug): the site stops the campaign
+# instead of resuming it, since a new run would fail the same way.
+FAILURE_TRAINING = "training"
+
 # Node metric keys (the ClientApp's MetricRecord).
 NUM_EXAMPLES = "num-examples"  # the node's sample count: FedAvg's weight
 TRAIN_LOSS = "train-loss"
@@ -96,6 +107,45 @@ NODE_METRICS: dict[str, Bound] = {
     BYTES_DOWN: Bound(0, MAX_BYTES, integer=True),
     BYTES_UP: Bound(0, MAX_BYTES, integer=True),
 }
+
+
+@dataclass(frozen=True)
+class NodeMetrics:
+    """What a ClientApp reports for its round, by name: `record()` spells the keys, so the node side never does."""
+
+    examples: int
+    train_loss: float
+    val_loss_before: float
+    val_loss_after: float
+    steps: int
+    tokens: int
+    loss_tokens: int
+    train_seconds: float
+    startup_seconds: float
+    load_seconds: float
+    eval_seconds: float
+    node_seconds: float
+    bytes_down: int
+    bytes_up: int
+
+    def record(self) -> dict[str, int | float]:
+        """The MetricRecord's contents: every key in NODE_METRICS (a test holds the two together)."""
+        return {
+            NUM_EXAMPLES: self.examples,
+            TRAIN_LOSS: self.train_loss,
+            VAL_LOSS_BEFORE: self.val_loss_before,
+            VAL_LOSS_AFTER: self.val_loss_after,
+            STEPS: self.steps,
+            TOKENS: self.tokens,
+            LOSS_TOKENS: self.loss_tokens,
+            TRAIN_SECONDS: self.train_seconds,
+            STARTUP_SECONDS: self.startup_seconds,
+            LOAD_SECONDS: self.load_seconds,
+            EVAL_SECONDS: self.eval_seconds,
+            NODE_SECONDS: self.node_seconds,
+            BYTES_DOWN: self.bytes_down,
+            BYTES_UP: self.bytes_up,
+        }
 
 
 def check_metrics(metrics: Any) -> tuple[dict[str, float | int | None], list[str]]:

@@ -127,8 +127,10 @@ class Reporter:
         self.timeout = timeout
         journal_dir.mkdir(parents=True, exist_ok=True)
 
-    def event(self, kind: str, **payload: Any) -> None:
-        body = {"type": kind, "time": time.time(), **payload}
+    def event(self, event_type: str, /, **payload: Any) -> None:
+        """Journal and send one event (`event_type`: events.EVENT_*). Positional-only, so a payload may carry any
+        field name: the `failed` event's `kind` once collided with this parameter, and the report never went out."""
+        body = {"type": event_type, "time": time.time(), **payload}
         with self.journal.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(body) + "\n")
         # The same bytes on every retry: the site recognises a resent event (same content) and records it once.

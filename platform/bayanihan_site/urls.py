@@ -11,6 +11,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("console/", include("console.urls")),
     path("", include("community.urls")),
+    path("", include("console.contributor_urls")),  # /me/: reads every app, so it lives at the top
     path("", include("campaigns.urls")),
     path("", include("releases.urls")),
 ]

@@ -66,7 +66,6 @@ class Campaign(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT)
     status_reason = models.TextField(blank=True)
     flwr_run_id = models.CharField(max_length=20, blank=True)
-    report_token_hash = models.CharField(max_length=64, blank=True, editable=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     launched_at = models.DateTimeField(null=True, blank=True)

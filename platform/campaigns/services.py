@@ -275,7 +275,7 @@ def report_failure(*, campaign: Campaign, event: dict[str, Any]) -> None:
 
     Only that kind is recorded (anything else is ignored): it is what stops the campaign instead of resuming it.
     """
-    if event.get("kind") != CampaignAttempt.Kind.TRAINING:
+    if event.get("kind") != events.FAILURE_TRAINING:
         return
     with transaction.atomic():
         Campaign.objects.select_for_update().filter(pk=campaign.pk).first()
@@ -317,9 +317,8 @@ def campaign_run_failed(*, campaign_id: int, run_id: str, sub_status: str, detai
             return
         else:
             campaign.status = Campaign.Status.QUEUED
-            campaign.flwr_run_id = ""
-            campaign.report_token_hash = ""  # the old run's ServerApp, should it still live, may no longer report
-            campaign.save(update_fields=["status", "flwr_run_id", "report_token_hash"])
+            campaign.flwr_run_id = ""  # the old run's ServerApp, should it still live, may no longer report
+            campaign.save(update_fields=["status", "flwr_run_id"])
             _attempt_queue(campaign, CampaignAttempt.Trigger.AUTO)
             transaction.on_commit(lambda: enqueue(campaign_submit_task, campaign.pk))
             log.warning("campaign %s: %s; resuming from round %s", campaign.pk, ended, merged or 0)
@@ -662,14 +661,9 @@ def campaign_resume(*, campaign: Campaign, by: Any = None) -> Campaign:
         campaign.status = Campaign.Status.QUEUED
         campaign.status_reason = ""
         campaign.flwr_run_id = ""
-        campaign.report_token_hash = ""
         campaign.launched_at = timezone.now()
         campaign.finished_at = None
-        campaign.save(
-            update_fields=[
-                "status", "status_reason", "flwr_run_id", "report_token_hash", "launched_at", "finished_at"
-            ]
-        )  # fmt: skip
+        campaign.save(update_fields=["status", "status_reason", "flwr_run_id", "launched_at", "finished_at"])
         _attempt_queue(campaign, CampaignAttempt.Trigger.RESUME)
         transaction.on_commit(lambda: enqueue(campaign_submit_task, campaign.pk))
     log.info("campaign %s resumed by %s", campaign.pk, getattr(by, "username", by))

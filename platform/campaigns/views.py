@@ -15,6 +15,7 @@ from django.views.decorators.http import require_http_methods
 
 from campaigns import selectors, services
 from campaigns.models import Campaign
+from federation import events
 from federation.report import RUN_ID_HEADER
 
 
@@ -61,14 +62,14 @@ def report_event(request: HttpRequest, campaign: Campaign) -> HttpResponse:
         return JsonResponse({"error": f"body is not JSON: {exc}"}, status=400)
     if not isinstance(event, dict) or "type" not in event:
         return JsonResponse({"error": "event must be an object with a 'type'"}, status=400)
-    if event["type"] == "round":
+    if event["type"] == events.EVENT_ROUND:
         try:
             services.report_round(campaign=campaign, event=event)
         except services.ReportConflict as exc:
             return JsonResponse({"error": " ".join(exc.messages)}, status=409)
         except ValidationError as exc:
             return JsonResponse({"error": f"malformed round event: {' '.join(exc.messages)}"}, status=400)
-    elif event["type"] == "failed":
+    elif event["type"] == events.EVENT_FAILED:
         services.report_failure(campaign=campaign, event=event)
     return JsonResponse({"ok": True})
 

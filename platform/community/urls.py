@@ -14,8 +14,6 @@ urlpatterns = [
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("me/", views.home, name="contributor-home"),
-    path("me/tokens", views.token_create, name="token-create"),
     path("api/v1/nodes/enroll", views.api_enroll, name="node-enroll"),
     path("api/v1/nodes/heartbeat", views.api_heartbeat, name="node-heartbeat"),
 ]

@@ -1,22 +1,24 @@
-"""Contributor pages (session + CSRF) and the node API (per-node bearer tokens, no cookies)."""
+"""Sign-up (session + CSRF) and the node API (per-node bearer tokens, no cookies).
+
+A contributor's own page, `/me/`, reads campaigns and releases as well, so it lives above them:
+`console.contributor_views`.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
-from django.views.decorators.cache import never_cache
+from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
 from community import selectors, services, throttle
 from community.forms import SignupForm
-from community.models import Contributor, Node
+from community.models import Node
 
 
 @require_http_methods(["GET", "POST"])
@@ -38,43 +40,6 @@ def signup(request: HttpRequest) -> HttpResponse:
         else:
             return render(request, "community/signup_done.html", {"username": form.cleaned_data["username"]})
     return render(request, "community/signup.html", {"form": form})
-
-
-def _contributor(request: HttpRequest) -> Contributor | None:
-    return Contributor.objects.filter(user=request.user).first()
-
-
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    contributor = _contributor(request)
-    if contributor is None:
-        return render(request, "community/no_contributor.html", status=403)
-    return render(request, "community/home.html", selectors.contributor_overview(contributor))
-
-
-@never_cache  # the page shows a live enrollment token: no cache (browser, proxy) may keep a copy
-@login_required
-@require_POST
-def token_create(request: HttpRequest) -> HttpResponse:
-    contributor = _contributor(request)
-    if contributor is None or contributor.status != Contributor.Status.APPROVED:
-        return render(request, "community/no_contributor.html", status=403)
-    try:
-        token, record = services.enrollment_token_create(contributor=contributor)
-    except ValidationError as exc:
-        context = selectors.contributor_overview(contributor)
-        context["token_error"] = " ".join(exc.messages)
-        return render(request, "community/home.html", context, status=409)
-    context = selectors.contributor_overview(contributor)
-    context.update(
-        new_token=token, token_expires=record.expires_at, site_url=request.build_absolute_uri("/").rstrip("/")
-    )
-    return render(request, "community/home.html", context)
-
-
-@login_required
-def home_redirect(request: HttpRequest) -> HttpResponse:
-    return redirect("contributor-home")
 
 
 # --- node API -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Console reads: the dashboard, a campaign as it runs, people and nodes, releases, the audit log."""
+"""Console reads: the dashboard, a campaign as it runs, people and nodes, releases, the audit log — and the one
+read behind a contributor's own page (`/me/`, see `console.contributor_views`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Case, Count, Q, QuerySet, Value, When
+from django.db.models import Case, Count, Q, QuerySet, Sum, Value, When
 from django.utils import timezone
 
 from campaigns.models import BaseModel, Campaign, Participation, Round
@@ -193,3 +194,34 @@ def releases() -> QuerySet[Release]:
 
 def audit_log(limit: int = 500) -> QuerySet[AuditEntry]:
     return AuditEntry.objects.select_related("actor")[:limit]
+
+
+# --- a contributor's own page ---------------------------------------------------------------
+
+
+def contributor_overview(contributor: Contributor) -> dict[str, Any]:
+    """Everything `/me/` shows one contributor: their nodes (online or not), the rounds their nodes completed
+    (failed ones do not count), the samples and tokens those rounds trained on, and the releases that include them."""
+    since = _online_since()
+    nodes = list(contributor.nodes.order_by("created_at"))
+    for node in nodes:
+        node.online = bool(node.last_seen and node.last_seen >= since and node.status == node.Status.ACTIVE)
+    participations = (
+        Participation.objects.filter(node__contributor=contributor, error="")
+        .select_related("node", "round__campaign")
+        .order_by("-round__recorded_at")
+    )
+    totals = participations.aggregate(samples=Sum("samples"), tokens=Sum("tokens"))
+    # Yanked releases are hidden from everyone but staff, here too.
+    releases = Release.objects.filter(
+        campaign__rounds__participations__in=participations, yanked_at__isnull=True
+    ).distinct()
+    return {
+        "contributor": contributor,
+        "nodes": nodes,
+        "participations": participations[:100],
+        "rounds": participations.count(),
+        "samples": totals["samples"] or 0,
+        "tokens": totals["tokens"] or 0,
+        "releases": releases,
+    }

@@ -12,8 +12,6 @@ from django.db import models
 
 from campaigns.models import Campaign
 
-SIGNATURE_NAME = "model.sig"
-
 
 class Release(models.Model):
     # Fields that may change after publishing; everything else is frozen (see save()).

@@ -10,8 +10,9 @@ from typing import Any
 
 from django.db.models import QuerySet
 
+from federation.verify import PROVENANCE_NAME, SIGNATURE_NAME
 from releases.blobs import blob_path
-from releases.models import SIGNATURE_NAME, Release
+from releases.models import Release
 
 
 class RepoNotFound(Exception):
@@ -92,7 +93,7 @@ def entry_file(release: Release, entry: Entry) -> Path:
 
 
 def release_provenance(release: Release) -> dict[str, Any]:
-    entry = release_entry(release, "provenance.json")
+    entry = release_entry(release, PROVENANCE_NAME)
     if entry is None:
         return {}
     with entry_file(release, entry).open() as fh:

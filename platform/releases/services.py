@@ -18,10 +18,11 @@ from django.utils.text import slugify
 from campaigns.models import Campaign
 from campaigns.services import campaign_output_dir
 from federation.basemodel import sha256_file
-from federation.verify import release_revision
+from federation.events import ADAPTER_FILES
+from federation.verify import PROVENANCE_NAME, SIGNATURE_NAME, release_revision
 from releases.blobs import blob_store
 from releases.model_card import render_model_card
-from releases.models import SIGNATURE_NAME, Release, ReleaseFile
+from releases.models import Release, ReleaseFile
 from releases.provenance import campaign_provenance
 from releases.signing import public_key_fingerprint, sign_folder
 
@@ -61,13 +62,13 @@ def release_publish(*, campaign: Campaign) -> Release:
     adapter_config["base_model_name_or_path"] = campaign.base_model.hf_id
     (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
 
-    files = {name: sha256_file(staging / name) for name in ("adapter_config.json", "adapter_model.safetensors")}
+    files = {name: sha256_file(staging / name) for name in ADAPTER_FILES}
     draft = campaign_provenance(campaign, files, repo_id=repo_id)
     (staging / "README.md").write_text(render_model_card(campaign, repo_id, draft))
     files["README.md"] = sha256_file(staging / "README.md")
     provenance = campaign_provenance(campaign, dict(sorted(files.items())), repo_id=repo_id)
-    (staging / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    files["provenance.json"] = sha256_file(staging / "provenance.json")
+    (staging / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n")
+    files[PROVENANCE_NAME] = sha256_file(staging / PROVENANCE_NAME)
 
     revision = release_revision(files)
     final = Path(settings.DATA_DIR) / "releases" / repo_id / revision

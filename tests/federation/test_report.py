@@ -54,3 +54,11 @@ def test_server_paths_carry_the_node_owners_and_refuse_a_malformed_map():
     assert paths.node_owners == {"7": "3", "8": "3"} and ServerPaths.from_json(paths.to_json()) == paths
     with pytest.raises(ValueError, match="node-owners"):
         ServerPaths.from_json({**body, "node-owners": ["7"]})
+
+
+def test_an_event_may_carry_a_field_named_kind(tmp_path):
+    """The ServerApp's `failed` event says its `kind`; that field once collided with event()'s own parameter, so
+    the TypeError replaced the report and a training failure reached the site as an infrastructure one."""
+    Reporter("", "t", tmp_path).event("failed", kind="training", reason="ValueError: lr")
+    sent = json.loads((tmp_path / "events.jsonl").read_text())
+    assert (sent["type"], sent["kind"], sent["reason"]) == ("failed", "training", "ValueError: lr")

@@ -10,6 +10,7 @@ from flwr.clientapp import ClientApp
 
 from federation.attack import apply_attack
 from federation.config import TrainConfig
+from federation.events import NodeMetrics
 from federation.node_data import node_dataset
 from federation.task import evaluate, get_adapter_state, lora_model, set_adapter_state, train
 
@@ -43,24 +44,24 @@ def train_round(msg: Message, context: Context) -> Message:
         state = apply_attack(attack, state, received.to_torch_state_dict())
     arrays = ArrayRecord(state)
     metrics = MetricRecord(
-        {
-            "num-examples": result.examples,
-            "train-loss": result.loss,
-            "val-loss-before": val_before,
-            "val-loss-after": val_after,
-            "steps": result.steps,
-            "tokens": result.tokens,
-            "loss-tokens": result.loss_tokens,
-            "train-seconds": result.seconds,
+        NodeMetrics(
+            examples=result.examples,
+            train_loss=result.loss,
+            val_loss_before=val_before,
+            val_loss_after=val_after,
+            steps=result.steps,
+            tokens=result.tokens,
+            loss_tokens=result.loss_tokens,
+            train_seconds=result.seconds,
             # Where the rest of the node's time went (benchmarks and the console read these).
-            "startup-seconds": startup,
-            "load-seconds": loaded - entered,
+            startup_seconds=startup,
+            load_seconds=loaded - entered,
             # Two clocks (time.time around, perf_counter inside train): never below 0, which the server refuses.
-            "eval-seconds": max(0.0, evaluated - loaded - result.seconds),
-            "node-seconds": time.time() - entered + startup,
-            "bytes-down": received.count_bytes(),
-            "bytes-up": arrays.count_bytes(),
-        }
+            eval_seconds=max(0.0, evaluated - loaded - result.seconds),
+            node_seconds=time.time() - entered + startup,
+            bytes_down=received.count_bytes(),
+            bytes_up=arrays.count_bytes(),
+        ).record()
     )
     # Strings cannot go in a MetricRecord; FedAvg ignores ConfigRecords in replies.
     node = ConfigRecord({"name": str(context.node_config.get("name", "")), "fingerprint": data.fingerprint})

@@ -13,11 +13,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import load_file
 
-from federation import privacy, task_heartbeat
+from federation import events, privacy, task_heartbeat
 from federation.basemodel import sha256_file
 from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig
 from federation.data import load_records
-from federation.events import ADAPTER_FILES
 from federation.patient_grid import PatientGrid
 from federation.report import Reporter, SiteLink
 from federation.strategy import build_strategy
@@ -57,7 +56,7 @@ def main(grid: Grid, context: Context) -> None:
     except INFRASTRUCTURE_ERRORS:
         raise
     except Exception as exc:
-        reporter.event("failed", kind="training", reason=f"{type(exc).__name__}: {exc}"[:2000])
+        reporter.event(events.EVENT_FAILED, kind=events.FAILURE_TRAINING, reason=f"{type(exc).__name__}: {exc}"[:2000])
         raise
 
 
@@ -82,7 +81,7 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
     # When Flower started this process: the gap to now is the app's start-up (imports), a per-run cost.
     process_started = psutil.Process().create_time()
     reporter.event(
-        "started",
+        events.EVENT_STARTED,
         run_id=context.run_id,
         num_rounds=server.num_rounds,
         start_round=start,
@@ -121,9 +120,9 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
         if log:
             timings.update(sent=log.sent_at, replies=log.replies_at, aggregated=log.aggregated_at)
         # The event pins the files by sha256 before they are uploaded: the site takes only those bytes, once.
-        files = {name: sha256_file(folder / name) for name in ADAPTER_FILES}
+        files = {name: sha256_file(folder / name) for name in events.ADAPTER_FILES}
         reporter.event(
-            "round",
+            events.EVENT_ROUND,
             round=campaign_round,
             adapter_files=files,
             eval_loss=loss,
@@ -150,4 +149,4 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
         train_config=train_config,
         evaluate_fn=evaluate_round,
     )
-    reporter.event("finished", rounds=server.num_rounds)
+    reporter.event(events.EVENT_FINISHED, rounds=server.num_rounds)

@@ -4,7 +4,6 @@ a training failure ends the campaign with its reason; the site serves merged rou
 from __future__ import annotations
 
 import hashlib
-import json
 
 import pytest
 
@@ -18,6 +17,8 @@ from campaigns.services import (
     report_failure,
 )
 from console.models import AuditEntry
+from federation import events
+from federation.report import Reporter
 from releases.provenance import campaign_provenance
 
 pytestmark = pytest.mark.django_db
@@ -113,7 +114,8 @@ def test_a_training_failure_the_serverapp_reported_fails_the_campaign_without_re
     campaign, django_capture_on_commit_callbacks
 ):
     merged(campaign, 0, 1)
-    report_failure(campaign=campaign, event={"type": "failed", "kind": "training", "reason": "ValueError: lr"})
+    failed = {"type": events.EVENT_FAILED, "kind": events.FAILURE_TRAINING, "reason": "ValueError: lr"}
+    report_failure(campaign=campaign, event=failed)
     callbacks = fail_run(campaign, django_capture_on_commit_callbacks)
     assert campaign.status == Campaign.Status.FAILED and not callbacks
     assert campaign.status_reason == "training failed: ValueError: lr"
@@ -161,10 +163,17 @@ def test_the_resuming_serverapp_downloads_a_merged_round_with_its_recorded_sha25
     assert get_file(client, campaign, 1, "adapter_model.safetensors", token="wrong").status_code == 403
 
 
-def test_a_failed_event_through_the_api_marks_the_attempt_as_a_training_failure(client, campaign):
+def test_the_serverapps_failed_event_through_the_api_marks_the_attempt_as_a_training_failure(
+    client, campaign, tmp_path
+):
+    """The event as the ServerApp's Reporter writes it (journalled bytes, the contract's type and kind), not a
+    hand-written dict: a type or kind spelt differently on one side would be taken and ignored."""
+    reporter = Reporter("", TOKEN, tmp_path / "journal")  # no URL: it only journals, the bytes it would send
+    reporter.event(events.EVENT_FAILED, kind=events.FAILURE_TRAINING, reason="every update refused")
+    (sent,) = reporter.journal.read_text().splitlines()
     response = client.post(
         f"/api/v1/campaigns/{campaign.pk}/events",
-        json.dumps({"type": "failed", "kind": "training", "reason": "every update refused"}),
+        sent,
         content_type="application/json",
         headers={"Authorization": f"Bearer {TOKEN}", "X-Flower-Run-Id": campaign.flwr_run_id},
     )

@@ -1,4 +1,5 @@
-"""The round event as the ServerApp builds it (GuardedStrategy's log, JSON over HTTP) is what the site stores.
+"""The round event as the ServerApp builds it (GuardedStrategy's log, JSON over HTTP) is what the site stores,
+from the metrics a node sends (built as the ClientApp builds them) to the columns of its row.
 
 No Flower processes: the strategy runs in-process on hand-made replies, and the event goes through the report
 API as the Reporter sends it (json.dumps, so a NaN loss travels as JSON's NaN).
@@ -6,6 +7,7 @@ API as the Reporter sends it (json.dumps, so a NaN loss travels as JSON's NaN).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 
@@ -18,7 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from campaigns.models import BaseModel, Campaign, Round
 from community.models import Node
 from federation.config import AggregationConfig
-from federation.events import ADAPTER_FILES
+from federation.events import ADAPTER_FILES, EVENT_ROUND, NodeMetrics
 from federation.strategy import build_strategy
 
 pytestmark = pytest.mark.django_db
@@ -38,11 +40,19 @@ class Grid:
         return [11, 12, 13, 14]
 
 
-def reply(node_id: int, update: float, **metrics: float) -> Message:
+HONEST = NodeMetrics(
+    examples=10, train_loss=1.5, val_loss_before=1.75, val_loss_after=1.25, steps=3, tokens=640, loss_tokens=600,
+    train_seconds=2.5, startup_seconds=0.5, load_seconds=1.0, eval_seconds=0.25, node_seconds=4.5, bytes_down=16,
+    bytes_up=24,
+)  # fmt: skip
+
+
+def reply(node_id: int, update: float, **changes: float) -> Message:
+    """A node's reply, its metrics built the way the ClientApp builds them (NodeMetrics.record)."""
     TaskIdentity.node_id = 0
     query = Message(content=RecordDict({}), dst_node_id=node_id, message_type="train")
     TaskIdentity.node_id = node_id
-    reported = {"num-examples": 10, "train-loss": 1.5, "tokens": 640, "bytes-up": 16, "bytes-down": 16, **metrics}
+    reported = dataclasses.replace(HONEST, **changes).record()
     return Message(
         content=RecordDict({
             "arrays": ArrayRecord({"w": torch.full((4,), update)}),
@@ -67,7 +77,7 @@ def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, tmp
     strategy = build_strategy(AggregationConfig(), min_nodes=4)
     list(strategy.configure_train(1, ArrayRecord({"w": torch.from_numpy(ZERO["w"])}), ConfigRecord({}), Grid()))
     replies = [
-        reply(11, 0.1, **{"num-examples": 10**7, "val-loss-after": float("nan")}),  # a liar, capped
+        reply(11, 0.1, examples=10**7, val_loss_after=float("nan")),  # a liar, capped
         reply(12, 0.1, tokens=-1),  # refused by the strategy: out of bounds
         reply(13, 0.1),
         reply(14, 0.1),  # a node the platform never enrolled
@@ -75,7 +85,7 @@ def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, tmp
     strategy.aggregate_train(1, replies)
     log = strategy.rounds[1]
     event = {  # the fields server_app.evaluate_round sends
-        "type": "round", "round": 1, "adapter_files": dict.fromkeys(ADAPTER_FILES, "c" * 64), "eval_loss": 1.2,
+        "type": EVENT_ROUND, "round": 1, "adapter_files": dict.fromkeys(ADAPTER_FILES, "c" * 64), "eval_loss": 1.2,
         "eval_perplexity": 3.3, "eval_tokens": 100, "seconds": 4.0, "train": log.train_metrics,
         "nodes": [asdict(r) for r in log.replies], "epsilon": log.epsilon, "delta": log.delta, "timings": {},
     }  # fmt: skip
@@ -91,6 +101,11 @@ def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, tmp
     assert rows["11"].node == enrolled[11] and rows["11"].node.name == "enrolled-11"  # not "I am node 12"
     assert rows["11"].samples == 10**7 and rows["11"].val_loss_after is None  # the claim, on record as claimed
     assert "tokens=-1" in rows["12"].rejected_reason and rows["12"].tokens == 0
+    # An honest node's every metric reaches its column under the name the ClientApp sent it by.
+    stored = rows["13"]
+    assert (stored.samples, stored.tokens, stored.bytes_up, stored.bytes_down) == (10, 640, 24, 16)
+    assert (stored.train_loss, stored.val_loss_before, stored.val_loss_after, stored.seconds) == (1.5, 1.75, 1.25, 2.5)
+    assert (round_.bytes_up, round_.bytes_down) == (24 * 2, 16 * 2)  # 11 and 13: 12 was refused, 14 is not enrolled
     assert (round_.participants, round_.rejected, round_.failures) == (2, 1, 0)
     assert round_.train_loss == pytest.approx(1.5)
     assert round_.errors == ["node id 14 is not an enrolled node; its row is not recorded (its update merged)"]

@@ -1,5 +1,6 @@
 """Issue 13 on contributors and nodes: revocation on every status change (13.8), node and token caps (13.7),
-canonical keys (13.15), login and sign-up limits (13.9, 13.16), heartbeat order and the token page (13.16).
+canonical keys (13.15), login and sign-up limits (13.9, 13.16), heartbeat order (13.16). The
+token page's own checks are in tests/platform/console/test_contributor_page.py.
 
 None of these reach a SuperLink: nodes here have no Flower id (nothing to unregister) or are refused before one
 would be registered. The SuperLink side of revocation is covered in test_enroll_and_heartbeat_api.py."""
@@ -14,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from community.models import Contributor, EnrollmentToken, Node
+from community.models import Contributor, Node
 from community.services import (
     _hash,
     canonical_public_key,
@@ -136,16 +137,6 @@ def test_enrolling_past_the_node_cap_is_refused_before_the_superlink_is_asked(se
     assert Node.objects.filter(contributor=ana).count() == 2
 
 
-def test_the_token_page_says_why_a_token_is_refused(client, settings):
-    settings.MAX_OPEN_TOKENS_PER_CONTRIBUTOR = 1
-    ana = _contributor()
-    client.force_login(ana.user)
-    assert client.post("/me/tokens").status_code == 200
-    refused = client.post("/me/tokens")
-    assert refused.status_code == 409 and b"unused enrollment token" in refused.content
-    assert EnrollmentToken.objects.filter(contributor=ana).count() == 1
-
-
 # --- 13.15: one key, one node, whatever its PEM spelling -------------------------------------------------------
 
 
@@ -240,11 +231,3 @@ def test_a_revoked_node_is_told_why_even_past_the_heartbeat_rate(client, setting
             "/api/v1/nodes/heartbeat", {}, content_type="application/json", headers={"Authorization": "Bearer byn_x"}
         )
         assert response.status_code == 403 and response.json()["reason"] == "abuse"
-
-
-def test_the_page_showing_a_new_token_is_never_cached(client):
-    ana = _contributor()
-    client.force_login(ana.user)
-    response = client.post("/me/tokens")
-    assert response.status_code == 200 and b"bye_" in response.content
-    assert "no-store" in response["Cache-Control"]

@@ -1,0 +1,26 @@
+"""The node metrics contract: what the ClientApp sends (NodeMetrics) is what the ServerApp and the site check."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from federation import events
+
+
+def metrics(**changes: float) -> events.NodeMetrics:
+    honest = events.NodeMetrics(
+        examples=10, train_loss=1.5, val_loss_before=1.7, val_loss_after=1.4, steps=3, tokens=640, loss_tokens=600,
+        train_seconds=2.0, startup_seconds=0.5, load_seconds=1.0, eval_seconds=0.25, node_seconds=4.0,
+        bytes_down=16, bytes_up=16,
+    )  # fmt: skip
+    return dataclasses.replace(honest, **changes)
+
+
+def test_a_nodes_metrics_carry_every_bounded_key_and_nothing_else():
+    """A field added on one side only (a new bound, or a new metric) fails here instead of being dropped."""
+    assert set(metrics().record()) == set(events.NODE_METRICS)
+
+
+def test_an_honest_nodes_metrics_pass_their_bounds_unchanged():
+    record = metrics().record()
+    assert events.check_metrics(record) == (record, [])
