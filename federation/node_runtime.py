@@ -14,6 +14,8 @@ heartbeat it, push the reply and the task output, exit with Flower's exit codes 
 `install_from_fab` + loading the FAB's `clientapp` it checks the FAB against the installed app files (fab id and
 the sha256 of every file) and, only if they match, calls the installed `federation` ClientApp in this process.
 Any other app gets an Error reply (`app refused: ...`, Flower's INVALID_FAB code) and a log line `join` shows.
+Under `join` the ClientApp does not run in this process but in the node's warm worker (`run_job`,
+federation.warm_worker): this process then imports no torch and only waits for the reply, heartbeating the task.
 
 Flower has no public hook for this, so the runtime plumbing comes from Flower 1.42 internals
 (`flwr.supernode.runtime.run_clientapp` and friends). flwr is pinned to 1.42.0; `self_test()` checks at start-up
