@@ -183,7 +183,7 @@ class Worker:
     def _enlist(self, header: wire.JobHeader, message: bytes, context: bytes) -> tuple[Job, bool]:
         with self.lock:
             job = self.jobs.get(header.message_id)
-            attached = job is not None and not job.cancelled
+            attached = job is not None and not job.cancel.is_set()  # a cancelled job is not worth waiting for
             if attached:
                 self.counts["attached"] += 1
             else:
