@@ -1,4 +1,6 @@
-"""A node's local dataset, loaded once per app process: validated, split, tokenized."""
+"""A node's local dataset, loaded once per process (a warm worker keeps it across rounds): validated, split,
+tokenized. Cached by what it depends on: the data files (paths, sizes, mtimes), the checkpoint (its tokenizer) and
+the TrainConfig fields used here."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 
 from federation.config import TrainConfig
 from federation.data import fingerprint, load_records, split_records
-from federation.task import Example, encode_all, load_tokenizer
+from federation.task import Example, checkpoint_key, encode_all, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -21,14 +23,20 @@ class NodeDataset:
 
 
 def node_dataset(data_path: str, model_path: str, cfg: TrainConfig) -> NodeDataset:
-    mtime = max((p.stat().st_mtime_ns for p in Path(data_path).rglob("*") if p.is_file()), default=0)
-    return _load(data_path, mtime, model_path, cfg.seq_len, cfg.val_fraction, cfg.seed, cfg.max_eval_records)
+    root = Path(data_path)
+    files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+    stamp = tuple(sorted((str(p), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]))
+    return _load(
+        data_path, stamp, model_path, checkpoint_key(model_path), cfg.seq_len, cfg.val_fraction, cfg.seed,
+        cfg.max_eval_records,
+    )  # fmt: skip
 
 
 @lru_cache(maxsize=4)
 def _load(
-    data_path: str, _mtime: int, model_path: str, seq_len: int, val_fraction: float, seed: int, max_val: int
-) -> NodeDataset:
+    data_path: str, _stamp: tuple, model_path: str, _model: tuple, seq_len: int, val_fraction: float, seed: int,
+    max_val: int,
+) -> NodeDataset:  # fmt: skip
     records = load_records(data_path)
     train_records, val_records = split_records(records, val_fraction, seed)
     tokenizer = load_tokenizer(model_path)

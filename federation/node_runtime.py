@@ -14,6 +14,8 @@ heartbeat it, push the reply and the task output, exit with Flower's exit codes 
 `install_from_fab` + loading the FAB's `clientapp` it checks the FAB against the installed app files (fab id and
 the sha256 of every file) and, only if they match, calls the installed `federation` ClientApp in this process.
 Any other app gets an Error reply (`app refused: ...`, Flower's INVALID_FAB code) and a log line `join` shows.
+Under `join` the ClientApp does not run in this process but in the node's warm worker (`run_job`,
+federation.warm_worker): this process then imports no torch and only waits for the reply, heartbeating the task.
 
 Flower has no public hook for this, so the runtime plumbing comes from Flower 1.42 internals
 (`flwr.supernode.runtime.run_clientapp` and friends). flwr is pinned to 1.42.0; `self_test()` checks at start-up
@@ -30,6 +32,7 @@ import tomllib
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 FLWR_VERSION = "1.42.0"
@@ -66,6 +69,13 @@ _INTERNALS: dict[str, tuple[str, tuple[str, ...]]] = {
     "RuntimeVersionHttpInterceptor": ("flwr.supercore.interceptors:RuntimeVersionHttpInterceptor", ()),
     "RuntimeTracingInterceptor": ("flwr.supercore.runtime.tracing:RuntimeTracingInterceptor", ()),
     "TASK_TYPE_TO_COMMAND": ("flwr.supercore.constant:TASK_TYPE_TO_COMMAND", ()),
+    # The warm worker's channel (federation.warm_protocol) carries Message and Context in Flower's own serde.
+    "serde.message_to_proto": ("flwr.common.serde:message_to_proto", ("message",)),
+    "serde.message_from_proto": ("flwr.common.serde:message_from_proto", ("message_proto",)),
+    "serde.context_to_proto": ("flwr.common.serde:context_to_proto", ("context",)),
+    "serde.context_from_proto": ("flwr.common.serde:context_from_proto", ("context_proto",)),
+    "message_pb2.Message": ("flwr.proto.message_pb2:Message", ()),
+    "message_pb2.Context": ("flwr.proto.message_pb2:Context", ()),
 }  # fmt: skip
 
 
@@ -176,8 +186,26 @@ def check_fab(*, fab_id: str, fab_hash: str, content: bytes, shipped: ShippedApp
 def run_job(message: Any, context: Any) -> Any:
     """Run one message through the installed ClientApp and return its reply.
 
-    One function on purpose: issue 14's warm worker replaces this body with a hand-off over a Unix socket.
+    With BAYANIHAN_WARM_SOCKET set (`join` sets it in the SuperNode's env) the job goes to the node's warm worker
+    (federation.warm_worker), which runs the same installed ClientApp with everything already loaded; this process
+    imports no torch and only waits, its task heartbeat running. Without it, the ClientApp runs here, cold.
+    An unreachable or dying worker raises warm_protocol.WarmUnavailable ("warm worker unavailable: ..."), which
+    main() turns into an error reply.
     """
+    import os
+
+    from federation import warm_protocol
+
+    socket_path = os.environ.get(warm_protocol.ENV_SOCKET)
+    if socket_path:
+        from logging import INFO
+
+        from flwr.supercore import log
+
+        reply, attached = warm_protocol.submit(Path(socket_path), message, context)
+        if attached:
+            log(INFO, "Flower relaunched this task: its reply came from the job already running in the warm worker")
+        return reply
     from federation.flwr_app.bayanihan_app.client_app import app
 
     return app(message=message, context=context)
@@ -267,7 +295,10 @@ def main(argv: list[str] | None = None) -> None:
             reply = run_job(message, state["context"])
             state["sub_status"], state["details"] = SubStatus.COMPLETED, ""
     except Exception as ex:  # noqa: BLE001 - as Flower's runtime: any failure becomes an error reply
-        reason = f"{type(ex)}:<'{ex}'>"
+        from federation.warm_protocol import WarmJobFailed, WarmUnavailable
+
+        # The warm channel's own failures read as a sentence ("warm worker unavailable: ..."), not a class name.
+        reason = str(ex) if isinstance(ex, (WarmUnavailable, WarmJobFailed)) else f"{type(ex)}:<'{ex}'>"
         log(ERROR, "ClientApp raised an exception", exc_info=ex)
         state["details"] = reason
         if message is not None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,8 +22,49 @@ from federation.data import Record, encode_record
 Example = tuple[list[int], list[int]]  # (input_ids, labels), labels -100 where no loss
 
 
-@lru_cache(maxsize=2)
+class Cancelled(Exception):
+    """The training loop stopped between steps because its `stop_when` check said so."""
+
+
+# A check the loops below call between steps. A ContextVar, not a global: a long-lived process (the node's warm
+# worker) sets it around one job in the thread that runs it; elsewhere it is unset and costs nothing.
+_should_stop: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("should_stop", default=None)
+
+
+@contextlib.contextmanager
+def stop_when(check: Callable[[], bool]) -> Iterator[None]:
+    """Within this block, `train` and `evaluate` raise Cancelled between steps once `check()` is true."""
+    token = _should_stop.set(check)
+    try:
+        yield
+    finally:
+        _should_stop.reset(token)
+
+
+def _check_stop() -> None:
+    check = _should_stop.get()
+    if check is not None and check():
+        raise Cancelled("stopped between steps")
+
+
+def checkpoint_key(model_path: str) -> tuple:
+    """What identifies a checkpoint's content cheaply: its resolved path and each top-level file's size and mtime.
+
+    A process that keeps models loaded (the warm worker) must notice a checkpoint replaced on disk.
+    """
+    root = Path(model_path).resolve()
+    if not root.is_dir():
+        return (str(root), ())  # the loaders say what is wrong with it
+    files = sorted((p.name, st.st_size, st.st_mtime_ns) for p in root.iterdir() if p.is_file() for st in [p.stat()])
+    return (str(root), tuple(files))
+
+
 def load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
+    return _load_tokenizer(model_path, checkpoint_key(model_path))
+
+
+@lru_cache(maxsize=2)
+def _load_tokenizer(model_path: str, _key: tuple) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -51,16 +95,43 @@ def lora_model(model_path: str, cfg: TrainConfig) -> PeftModel:
     return get_peft_model(load_base_model(model_path), lora)
 
 
+_DEFAULT_THREADS = torch.get_num_threads()
+# One LoRA-wrapped base model kept for the life of the process: (checkpoint key, LoRA settings) -> model.
+_warm_model: tuple[tuple, PeftModel] | None = None
+
+
+def reusable_lora_model(model_path: str, cfg: TrainConfig) -> PeftModel:
+    """`lora_model`, loaded once per process while the checkpoint and the LoRA settings stay the same.
+
+    The caller must overwrite every adapter tensor (`set_adapter_state` checks that) and `train` seeds itself, so a
+    reused model gives exactly what a fresh one would. peft's get_peft_model changes the base model in place (it
+    swaps in LoRA layers): another LoRA setting therefore loads a fresh base rather than wrapping the old one twice.
+    """
+    global _warm_model
+    torch.set_num_threads(cfg.threads if cfg.threads > 0 else _DEFAULT_THREADS)  # a previous job may have set it
+    key = (checkpoint_key(model_path), cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.modules))
+    if _warm_model is not None and _warm_model[0] == key:
+        return _warm_model[1]
+    _warm_model = None  # release the old model before loading the next: never two in memory
+    model = lora_model(model_path, cfg)
+    _warm_model = (key, model)
+    return model
+
+
 def get_adapter_state(model: PeftModel) -> dict[str, torch.Tensor]:
     """Only the adapter tensors: this is all that ever travels."""
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
 
 
 def set_adapter_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None:
+    """Load every adapter tensor; a state that leaves some out is refused (a reused model would keep stale ones)."""
     result = set_peft_model_state_dict(model, state)
     unexpected = [k for k in result.unexpected_keys if "lora_" in k]
     if unexpected:
         raise ValueError(f"adapter tensors do not fit this model: {unexpected[:3]}")
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing:
+        raise ValueError(f"adapter tensors missing for this model: {missing[:3]} ({len(missing)} in all)")
 
 
 def encode_all(tokenizer: PreTrainedTokenizerBase, records: list[Record], seq_len: int) -> list[Example]:
@@ -111,12 +182,18 @@ def train(model: PeftModel, examples: list[Example], cfg: TrainConfig, pad_id: i
         raise ValueError("no training examples")
     started = time.perf_counter()
     rng = random.Random(cfg.seed * 100_003 + round_seed)
+    # Dropout draws from torch's generator: seed it here, so a round depends only on its inputs, not on what
+    # the process did before (a warm worker's previous jobs, a model loaded fresh or reused).
+    torch.manual_seed(cfg.seed * 100_003 + round_seed)
     order: list[int] = []
     params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = None  # a job stopped mid-step must not leak gradients into the next
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     model.train()
     total_loss, total_count, tokens = 0.0, 0, 0
     for _ in range(cfg.local_steps):
+        _check_stop()
         if len(order) < cfg.batch_size:
             fresh = list(range(len(examples)))
             rng.shuffle(fresh)
@@ -149,6 +226,7 @@ def evaluate(model: torch.nn.Module, examples: list[Example], pad_id: int, batch
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
+        _check_stop()
         loss_sum, n = _sum_loss(model, collate(examples[start : start + batch_size], pad_id))
         total += float(loss_sum)
         count += n

@@ -6,7 +6,10 @@
 4. a real flower-supernode runs with TLS and that key until Ctrl-C, restarted when it exits or when it is alive but
    no longer connected (federation.node_watch: what the SuperLink sees, via the site, and the SuperNode's log);
 5. that SuperNode runs only the ClientApp this installed `federation` ships (federation.node_runtime): our own
-   `flwr-clientapp` comes first on its PATH, and an app the platform did not ship is refused.
+   `flwr-clientapp` comes first on its PATH, and an app the platform did not ship is refused;
+6. beside it runs the node's warm worker (federation.warm_worker; off with --no-warm): the per-message
+   `flwr-clientapp` hands each job to it, so torch, the model and the tokenized data load once per node, not once
+   per round. It is restarted whenever it exits (including when the node's code changed under it).
 Running `join` again with the same --home resumes without a token.
 """
 
@@ -23,11 +26,12 @@ from pathlib import Path
 
 import requests
 
-from federation import node_runtime, node_watch, pki, preflight, procs
+from federation import node_runtime, node_watch, pki, preflight, procs, warm_protocol
 from federation.cli.validate import check_data, print_stats
 from federation.data import DataError
 
 STATE_FILE = "node.json"
+WARM_WORKER = "warm-worker"  # the Supervisor's name for it; its log is logs/warm-worker.log
 
 
 class JoinError(Exception):
@@ -108,9 +112,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     command = procs.supernode_command(state["superlink"], args.port or procs.free_port(), config, ca, key_path)
     env = procs.flower_env(home / "flwr-home", node_bin=procs.node_runtime_bin(home))
+    warm: tuple[list[str], dict[str, str]] | None = None
+    if args.warm:
+        warm = (warm_worker_command(home, data, config.get("model-path")), procs.flower_env(home / "flwr-home"))
+        env[warm_protocol.ENV_SOCKET] = str(warm_protocol.socket_path(home))  # every flwr-clientapp inherits it
     supervisor = procs.Supervisor(home / "logs")
     try:
-        return _supervise(args, state, home, supervisor, command, env)
+        return _supervise(args, state, home, supervisor, command, env, warm)
     except KeyboardInterrupt:
         print("stopping the node")
         return 0
@@ -122,6 +130,32 @@ def _say(line: str) -> None:
     print(time.strftime("%H:%M:%S"), line, flush=True)
 
 
+def warm_worker_command(home: Path, data: str, model: object = None) -> list[str]:
+    command = [sys.executable, "-m", "federation.warm_worker", "--home", str(home), "--data", data]
+    return command + (["--model", str(model)] if model else [])
+
+
+def keep_warm_worker(supervisor: procs.Supervisor, command: list[str], env: dict[str, str], home: Path) -> str | None:
+    """Start the warm worker unless it runs; returns what to tell the user when it had exited (None otherwise).
+
+    Its children die with `join` (procs.Supervisor: own process group, PR_SET_PDEATHSIG). A shim that finds no
+    worker waits for it a while (warm_protocol.ENV_CONNECT_WAIT), so a restart between rounds costs no round.
+    """
+    from federation.warm_worker import EXIT_STALE
+
+    proc = supervisor.procs.get(WARM_WORKER)
+    if proc is not None and proc.poll() is None:
+        return None
+    line = None
+    if proc is not None:
+        why = " (the node's code changed: starting it on the new code)" if proc.returncode == EXIT_STALE else ""
+        line = (f"warm worker exited with code {proc.returncode}{why}; restarting it "
+                f"(log: {home / 'logs' / (WARM_WORKER + '.log')})")  # fmt: skip
+        supervisor.stop(WARM_WORKER)
+    supervisor.start(WARM_WORKER, command, env=env, cwd=home)
+    return line
+
+
 def _supervise(
     args: argparse.Namespace,
     state: dict,
@@ -129,8 +163,10 @@ def _supervise(
     supervisor: procs.Supervisor,
     command: list[str],
     env: dict[str, str],
+    warm: tuple[list[str], dict[str, str]] | None = None,
 ) -> int:
-    """Keep one SuperNode connected: restart it when it exits or when it is alive but gone (node_watch)."""
+    """Keep one SuperNode connected: restart it when it exits or when it is alive but gone (node_watch); keep the
+    warm worker (`warm`: its command and env) running beside it."""
     watch = node_watch.Watch(retry_seconds=args.retry_seconds, offline_grace=args.offline_restart_seconds)
     log = node_watch.LogTail(home / "logs" / "supernode.log")
     log.skip_to_end()  # lines of an earlier session say nothing about this one
@@ -138,6 +174,8 @@ def _supervise(
     down_noticed = False
     last_line = ""
     while True:
+        if warm is not None and (restarted := keep_warm_worker(supervisor, *warm, home)):
+            _say(restarted)
         node = supervisor.procs.get("supernode")
         alive = node is not None and node.poll() is None
         if not alive and time.monotonic() >= next_start:
@@ -211,6 +249,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=30.0,
         help="restart a running SuperNode the SuperLink has not seen online for this long (doubles while it fails)",
+    )
+    parser.add_argument(
+        "--no-warm",
+        dest="warm",
+        action="store_false",
+        help="no warm worker: every round starts torch and loads the model afresh (slower; uses less idle memory)",
     )
     preflight.add_arguments(parser)
     parser.set_defaults(func=run)

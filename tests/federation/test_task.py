@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from flwr.app import ArrayRecord
 
+from federation import task
 from federation.config import TrainConfig
 from federation.data import load_records
 from federation.task import (
+    Cancelled,
     encode_all,
     evaluate,
     get_adapter_state,
     load_tokenizer,
     lora_model,
+    reusable_lora_model,
     set_adapter_state,
+    stop_when,
     train,
 )
 
@@ -55,3 +60,50 @@ def test_local_training_lowers_loss_on_the_training_data(tiny_checkpoint, tiny_c
     after, _ = evaluate(model, examples, tokenizer.pad_token_id)
     assert tokens > 0 and result.steps == CFG.local_steps and result.tokens > 0
     assert after < before
+
+
+def test_training_depends_on_its_inputs_not_on_the_process_random_state(tiny_checkpoint, tiny_corpus):
+    tokenizer = load_tokenizer(str(tiny_checkpoint))
+    examples = encode_all(tokenizer, load_records(tiny_corpus / "node-1")[:8], CFG.seq_len)
+    start = get_adapter_state(lora_model(str(tiny_checkpoint), CFG))
+    results = []
+    for noise in (1, 2):
+        model = lora_model(str(tiny_checkpoint), CFG)
+        set_adapter_state(model, start)
+        torch.rand(noise * 100)  # whatever ran before in this process (a warm worker's previous job)
+        train(model, examples, CFG, tokenizer.pad_token_id, round_seed=3)
+        results.append(get_adapter_state(model))
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+
+
+def test_training_stops_between_steps_when_asked(tiny_checkpoint, tiny_corpus):
+    tokenizer = load_tokenizer(str(tiny_checkpoint))
+    examples = encode_all(tokenizer, load_records(tiny_corpus / "node-1")[:8], CFG.seq_len)
+    model = lora_model(str(tiny_checkpoint), CFG)
+    steps = []
+
+    def stop_after_two() -> bool:
+        steps.append(1)
+        return len(steps) > 2
+
+    with pytest.raises(Cancelled), stop_when(stop_after_two):
+        train(model, examples, CFG, tokenizer.pad_token_id, round_seed=1)
+    assert len(steps) == 3
+    train(model, examples, CFG, tokenizer.pad_token_id, round_seed=1)  # outside the block nothing stops it
+
+
+def test_a_long_lived_process_reuses_the_loaded_model_until_the_lora_shape_changes(tiny_checkpoint, monkeypatch):
+    monkeypatch.setattr(task, "_warm_model", None)
+    first = reusable_lora_model(str(tiny_checkpoint), CFG)
+    assert reusable_lora_model(str(tiny_checkpoint), CFG) is first
+    other = reusable_lora_model(str(tiny_checkpoint), TrainConfig(**{**vars(CFG), "lora_r": 2}))
+    assert other is not first  # another LoRA shape: a fresh base, not the old one wrapped twice
+    assert {v.shape[0] for k, v in get_adapter_state(other).items() if "lora_A" in k} == {2}
+
+
+def test_an_adapter_state_that_leaves_tensors_out_is_refused(tiny_checkpoint):
+    model = lora_model(str(tiny_checkpoint), CFG)
+    state = get_adapter_state(model)
+    state.pop(next(iter(state)))
+    with pytest.raises(ValueError, match="adapter tensors missing"):
+        set_adapter_state(model, state)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import psutil
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -12,7 +11,8 @@ from federation.attack import apply_attack
 from federation.config import TrainConfig
 from federation.events import NodeMetrics
 from federation.node_data import node_dataset
-from federation.task import evaluate, get_adapter_state, lora_model, set_adapter_state, train
+from federation.task import evaluate, get_adapter_state, reusable_lora_model, set_adapter_state, train
+from federation.warm_protocol import launched_at
 
 app = ClientApp()
 
@@ -20,14 +20,15 @@ app = ClientApp()
 @app.train()
 def train_round(msg: Message, context: Context) -> Message:
     entered = time.time()
-    # Flower starts an app process per message: how long that start took is part of every round's cost.
-    startup = max(0.0, entered - psutil.Process().create_time())
+    # Flower starts an app process per message: how long that start took is part of every round's cost. In the
+    # node's warm worker, launched_at() is when that process (the shim) started, so this stays truthful.
+    startup = max(0.0, entered - launched_at())
     cfg = TrainConfig.from_run_config(context.run_config)
     # The model lives on the node's disk: node config names it, else the run's path (same host).
     model_path = str(context.node_config.get("model-path") or context.run_config["base-model-path"])
     data = node_dataset(str(context.node_config["data-path"]), model_path, cfg)
 
-    model = lora_model(model_path, cfg)
+    model = reusable_lora_model(model_path, cfg)  # loaded once per process (a warm worker: once per node)
     received = msg.content["arrays"]
     set_adapter_state(model, received.to_torch_state_dict())
     loaded = time.time()

@@ -37,6 +37,11 @@ def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_pl
     fingerprints = {p.node.name: p.data_fingerprint for p in rounds[1].participations.select_related("node")}
     assert fingerprints == {name: node["fingerprint"] for name, node in manifest["nodes"].items()}
 
+    # Each node's rounds ran in its warm worker (join turns it on by default), once each.
+    for name in ("node-1", "node-2"):
+        worker = json.loads((live_platform.stack.state_dir / "nodes" / name / "warm-worker.json").read_text())
+        assert worker["jobs"]["run"] == 2 and worker["jobs"]["failed"] == 0, worker
+
     # Where each round's time went (bench/overhead.py reads these): in order, and the nodes' parts fit their total.
     journal = campaign_output_dir(campaign) / "server" / "events.jsonl"
     events = [json.loads(line) for line in journal.read_text().splitlines()]
