@@ -218,7 +218,7 @@ def unpack_content(content: RecordDict, expected: Shapes, dtype: str) -> dict[st
     layout = Layout.from_record(layout_record)
     try:
         flat = record[PACKED_KEY].numpy()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, EOFError, OSError) as exc:  # what np.load raises on bytes that are no .npy
         raise PackingError(f"unreadable packed array: {exc}") from exc
     return unpack(flat, layout, expected, dtype)
 

@@ -174,3 +174,13 @@ def test_an_unknown_transfer_dtype_is_refused_when_packing():
 def test_layout_record_round_trip():
     _, layout = pack(adapter(), "float16")
     assert Layout.from_record(layout.to_record()) == layout
+
+
+def test_bytes_that_are_no_array_are_refused_as_unreadable():
+    state = adapter()
+    content = message(state, "float32")
+    real = content.array_records[ARRAYS_KEY][PACKED_KEY]
+    garbage = Array(dtype=real.dtype, shape=real.shape, stype=real.stype, data=b"\x93NUMPY garbage")
+    content[ARRAYS_KEY] = ArrayRecord({PACKED_KEY: garbage})
+    with pytest.raises(PackingError, match="unreadable packed array"):
+        unpack_content(content, shapes(state), "float32")
