@@ -123,6 +123,24 @@ class ServerPaths:
         return {_to_key(k): v for k, v in asdict(self).items()}
 
 
+TRANSFER_DTYPES = ("float32", "float16", "bfloat16")  # how adapters travel (federation.packing)
+
+
+@dataclass
+class WireConfig(RunConfigMixin):
+    """How the adapter travels, both ways (federation.packing): read by the ServerApp and by every ClientApp.
+
+    float32 is exact; float16 and bfloat16 halve the bytes (float16 keeps more digits, bfloat16 more range). The
+    server merges in float32 whatever travels.
+    """
+
+    transfer_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.transfer_dtype not in TRANSFER_DTYPES:
+            raise ValueError(f"transfer-dtype must be one of {', '.join(TRANSFER_DTYPES)}")
+
+
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "multikrum")
 
 

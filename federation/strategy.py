@@ -4,6 +4,10 @@
 MultiKrum, or one of those inside Flower's DP wrapper): it checks every reply against the global arrays the
 round started from, records why a reply was refused, hands only acceptable replies to the wrapped strategy,
 and scores each accepted node by how well its update lines up with the update the round actually applied.
+
+It is also where the wire form meets the strategies' form (federation.packing): instructions leave as one packed
+array in the campaign's transfer dtype, and every reply is unpacked to float32 per-tensor arrays first thing, so
+validation, the wrapped strategy (DP wrapper included) and the ServerApp's evaluation see today's float32 form.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum,
 
 from federation import events, privacy
 from federation.config import AggregationConfig
+from federation.packing import LAYOUT_KEY, PackingError, pack_records, unpack_content
 from federation.validation import Verdict, check_update, cosine, ratio_outliers, update_vector
 
 WEIGHT_KEY = events.NUM_EXAMPLES  # what nodes report as their sample count; FedAvg weights by it (capped)
@@ -87,9 +92,15 @@ def _report(msg: Message) -> tuple[NodeReport, list[str]]:
     return report, problems
 
 
-def _check(msg: Message, reference: dict[str, np.ndarray], max_norm: float, problems: list[str]) -> Verdict:
+def _check(
+    msg: Message, reference: dict[str, np.ndarray], max_norm: float, problems: list[str], transfer_dtype: str
+) -> Verdict:
     """The reply's shape as a Flower message, its reported numbers, then its tensors; a reply that cannot even be
-    read, or whose metrics break their bounds (see federation.events), is refused."""
+    read, or whose metrics break their bounds (see federation.events), is refused.
+
+    The packed adapter is unpacked against the round's global adapter (names, shapes, length, digest, wire dtype,
+    finite values) and, once it passes, the message carries float32 per-tensor arrays instead, as the strategies
+    expect."""
     if len(msg.content.array_records) != 1:
         return Verdict(f"expected one ArrayRecord, got {len(msg.content.array_records)}")
     weight = _scalar_metrics(msg).get(WEIGHT_KEY)
@@ -98,9 +109,12 @@ def _check(msg: Message, reference: dict[str, np.ndarray], max_norm: float, prob
     if problems:
         return Verdict("reported metrics out of bounds: " + "; ".join(problems))
     try:
-        arrays = _numpy(next(iter(msg.content.array_records.values())))
-    except (ValueError, TypeError) as exc:
-        return Verdict(f"unreadable tensors: {exc}")
+        arrays = unpack_content(msg.content, {k: v.shape for k, v in reference.items()}, transfer_dtype)
+    except PackingError as exc:
+        return Verdict(f"packed adapter refused: {exc}")
+    for key in [*msg.content.array_records, LAYOUT_KEY]:
+        del msg.content[key]
+    msg.content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     return check_update(arrays, reference, max_norm)
 
 
@@ -136,8 +150,10 @@ class GuardedStrategy(Strategy):
         max_weight_ratio: float = 0.0,
         keep_sample_size: bool = False,
         weight_key: str = WEIGHT_KEY,
+        transfer_dtype: str = "float32",
     ) -> None:
         self.inner = inner
+        self.transfer_dtype = transfer_dtype  # how adapters travel both ways (federation.packing)
         self.max_update_norm = max_update_norm
         self.max_norm_ratio = max_norm_ratio
         self.max_examples = max_examples
@@ -157,9 +173,17 @@ class GuardedStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._global = arrays  # what every reply this round is compared with
+        self._global = arrays  # what every reply this round is compared with, in float32
         self._sent_at = time.time()
+        # The wrapped strategy configures with the float32 per-tensor arrays (the DP wrapper keeps them to clip
+        # replies against); only then does what travels become one packed array in the transfer dtype.
         self._sent = list(self.inner.configure_train(server_round, arrays, config, grid))
+        if self._sent:
+            packed, layout = pack_records(_numpy(arrays), self.transfer_dtype)
+            for msg in self._sent:  # Flower's strategies share one RecordDict among the round's messages
+                for key in list(msg.content.array_records):
+                    del msg.content[key]
+                msg.content["arrays"], msg.content[LAYOUT_KEY] = packed, layout
         return self._sent
 
     def configure_evaluate(
@@ -195,7 +219,7 @@ class GuardedStrategy(Strategy):
                     log.replies.append(NodeReport(node_id, "", "", {}, error=str(msg.error.reason)))
                 continue
             report, problems = _report(msg)
-            verdict = _check(msg, reference, self.max_update_norm, problems)
+            verdict = _check(msg, reference, self.max_update_norm, problems, self.transfer_dtype)
             report.update_norm, report.rejected = verdict.norm, verdict.reason
             log.replies.append(report)
             checked.append((report, msg))
@@ -322,7 +346,9 @@ class GuardedStrategy(Strategy):
         return merged
 
 
-def build_strategy(cfg: AggregationConfig, min_nodes: int, nodes_per_round: int = 0) -> GuardedStrategy:
+def build_strategy(
+    cfg: AggregationConfig, min_nodes: int, nodes_per_round: int = 0, transfer_dtype: str = "float32"
+) -> GuardedStrategy:
     """The campaign's strategy: one of Flower's, optionally inside Flower's central-DP wrapper, then guarded.
 
     A round starts once `min_nodes` are connected. It trains every connected node, or, with `nodes_per_round` K,
@@ -348,6 +374,7 @@ def build_strategy(cfg: AggregationConfig, min_nodes: int, nodes_per_round: int 
             max_weight_ratio=cfg.max_weight_ratio,
             keep_sample_size=True,
             weight_key=UNIT_WEIGHT_KEY,
+            transfer_dtype=transfer_dtype,
         )
     inner: Strategy
     if cfg.strategy == "fedmedian":
@@ -365,6 +392,7 @@ def build_strategy(cfg: AggregationConfig, min_nodes: int, nodes_per_round: int 
         max_norm_ratio=cfg.max_norm_ratio,
         max_examples=cfg.max_examples,
         max_weight_ratio=cfg.max_weight_ratio,
+        transfer_dtype=transfer_dtype,
     )
 
 

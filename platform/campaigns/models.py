@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 
 from community.models import Node
+from federation.config import TRANSFER_DTYPES
 
 
 class BaseModel(models.Model):
@@ -52,6 +53,13 @@ class Campaign(models.Model):
         default=3600,
         help_text="Seconds a round waits for the nodes' replies; then it merges those that came back "
         "and records the rest as failed",
+    )
+    transfer_dtype = models.CharField(
+        max_length=10,
+        choices=[(d, d) for d in TRANSFER_DTYPES],
+        default="float32",
+        help_text="How adapters travel each way (federation.packing): float32 is exact, float16/bfloat16 halve "
+        "the bytes; the server merges in float32 either way",
     )
     auto_publish = models.BooleanField(
         default=True, help_text="Publish the release as soon as the campaign completes; off: staff publish it"

@@ -22,7 +22,7 @@ from campaigns.signals import attempt_recorded, campaign_completing
 from community.models import Node
 from federation import control, events, pki
 from federation.basemodel import describe_checkpoint
-from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig
+from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig, WireConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def campaign_create(
     nodes_per_round: int = 0,
     round_timeout: int = 3600,
     max_attempts: int = 3,
+    transfer_dtype: str = "float32",
     auto_publish: bool = True,
     card_notes: str = "",
     by: Any = None,
@@ -93,6 +94,10 @@ def campaign_create(
         errors["round_timeout"] = f"must be between {ROUND_TIMEOUT_MIN} and {ROUND_TIMEOUT_MAX} seconds"
     if not 1 <= max_attempts <= MAX_ATTEMPTS_CAP:
         errors["max_attempts"] = f"must be between 1 and {MAX_ATTEMPTS_CAP}"
+    try:
+        WireConfig(transfer_dtype=transfer_dtype)
+    except ValueError as exc:
+        errors["transfer_dtype"] = str(exc)
     if not Path(heldout_path).is_file():
         errors["heldout_path"] = f"{heldout_path}: no such file"
     if errors:
@@ -109,6 +114,7 @@ def campaign_create(
         nodes_per_round=nodes_per_round,
         round_timeout=round_timeout,
         max_attempts=max_attempts,
+        transfer_dtype=transfer_dtype,
         auto_publish=auto_publish,
         card_notes=card_notes,
         created_by=by if getattr(by, "pk", None) else None,
@@ -150,6 +156,7 @@ def campaign_run_config(campaign: Campaign) -> dict[str, Any]:
     return {
         **TrainConfig.from_run_config(campaign.train_config).to_run_config(),
         **AggregationConfig.from_run_config(campaign.aggregation).to_run_config(),
+        **WireConfig(transfer_dtype=campaign.transfer_dtype).to_run_config(),  # both the ServerApp and nodes read it
         **server.to_run_config(),
     }
 

@@ -8,7 +8,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from campaigns.models import BaseModel
-from federation.config import STRATEGIES, TrainConfig
+from federation.config import STRATEGIES, TRANSFER_DTYPES, TrainConfig
 
 DEFAULTS = TrainConfig()
 # Form field -> run-config key; the service's messages start with the key, which is how they find their field.
@@ -23,6 +23,14 @@ TRAIN_FIELDS = {
     "batch_size": "batch-size",
     "threads": "threads",
 }
+
+# One line each: what a choice of transfer precision means for the campaign.
+TRANSFER_CHOICES = {
+    "float32": "float32: exact; full size on the wire (default)",
+    "float16": "float16: half the bytes; about 3 significant digits, values beyond ±65504 are refused",
+    "bfloat16": "bfloat16: half the bytes; float32's range but about 2 significant digits",
+}
+assert set(TRANSFER_CHOICES) == set(TRANSFER_DTYPES)
 
 
 class CampaignForm(forms.Form):
@@ -50,6 +58,13 @@ class CampaignForm(forms.Form):
         "it resumes from the last merged round as a new run, up to this many runs in all",
     )
     strategy = forms.ChoiceField(choices=[(s, s) for s in STRATEGIES], initial="fedavg", label="Aggregation")
+    transfer_dtype = forms.ChoiceField(
+        choices=[(d, TRANSFER_CHOICES[d]) for d in TRANSFER_DTYPES],
+        initial="float32",
+        label="Transfer precision",
+        help_text="How the adapter travels between server and nodes, both ways; the server merges in float32 "
+        "whatever you choose",
+    )
     lora_r = forms.IntegerField(initial=DEFAULTS.lora_r, label="LoRA r")
     lora_alpha = forms.IntegerField(initial=DEFAULTS.lora_alpha, label="LoRA alpha")
     lora_dropout = forms.FloatField(initial=DEFAULTS.lora_dropout, label="LoRA dropout")
@@ -78,6 +93,7 @@ class CampaignForm(forms.Form):
             "nodes_per_round": data["nodes_per_round"],
             "round_timeout": data["round_timeout"],
             "max_attempts": 3 if data.get("max_attempts") is None else data["max_attempts"],
+            "transfer_dtype": data["transfer_dtype"],
             "train_config": {key: data[name] for name, key in TRAIN_FIELDS.items()},
             "aggregation": {"strategy": data["strategy"]},
             "auto_publish": data["auto_publish"],

@@ -120,6 +120,7 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
         f"- LoRA r={cfg.get('lora-r')}, alpha={cfg.get('lora-alpha')}, dropout={cfg.get('lora-dropout')}, "
         f"targets `{cfg.get('target-modules')}`; {cfg.get('local-steps')} local AdamW steps per round, "
         f"lr {cfg.get('lr')}, batch {cfg.get('batch-size')}, sequence length {cfg.get('seq-len')}.",
+        f"- Adapters travelled in {campaign.transfer_dtype} between server and nodes; the server merged in float32.",
         "",
         "## Contributors",
         "",

@@ -100,6 +100,7 @@ def campaign_provenance(campaign: Campaign, files: dict[str, str], repo_id: str 
             "min_nodes": campaign.min_nodes,
             "nodes_per_round": campaign.nodes_per_round,
             "round_timeout_s": campaign.round_timeout,
+            "transfer_dtype": campaign.transfer_dtype,  # on the wire; merged in float32 on the server
             "aggregation": describe(aggregation)["method"],
             "aggregation_config": aggregation.to_run_config(),
             "train_config": campaign.train_config,

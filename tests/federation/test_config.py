@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from federation.config import AggregationConfig, ServerConfig, TrainConfig
+from federation.config import AggregationConfig, ServerConfig, TrainConfig, WireConfig
 from federation.control import APP_DIR
 
 
 def test_flower_app_defaults_match_the_config_dataclasses():
     declared = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     expected = {**TrainConfig().to_run_config(), **ServerConfig().to_run_config()}
-    assert declared == {**expected, **AggregationConfig().to_run_config()}
+    assert declared == {**expected, **AggregationConfig().to_run_config(), **WireConfig().to_run_config()}
 
 
 def test_run_config_round_trip_casts_types():
@@ -59,3 +59,10 @@ def test_differential_privacy_is_only_offered_on_fedavg():
     with pytest.raises(ValueError, match="needs strategy fedavg"):
         AggregationConfig(strategy="fedmedian", dp_noise_multiplier=1.0)
     assert AggregationConfig(dp_noise_multiplier=1.0).dp
+
+
+def test_transfer_dtype_defaults_to_float32_and_refuses_other_names():
+    assert WireConfig.from_run_config({}).transfer_dtype == "float32"
+    assert WireConfig.from_run_config({"transfer-dtype": "bfloat16"}).transfer_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="transfer-dtype must be one of float32, float16, bfloat16"):
+        WireConfig.from_run_config({"transfer-dtype": "int8"})

@@ -18,6 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from federation import events
 from federation.attack import apply_attack
 from federation.config import AggregationConfig
+from federation.packing import LAYOUT_KEY, PACKED_KEY, pack_records, unpack_content
 from federation.strategy import GuardedStrategy, build_strategy
 
 STRATEGIES = ["fedavg", "fedmedian", "fedtrimmedavg", "multikrum"]
@@ -43,15 +44,18 @@ class NodesOnlyGrid:
 
 def reply(
     node_id: int, arrays: dict[str, np.ndarray], samples: float, loss: float = 1.0, fp: str = "f",
-    name: str | None = None, **metrics: float,
+    name: str | None = None, dtype: str = "float32", **metrics: float,
 ) -> Message:  # fmt: skip
+    """A node's reply as the ClientApp sends it: the adapter packed (federation.packing) in `dtype`."""
     TaskIdentity.node_id = 0
     query = Message(content=RecordDict({}), dst_node_id=node_id, message_type="train")
     TaskIdentity.node_id = node_id
     reported = {"num-examples": samples, "train-loss": loss, "tokens": 10 * samples, **metrics}
+    packed, layout = pack_records(arrays, dtype)
     content = RecordDict(
         {
-            "arrays": ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+            "arrays": packed,
+            LAYOUT_KEY: layout,
             "metrics": MetricRecord(reported),
             "node": ConfigRecord({"name": f"n{node_id}" if name is None else name, "fingerprint": fp}),
         }
@@ -192,7 +196,7 @@ def test_missing_tensor_is_rejected_by_name():
     strategy = build_strategy(AggregationConfig(), min_nodes=2)
     start_round(strategy, ZERO, 2)
     strategy.aggregate_train(1, [reply(1, honest(1), 5), reply(2, {"lora_A": honest(2)["lora_A"]}, 5)])
-    assert strategy.rounds[1].replies[1].rejected == "missing tensors: lora_B"
+    assert strategy.rounds[1].replies[1].rejected == "packed adapter refused: missing tensors: lora_B"
 
 
 def test_an_absolute_norm_bound_rejects_a_scaled_update():
@@ -427,3 +431,78 @@ def test_grouping_by_contributor_leaves_fedavg_unchanged():
         arrays, _ = strategy.aggregate_train(1, seven_replies())
         results.append(arrays["lora_B"].numpy())
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
+
+
+# --- the packed wire form (issue 14.4): one array each way, optionally half precision, merged in float32 -------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_instructions_carry_the_global_adapter_as_one_packed_array_in_the_transfer_dtype(dtype):
+    strategy = build_strategy(AggregationConfig(), min_nodes=2, transfer_dtype=dtype)
+    global_arrays = honest(1)
+    record = ArrayRecord({k: torch.from_numpy(v) for k, v in global_arrays.items()})
+    sent = list(strategy.configure_train(1, record, ConfigRecord({}), NodesOnlyGrid(2)))
+    assert len(sent) == 2
+    for msg in sent:
+        assert list(msg.content.array_records) == ["arrays"]
+        assert list(msg.content["arrays"]) == [PACKED_KEY]
+        # What a node does on arrival: unpack against its own adapter's names and shapes.
+        got = unpack_content(msg.content, {k: v.shape for k, v in ZERO.items()}, dtype)
+        for key, value in global_arrays.items():
+            assert got[key].dtype == np.float32
+            np.testing.assert_allclose(got[key], value, rtol=0 if dtype == "float32" else 8e-3)
+
+
+@pytest.mark.parametrize("name", [*STRATEGIES, "dp"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_every_strategy_merges_half_precision_replies_in_float32_close_to_the_float32_merge(name, dtype):
+    cfg = AggregationConfig(dp_noise_multiplier=1e-6) if name == "dp" else AggregationConfig(strategy=name)
+    merged = {}
+    for wire in ("float32", dtype):
+        strategy = build_strategy(cfg, min_nodes=4, transfer_dtype=wire)
+        start_round(strategy, ZERO, 4)
+        replies = [reply(i, honest(i), samples=10 + i, dtype=wire) for i in (1, 2, 3, 4)]
+        arrays, _ = strategy.aggregate_train(1, replies)
+        assert not any(r.rejected for r in strategy.rounds[1].replies)
+        merged[wire] = {k: arrays[k].numpy() for k in ZERO}
+    for key in ZERO:
+        assert merged[dtype][key].dtype == np.float32
+        np.testing.assert_allclose(merged[dtype][key], merged["float32"][key], rtol=8e-3, atol=1e-5)
+
+
+def test_a_reply_with_a_tampered_layout_is_refused_as_that_nodes_and_the_others_are_merged():
+    strategy = build_strategy(AggregationConfig(), min_nodes=3)
+    start_round(strategy, ZERO, 3)
+    bad = reply(3, honest(3), 10)
+    layout = dict(bad.content[LAYOUT_KEY])
+    layout["names"] = list(reversed(layout["names"]))  # lora_B's numbers read as lora_A's: shapes no longer fit
+    bad.content[LAYOUT_KEY] = ConfigRecord(layout)
+    arrays, _ = strategy.aggregate_train(1, [reply(1, honest(1), 10), reply(2, honest(2), 10), bad])
+    refused = strategy.rounds[1].replies[2]
+    assert refused.node_id == 3
+    assert refused.rejected == "packed adapter refused: wrong shape for lora_B: (1, 2) instead of (2,)"
+    expected = (honest(1)["lora_B"] + honest(2)["lora_B"]) / 2
+    np.testing.assert_allclose(arrays["lora_B"].numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: reply(2, honest(2), 10, dtype="float32"), "wire dtype 'float32' instead of the campaign's 'float16'"),
+        (lambda: per_tensor_reply(2, honest(2)), "expected one packed array 'packed', got 2 arrays"),
+    ],
+)
+def test_a_reply_not_in_the_campaigns_wire_form_is_refused_under_dp_too(make, reason):
+    strategy = build_strategy(AggregationConfig(dp_noise_multiplier=0.5), min_nodes=2, transfer_dtype="float16")
+    start_round(strategy, ZERO, 2)
+    arrays, _ = strategy.aggregate_train(1, [reply(1, honest(1), 10, dtype="float16"), make()])
+    assert reason in strategy.rounds[1].replies[1].rejected
+    assert arrays is not None and all(np.isfinite(a).all() for a in arrays.to_numpy_ndarrays())
+
+
+def per_tensor_reply(node_id: int, arrays: dict[str, np.ndarray]) -> Message:
+    """Today's (pre-packing) form: one Array per tensor."""
+    msg = reply(node_id, arrays, 10)
+    del msg.content[LAYOUT_KEY]
+    msg.content["arrays"] = ArrayRecord({k: torch.from_numpy(v) for k, v in arrays.items()})
+    return msg

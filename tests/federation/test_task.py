@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import RecordDict
 
 from federation import task
 from federation.config import TrainConfig
 from federation.data import load_records
+from federation.packing import ARRAYS_KEY, LAYOUT_KEY, pack_records, unpack_content
 from federation.task import (
     Cancelled,
     encode_all,
@@ -25,20 +26,24 @@ from federation.task import (
 CFG = TrainConfig(lora_r=4, lora_alpha=8, local_steps=6, lr=0.01, seq_len=64, batch_size=4, threads=1)
 
 
-def test_only_lora_tensors_travel_and_survive_an_arrayrecord_round_trip(tiny_checkpoint):
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_only_lora_tensors_travel_and_survive_the_packed_wire_form(tiny_checkpoint, dtype):
     model = lora_model(str(tiny_checkpoint), CFG)
     state = get_adapter_state(model)
     assert state and all("lora_" in k for k in state)
     total = sum(p.numel() for p in model.parameters())
     assert sum(t.numel() for t in state.values()) < total / 10
 
-    # Perturb, ship through Flower's ArrayRecord, load into a fresh model: identical tensors.
+    # Perturb, pack as the ClientApp does, unpack against a fresh model's own adapter and load it there.
     state = {k: v + torch.randn_like(v) for k, v in state.items()}
-    shipped = ArrayRecord(state).to_torch_state_dict()
+    arrays, layout = pack_records({k: v.numpy() for k, v in state.items()}, dtype)
     other = lora_model(str(tiny_checkpoint), CFG)
-    set_adapter_state(other, shipped)
+    own = {k: tuple(v.shape) for k, v in get_adapter_state(other).items()}
+    shipped = unpack_content(RecordDict({ARRAYS_KEY: arrays, LAYOUT_KEY: layout}), own, dtype)
+    set_adapter_state(other, {k: torch.from_numpy(v) for k, v in shipped.items()})
+    tolerance = {"float32": 0.0, "float16": 1e-3, "bfloat16": 8e-3}[dtype]
     for key, value in get_adapter_state(other).items():
-        torch.testing.assert_close(value, state[key])
+        torch.testing.assert_close(value, state[key], rtol=tolerance, atol=tolerance)
 
 
 def test_fresh_adapter_equals_the_base_model(tiny_checkpoint):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from federation.attack import apply_attack
-from federation.config import TrainConfig
+from federation.config import TrainConfig, WireConfig
 from federation.events import NodeMetrics
 from federation.node_data import node_dataset
+from federation.packing import LAYOUT_KEY, PackingError, pack_records, unpack_content, wire_bytes
 from federation.task import evaluate, get_adapter_state, reusable_lora_model, set_adapter_state, train
 from federation.warm_protocol import launched_at
 
@@ -29,8 +32,15 @@ def train_round(msg: Message, context: Context) -> Message:
     data = node_dataset(str(context.node_config["data-path"]), model_path, cfg)
 
     model = reusable_lora_model(model_path, cfg)  # loaded once per process (a warm worker: once per node)
-    received = msg.content["arrays"]
-    set_adapter_state(model, received.to_torch_state_dict())
+    # The global adapter arrives packed (federation.packing): checked against this node's own LoRA model first.
+    wire = WireConfig.from_run_config(context.run_config)
+    own = {k: tuple(v.shape) for k, v in get_adapter_state(model).items()}
+    try:
+        received = {k: torch.from_numpy(v) for k, v in unpack_content(msg.content, own, wire.transfer_dtype).items()}
+    except PackingError as exc:
+        reason = f"the global adapter from the server failed its layout check: {exc}"
+        return Message(error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+    set_adapter_state(model, received)
     loaded = time.time()
     val_before, _ = evaluate(model, data.val, data.pad_id)
     # A resumed campaign is a new Flower run counting from 1 again: seed by the campaign's round, not Flower's.
@@ -42,8 +52,9 @@ def train_round(msg: Message, context: Context) -> Message:
     state = get_adapter_state(model)
     attack = str(context.node_config.get("attack", ""))
     if attack:  # test/benchmark harness only: `node --attack MODE` sets it, with a loud warning
-        state = apply_attack(attack, state, received.to_torch_state_dict())
-    arrays = ArrayRecord(state)
+        state = apply_attack(attack, state, received)
+    arrays, layout = pack_records({k: v.numpy() for k, v in state.items()}, wire.transfer_dtype)
+    reply = RecordDict({"arrays": arrays, LAYOUT_KEY: layout})
     metrics = MetricRecord(
         NodeMetrics(
             examples=result.examples,
@@ -60,10 +71,12 @@ def train_round(msg: Message, context: Context) -> Message:
             # Two clocks (time.time around, perf_counter inside train): never below 0, which the server refuses.
             eval_seconds=max(0.0, evaluated - loaded - result.seconds),
             node_seconds=time.time() - entered + startup,
-            bytes_down=received.count_bytes(),
-            bytes_up=arrays.count_bytes(),
+            # What the adapter took on the wire each way: the packed array and its layout.
+            bytes_down=wire_bytes(msg.content),
+            bytes_up=wire_bytes(reply),
         ).record()
     )
     # Strings cannot go in a MetricRecord; FedAvg ignores ConfigRecords in replies.
     node = ConfigRecord({"name": str(context.node_config.get("name", "")), "fingerprint": data.fingerprint})
-    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics, "node": node}), reply_to=msg)
+    reply["metrics"], reply["node"] = metrics, node
+    return Message(content=reply, reply_to=msg)

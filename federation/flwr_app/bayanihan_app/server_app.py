@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from federation import events, privacy, task_heartbeat
 from federation.basemodel import sha256_file
-from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig
+from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig, WireConfig
 from federation.data import load_records
 from federation.patient_grid import PatientGrid
 from federation.report import Reporter, SiteLink
@@ -92,7 +92,10 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
     tokenizer = load_tokenizer(paths.base_model_path)
     heldout = encode_all(tokenizer, load_records(paths.heldout_path)[: server.max_heldout_records], cfg.seq_len)
     aggregation = AggregationConfig.from_run_config(context.run_config)
-    strategy = build_strategy(aggregation, server.min_nodes, server.nodes_per_round)
+    # Adapters travel packed in the campaign's transfer dtype; the strategy unpacks replies to float32 before
+    # validating and merging, so evaluation and saving below see float32 per-tensor arrays (federation.packing).
+    wire = WireConfig.from_run_config(context.run_config)
+    strategy = build_strategy(aggregation, server.min_nodes, server.nodes_per_round, wire.transfer_dtype)
     strategy.owners = {int(k): v for k, v in paths.node_owners.items() if k.isdigit()}
     privacy.replay(strategy.inner, rounds=start)  # DP: the earlier rounds' releases, composed again
     initial = initial_adapter(model, server, reporter, out)

@@ -71,6 +71,12 @@ def test_campaign_create_stores_the_full_aggregation_config(base, heldout):
     assert campaign.aggregation["strategy"] == "multikrum" and campaign.aggregation["dp-noise-multiplier"] == 0.0
 
 
+def test_campaign_create_refuses_an_unknown_transfer_dtype(base, heldout):
+    with pytest.raises(ValidationError) as info:
+        campaign_create(name="c", base_model=base, data_task="t", heldout_path=heldout, transfer_dtype="int8")
+    assert info.value.message_dict["transfer_dtype"] == ["transfer-dtype must be one of float32, float16, bfloat16"]
+
+
 @pytest.fixture
 def campaign(base) -> Campaign:
     for i in (1, 2, 3):  # reports name nodes by Flower id; only enrolled nodes are recorded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,12 @@ def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_pl
     rounds = list(campaign.rounds.order_by("number"))
     assert [r.number for r in rounds] == [0, 1, 2]
     assert rounds[0].participants == 0  # round 0 is the base model's evaluation
+    elements = adapter_elements(campaign)
     for r in rounds[1:]:
         assert r.participants == 2 and r.failures == 0
-        assert r.bytes_up > 0 and r.bytes_down == r.bytes_up  # same adapter shape both ways
+        assert r.bytes_down == r.bytes_up  # same adapter shape both ways
+        # Packed float32 (the default): 4 bytes an element plus one npy header and the layout, per node.
+        assert 2 * 4 * elements < r.bytes_up < 2 * (4 * elements + PACKING_OVERHEAD)
         parts = list(r.participations.select_related("node"))
         assert sorted(p.node.name for p in parts) == ["node-1", "node-2"]
         assert all(p.samples > 0 and p.tokens > 0 and len(p.data_fingerprint) == 64 for p in parts)
@@ -77,6 +81,41 @@ def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_pl
         tuned = PeftModel.from_pretrained(base_model, str(folder))
         after = tuned(input_ids=ids).logits
     assert not torch.allclose(before, after, atol=1e-6), "the released adapter changes nothing"
+
+
+PACKING_OVERHEAD = 16_384  # bytes: npy header, array key, layout (names of the tiny model's tensors, digest)
+
+
+def adapter_elements(campaign: Campaign) -> int:
+    """Elements in the campaign's adapter, from round 1's saved file."""
+    from safetensors import safe_open
+
+    path = campaign_output_dir(campaign) / "server" / "round-1" / "adapter_model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def test_a_float16_campaign_sends_half_the_bytes_and_merges_in_float32(live_platform):
+    """transfer-dtype float16 both ways: a real round completes, the wire carries 2 bytes an element, and what the
+    server merged, evaluated and released is float32."""
+    campaign = live_platform.run_campaign(
+        "Half",
+        train_config={"local-steps": 2, "seq-len": 32, "threads": 1},
+        transfer_dtype="float16",
+        num_rounds=1,
+        min_nodes=2,
+    )
+    assert campaign.status == Campaign.Status.COMPLETED, campaign.status_reason
+    merged = campaign.rounds.get(number=1)
+    assert merged.participants == 2 and merged.failures == 0
+    elements = adapter_elements(campaign)
+    assert 2 * 2 * elements < merged.bytes_up < 2 * (2 * elements + PACKING_OVERHEAD)
+    assert merged.bytes_down == merged.bytes_up
+    from safetensors.torch import load_file
+
+    released = load_file(str(Path(campaign.release.path) / "adapter_model.safetensors"))
+    assert {t.dtype for t in released.values()} == {torch.float32}
+    assert any(t.abs().sum() > 0 for k, t in released.items() if "lora_B" in k)  # training moved B off zero
 
 
 def test_release_files_download_over_http(live_platform, client):

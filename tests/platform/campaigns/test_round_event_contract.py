@@ -21,6 +21,7 @@ from campaigns.models import BaseModel, Campaign, Round
 from community.models import Node
 from federation.config import AggregationConfig
 from federation.events import ADAPTER_FILES, EVENT_ROUND, NodeMetrics
+from federation.packing import LAYOUT_KEY, pack_records
 from federation.strategy import build_strategy
 
 pytestmark = pytest.mark.django_db
@@ -53,9 +54,11 @@ def reply(node_id: int, update: float, **changes: float) -> Message:
     query = Message(content=RecordDict({}), dst_node_id=node_id, message_type="train")
     TaskIdentity.node_id = node_id
     reported = dataclasses.replace(HONEST, **changes).record()
+    arrays, layout = pack_records({"w": np.full(4, update, np.float32)}, "float32")  # as the ClientApp sends it
     return Message(
         content=RecordDict({
-            "arrays": ArrayRecord({"w": torch.full((4,), update)}),
+            "arrays": arrays,
+            LAYOUT_KEY: layout,
             "metrics": MetricRecord(reported),
             "node": ConfigRecord({"name": "I am node 12" if node_id == 11 else f"n{node_id}", "fingerprint": "ab"}),
         }),

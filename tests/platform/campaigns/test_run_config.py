@@ -44,6 +44,13 @@ def test_campaign_run_config_has_numbers_and_names_only(campaign, settings):
     assert leaks(config, campaign, secret="") == []
 
 
+def test_the_transfer_dtype_reaches_the_run_config_that_server_and_nodes_read(campaign):
+    assert campaign.transfer_dtype == "float32" and campaign_run_config(campaign)["transfer-dtype"] == "float32"
+    Campaign.objects.filter(pk=campaign.pk).update(transfer_dtype="bfloat16")
+    campaign.refresh_from_db()
+    assert campaign_run_config(campaign)["transfer-dtype"] == "bfloat16"
+
+
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
 def test_the_run_the_superlink_hands_to_nodes_carries_no_secret_or_path(campaign, tls_superlink, settings):

@@ -25,7 +25,7 @@ def form_data(base, heldout, **overrides):
         "num_rounds": 2, "min_nodes": 2, "nodes_per_round": 0, "round_timeout": 3600, "strategy": "fedavg",
         "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
         "target_modules": "q_proj,v_proj", "local_steps": 4, "lr": 0.01, "seq_len": 64, "batch_size": 4,
-        "threads": 1, "auto_publish": "on", "card_notes": "",
+        "threads": 1, "transfer_dtype": "float32", "auto_publish": "on", "card_notes": "",
     }  # fmt: skip
     return {**data, **overrides}
 
@@ -62,6 +62,19 @@ def test_create_form_puts_the_services_messages_on_their_fields(client, staff, b
     assert errors["heldout_path"] == ["/nope: no such file"]
     assert b"must be between 1 and 1000" in response.content
     assert not AuditEntry.objects.exists()
+
+
+def test_the_form_explains_each_transfer_precision_and_the_campaign_keeps_the_choice(client, staff, base, heldout):
+    client.force_login(staff)
+    page = client.get("/console/campaigns/new").content.decode()
+    assert "float32: exact" in page and "float16: half the bytes" in page and "bfloat16: half the bytes" in page
+    assert "the server merges in float32" in page
+    client.post("/console/campaigns/new", form_data(base, heldout, transfer_dtype="float16"))
+    campaign = Campaign.objects.get()
+    assert campaign.transfer_dtype == "float16"
+    assert b"adapters travel in <code>float16</code>" in client.get(f"/console/campaigns/{campaign.pk}/").content
+    response = client.post("/console/campaigns/new", form_data(base, heldout, transfer_dtype="int8"))
+    assert response.status_code == 200 and "transfer_dtype" in response.context["form"].errors
 
 
 def test_approving_a_contributor_from_the_console_is_audited(client, staff, contributor):
