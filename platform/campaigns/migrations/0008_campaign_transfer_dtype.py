@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0006_campaign_attempts'),
+        ('campaigns', '0007_remove_campaign_report_token_hash'),
     ]
 
     operations = [
