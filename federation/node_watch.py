@@ -14,6 +14,7 @@ Pure logic (no processes, no clock of its own) so the decisions and the status l
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,3 +161,36 @@ def status_line(code: int, body: dict, link: str, state: str | None = None) -> s
         return f"{state} · waiting for the first round"
     loss = f"{last['train_loss']:.4f}" if last.get("train_loss") is not None else "n/a"
     return f"{state} · last round: {last['campaign']} round {last['round']} · train loss {loss}"
+
+
+def training_now(home: Path, supernode_pid: int | None) -> str:
+    """What the node is doing between heartbeats, for the status line: a round's task can run for many minutes,
+    and "waiting for the first round" or the last round's loss alone would not say that it is training now.
+
+    The warm worker writes what it runs (warm_worker.STATUS_FILE); without one, a task is a `federation.node_runtime`
+    process under the SuperNode."""
+    try:
+        from federation.warm_worker import STATUS_FILE  # plain-Python module level: no torch here
+
+        status = json.loads((home / STATUS_FILE).read_text())
+        if status.get("running"):
+            return "training a round now"
+        if status.get("waiting"):
+            return f"{status['waiting']} round task(s) queued"
+    except (OSError, ValueError, AttributeError):
+        pass
+    if supernode_pid is None:
+        return ""
+    import psutil  # only here: node_watch's other helpers are plain functions over logs and answers
+
+    try:
+        children = psutil.Process(supernode_pid).children(recursive=True)
+    except psutil.Error:
+        return ""
+    for child in children:
+        try:
+            if "federation.node_runtime" in " ".join(child.cmdline()):
+                return "running a round task now"
+        except psutil.Error:
+            continue
+    return ""

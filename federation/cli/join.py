@@ -211,6 +211,8 @@ def _supervise(
             wait = max(0.0, next_start - now)
             state_text = f"reconnecting · {watch.reason}; next try in {wait:.0f}s"
             line = node_watch.status_line(code, body, "unknown", state_text)
+        if alive and (doing := node_watch.training_now(home, node.pid if node is not None else None)):
+            line = f"{line} · {doing}"
         # The countdown changes every tick: print when the state (not the seconds) changes.
         key = line.split("; next try in")[0]
         if key != last_line:

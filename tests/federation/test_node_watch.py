@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from federation.node_watch import LogSigns, LogTail, Watch, read_signs, status_line
+import psutil
+
+from federation.node_watch import LogSigns, LogTail, Watch, read_signs, status_line, training_now
 
 ROUND = {"campaign": "c1", "round": 2, "train_loss": 1.25, "error": ""}
 NONE = LogSigns()
@@ -132,3 +138,29 @@ def test_log_tail_returns_only_new_complete_lines_and_survives_truncation(tmp_pa
     assert tail.read() == "second part done"
     path.write_text("new\n")  # replaced by a shorter file
     assert tail.read() == "new"
+
+
+def test_the_status_says_when_a_round_is_training_now_from_the_warm_worker_or_a_task_process(tmp_path):
+    """A round's task runs for minutes: the status line must say so, not only "waiting for the first round"."""
+    assert training_now(tmp_path, None) == ""
+    (tmp_path / "warm-worker.json").write_text(json.dumps({"running": "msg-1", "waiting": 0}))
+    assert training_now(tmp_path, None) == "training a round now"
+    (tmp_path / "warm-worker.json").write_text(json.dumps({"running": "", "waiting": 2}))
+    assert training_now(tmp_path, None) == "2 round task(s) queued"
+    (tmp_path / "warm-worker.json").write_text(json.dumps({"running": "", "waiting": 0}))
+    # Without a warm worker: a `federation.node_runtime` process under the SuperNode is a task in progress.
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+         "'import time; time.sleep(30)', '-m', 'federation.node_runtime'])"],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert training_now(tmp_path, parent.pid) == "running a round task now"
+    finally:
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            child.kill()
+        parent.kill()
+        parent.wait()
+    assert training_now(tmp_path, parent.pid) == ""
