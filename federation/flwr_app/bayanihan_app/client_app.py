@@ -30,11 +30,15 @@ def train_round(msg: Message, context: Context) -> Message:
     received = msg.content["arrays"]
     set_adapter_state(model, received.to_torch_state_dict())
     loaded = time.time()
-    val_before, _ = evaluate(model, data.val, data.pad_id)
+    # Validation as the campaign asks (node-validation); a loss not measured is left out of the reply, never 0.
+    validation: dict[str, float] = {}
+    if cfg.node_validation == "both":
+        validation["val-loss-before"] = evaluate(model, data.val, data.pad_id)[0]
     # A resumed campaign is a new Flower run counting from 1 again: seed by the campaign's round, not Flower's.
     campaign_round = int(msg.content["config"]["server-round"]) + int(context.run_config.get("start-round", 0))
     result = train(model, data.train, cfg, data.pad_id, round_seed=campaign_round)
-    val_after, _ = evaluate(model, data.val, data.pad_id)
+    if cfg.node_validation != "none":
+        validation["val-loss-after"] = evaluate(model, data.val, data.pad_id)[0]
     evaluated = time.time()
 
     state = get_adapter_state(model)
@@ -46,8 +50,7 @@ def train_round(msg: Message, context: Context) -> Message:
         {
             "num-examples": result.examples,
             "train-loss": result.loss,
-            "val-loss-before": val_before,
-            "val-loss-after": val_after,
+            **validation,
             "steps": result.steps,
             "tokens": result.tokens,
             "loss-tokens": result.loss_tokens,

@@ -69,12 +69,12 @@ def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, tmp
     replies = [
         reply(11, 0.1, **{"num-examples": 10**7, "val-loss-after": float("nan")}),  # a liar, capped
         reply(12, 0.1, tokens=-1),  # refused by the strategy: out of bounds
-        reply(13, 0.1),
+        reply(13, 0.1, **{"val-loss-after": 0.9}),  # node-validation "after": no loss before, not a fake 0
         reply(14, 0.1),  # a node the platform never enrolled
     ]
     strategy.aggregate_train(1, replies)
     log = strategy.rounds[1]
-    event = {  # the fields server_app.evaluate_round sends
+    event = {  # the fields server_app.record_round sends
         "type": "round", "round": 1, "adapter_files": dict.fromkeys(ADAPTER_FILES, "c" * 64), "eval_loss": 1.2,
         "eval_perplexity": 3.3, "eval_tokens": 100, "seconds": 4.0, "train": log.train_metrics,
         "nodes": [asdict(r) for r in log.replies], "epsilon": log.epsilon, "delta": log.delta, "timings": {},
@@ -90,6 +90,7 @@ def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, tmp
     assert set(rows) == {"11", "12", "13"}
     assert rows["11"].node == enrolled[11] and rows["11"].node.name == "enrolled-11"  # not "I am node 12"
     assert rows["11"].samples == 10**7 and rows["11"].val_loss_after is None  # the claim, on record as claimed
+    assert rows["13"].val_loss_before is None and rows["13"].val_loss_after == pytest.approx(0.9)
     assert "tokens=-1" in rows["12"].rejected_reason and rows["12"].tokens == 0
     assert (round_.participants, round_.rejected, round_.failures) == (2, 1, 0)
     assert round_.train_loss == pytest.approx(1.5)
