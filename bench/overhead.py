@@ -129,17 +129,19 @@ def breakdown(sent: float, recorded: float, run, events: list[dict]) -> list[tup
          started["process_started"] - pending),
         ("process start", "ServerApp imports (torch, transformers)", started["time"] - started["process_started"]),
         ("model loading", "server loads base model + LoRA, tokenizes held-out", t0["started"] - started["time"]),
-        ("evaluation", "server evaluates the base model (round 0) and saves it", t0["evaluated"] - t0["started"]),
-        ("bookkeeping", "round 0 reported to the site (POST + adapter upload)", t1["sent"] - t0["evaluated"]),
+        # Round 0 (the base model) is evaluated, saved and reported by the ServerApp's evaluator thread while round 1
+        # trains: on the critical path is only its hand-off (copying the adapter) and building round 1's messages.
+        ("bookkeeping", "round 0 handed to the evaluator, round 1's instructions built", t1["sent"] - t0["started"]),
         ("transport", "messages to and from the nodes, SuperNode polling, waiting for the slowest", waiting),
         ("process start", "ClientApp process start-up on the slowest node", slow["startup-seconds"]),
         ("model loading", "node loads base model + LoRA + its data", slow["load-seconds"]),
-        ("evaluation", "node validation loss before and after training", slow["eval-seconds"]),
+        ("evaluation", "node validation loss (node-validation: after training by default)", slow["eval-seconds"]),
         ("training", "the slowest node's local steps", slow["train-seconds"]),
         ("transport", "node packs its reply (adapter tensors)", slow["node-seconds"] - slow["startup-seconds"]
          - slow["load-seconds"] - slow["eval-seconds"] - slow["train-seconds"]),
         ("aggregation", "validate replies + FedAvg", t1["aggregated"] - t1["replies"]),
-        ("evaluation", "server evaluates the merged adapter and saves it", t1["evaluated"] - t1["aggregated"]),
+        ("evaluation", "server evaluates the merged adapter and saves it (last round: nothing to overlap)",
+         t1["evaluated"] - t1["aggregated"]),
         ("bookkeeping", "round 1 reported to the site and recorded in the database", recorded - t1["evaluated"]),
     ]  # fmt: skip
     return parts

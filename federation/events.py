@@ -115,8 +115,8 @@ class NodeMetrics:
 
     examples: int
     train_loss: float
-    val_loss_before: float
-    val_loss_after: float
+    val_loss_before: float | None  # None: not measured (node-validation), left out of the reply, never sent as 0
+    val_loss_after: float | None
     steps: int
     tokens: int
     loss_tokens: int
@@ -129,8 +129,9 @@ class NodeMetrics:
     bytes_up: int
 
     def record(self) -> dict[str, int | float]:
-        """The MetricRecord's contents: every key in NODE_METRICS (a test holds the two together)."""
-        return {
+        """The MetricRecord's contents: every key in NODE_METRICS (a test holds the two together), less the
+        validation losses the node did not measure."""
+        record = {
             NUM_EXAMPLES: self.examples,
             TRAIN_LOSS: self.train_loss,
             VAL_LOSS_BEFORE: self.val_loss_before,
@@ -146,6 +147,7 @@ class NodeMetrics:
             BYTES_DOWN: self.bytes_down,
             BYTES_UP: self.bytes_up,
         }
+        return {key: value for key, value in record.items() if value is not None}
 
 
 def check_metrics(metrics: Any) -> tuple[dict[str, float | int | None], list[str]]:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -125,13 +126,16 @@ class Reporter:
         self.journal = journal_dir / "events.jsonl"
         self.patience = patience
         self.timeout = timeout
+        # The ServerApp reports rounds from its evaluator thread and started/finished/failed from its own; one
+        # journal line at a time (requests itself is per call and needs no lock).
+        self._journal_lock = threading.Lock()
         journal_dir.mkdir(parents=True, exist_ok=True)
 
     def event(self, event_type: str, /, **payload: Any) -> None:
         """Journal and send one event (`event_type`: events.EVENT_*). Positional-only, so a payload may carry any
         field name: the `failed` event's `kind` once collided with this parameter, and the report never went out."""
         body = {"type": event_type, "time": time.time(), **payload}
-        with self.journal.open("a", encoding="utf-8") as fh:
+        with self._journal_lock, self.journal.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(body) + "\n")
         # The same bytes on every retry: the site recognises a resent event (same content) and records it once.
         self._send("POST", f"{self.url}/events", data=json.dumps(body).encode(), content_type="application/json")

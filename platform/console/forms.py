@@ -8,7 +8,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from campaigns.models import BaseModel
-from federation.config import STRATEGIES, TRANSFER_DTYPES, TrainConfig
+from federation.config import NODE_VALIDATION, STRATEGIES, TRANSFER_DTYPES, TrainConfig
 
 DEFAULTS = TrainConfig()
 # Form field -> run-config key; the service's messages start with the key, which is how they find their field.
@@ -22,6 +22,8 @@ TRAIN_FIELDS = {
     "seq_len": "seq-len",
     "batch_size": "batch-size",
     "threads": "threads",
+    "node_validation": "node-validation",
+    "max_eval_records": "max-eval-records",
 }
 
 # One line each: what a choice of transfer precision means for the campaign.
@@ -74,6 +76,18 @@ class CampaignForm(forms.Form):
     seq_len = forms.IntegerField(initial=DEFAULTS.seq_len, label="Sequence length")
     batch_size = forms.IntegerField(initial=DEFAULTS.batch_size)
     threads = forms.IntegerField(initial=DEFAULTS.threads, help_text="torch threads per node process; 0 = default")
+    node_validation = forms.ChoiceField(
+        choices=[(v, v) for v in NODE_VALIDATION],
+        initial=DEFAULTS.node_validation,
+        label="Node validation",
+        help_text="When each node measures its own validation loss: after training (default), before and after "
+        "(twice the cost), or never; the held-out evaluation of every merged round is done by the server either way",
+    )
+    max_eval_records = forms.IntegerField(
+        initial=DEFAULTS.max_eval_records,
+        label="Node validation records",
+        help_text="At most this many of a node's validation records are evaluated (each costs a forward pass)",
+    )
     auto_publish = forms.BooleanField(
         required=False, initial=True, help_text="Publish the release when the campaign completes"
     )

@@ -11,6 +11,10 @@ from rich.table import Table
 from campaigns.models import Campaign, Round
 
 
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _round_table(round_: Round) -> Table | str:
     summary = f"held-out loss {round_.eval_loss:.4f} (perplexity {round_.eval_perplexity:.1f})"
     if round_.number == 0:
@@ -27,7 +31,7 @@ def _round_table(round_: Round) -> Table | str:
             str(p.samples),
             f"{p.tokens:,}",
             f"{p.train_loss:.4f}",
-            f"{p.val_loss_before:.3f}→{p.val_loss_after:.3f}" if p.val_loss_before is not None else "-",
+            f"{_loss(p.val_loss_before)}→{_loss(p.val_loss_after)}",  # a node may validate after only, or not
             f"{p.seconds:.0f}",
             f"{p.bytes_up / 1e6:.1f}/{p.bytes_down / 1e6:.1f}",
         )

@@ -70,6 +70,7 @@ class Stack:
         env = procs.flower_env(
             superlink_dir / "flwr-home",
             {"BAYANIHAN_LINK_SECRET_FILE": str(secret_file), "BAYANIHAN_SITE_URL": site_url},
+            task_poll_seconds=procs.SUPERLINK_TASK_POLL_SECONDS,  # why: federation/procs.py
         )
         proc = self.supervisor.start(
             "superlink", procs.superlink_command(superlink_dir, LOOPBACK, port, tls), env=env, cwd=superlink_dir

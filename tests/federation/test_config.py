@@ -28,11 +28,19 @@ def test_run_config_round_trip_casts_types():
         ("lr", 5.0, "lr"),
         ("target-modules", " , ", "target-modules"),
         ("seq-len", 2, "seq-len"),
+        ("node-validation", "sometimes", "node-validation must be one of after, both, none"),
+        ("max-eval-records", -1, "max-eval-records"),
     ],
 )
 def test_bad_training_config_names_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_run_config({key: value})
+
+
+def test_nodes_validate_after_training_only_on_a_bounded_sample_by_default():
+    cfg = TrainConfig()
+    assert (cfg.node_validation, cfg.max_eval_records) == ("after", 16)
+    assert TrainConfig.from_run_config({"node-validation": "both"}).node_validation == "both"
 
 
 def test_app_dir_is_inside_the_package():

@@ -24,3 +24,13 @@ def test_a_nodes_metrics_carry_every_bounded_key_and_nothing_else():
 def test_an_honest_nodes_metrics_pass_their_bounds_unchanged():
     record = metrics().record()
     assert events.check_metrics(record) == (record, [])
+
+
+def test_a_validation_loss_the_node_did_not_measure_is_left_out_never_sent_as_zero():
+    """node-validation "after" (the default) measures no loss before training; "none" measures neither."""
+    sent = metrics(val_loss_before=None).record()
+    assert events.VAL_LOSS_BEFORE not in sent and sent[events.VAL_LOSS_AFTER] == metrics().val_loss_after
+    assert events.check_metrics(sent) == (sent, [])  # the server takes a missing loss as not measured
+    assert not {events.VAL_LOSS_BEFORE, events.VAL_LOSS_AFTER} & set(
+        metrics(val_loss_before=None, val_loss_after=None).record()
+    )

@@ -71,3 +71,26 @@ def test_it_gives_up_when_the_superlink_keeps_failing():
 
 def test_anything_else_goes_to_flowers_grid():
     assert PatientGrid(FlakyGrid([])).run_id == 7
+
+
+def test_an_error_of_the_check_ends_the_wait_for_replies():
+    """The ServerApp passes its evaluator's check: a round that could not be recorded stops the run at the next
+    poll, instead of after the round being trained."""
+
+    class Silent(FlakyGrid):
+        def pull_messages(self, message_ids):
+            self.pulls += 1
+            return []  # nobody has replied yet
+
+    inner = Silent([])
+    polls = []
+
+    def check() -> None:
+        polls.append(1)
+        if len(polls) == 3:
+            raise RuntimeError("round 4 could not be recorded")
+
+    grid = PatientGrid(inner, waits=(0,), poll_seconds=0, check=check)
+    with pytest.raises(RuntimeError, match="could not be recorded"):
+        grid.send_and_receive(["a"], timeout=60)
+    assert inner.pulls == 3

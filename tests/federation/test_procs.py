@@ -103,3 +103,23 @@ def test_supernode_and_what_it_started_die_when_join_like_supervisor_is_killed(t
     left = _gone_within([supernode, *descendants], 15)
     assert not left, f"left behind: {[' '.join(p.cmdline()) for p in left]}"
     print(f"SuperNode and its children gone {time.monotonic() - started:.1f}s after the supervisor's SIGKILL")
+
+
+def test_flower_processes_poll_for_tasks_faster_than_flowers_default_and_flower_accepts_the_values(monkeypatch):
+    from flwr.supercore.superexec.run_superexec import _get_task_poll_interval
+
+    from federation import procs
+
+    monkeypatch.delenv(procs.TASK_POLL_ENV, raising=False)
+    node = flower_env(Path("/tmp/h"))
+    link = flower_env(Path("/tmp/h"), task_poll_seconds=procs.SUPERLINK_TASK_POLL_SECONDS)
+    for env, expected in ((node, procs.SUPERNODE_TASK_POLL_SECONDS), (link, procs.SUPERLINK_TASK_POLL_SECONDS)):
+        monkeypatch.setenv(procs.TASK_POLL_ENV, env[procs.TASK_POLL_ENV])
+        assert _get_task_poll_interval() == expected < 1.0  # Flower's default is 1 s
+
+
+def test_an_operators_task_poll_interval_wins(monkeypatch):
+    from federation import procs
+
+    monkeypatch.setenv(procs.TASK_POLL_ENV, "2.5")
+    assert flower_env(Path("/tmp/h"))[procs.TASK_POLL_ENV] == "2.5"

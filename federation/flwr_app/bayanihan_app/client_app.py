@@ -42,11 +42,15 @@ def train_round(msg: Message, context: Context) -> Message:
         return Message(error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
     set_adapter_state(model, received)
     loaded = time.time()
-    val_before, _ = evaluate(model, data.val, data.pad_id)
+    # Validation as the campaign asks (node-validation); a loss not measured is left out of the reply, never 0.
+    validation: dict[str, float] = {}
+    if cfg.node_validation == "both":
+        validation["before"] = evaluate(model, data.val, data.pad_id)[0]
     # A resumed campaign is a new Flower run counting from 1 again: seed by the campaign's round, not Flower's.
     campaign_round = int(msg.content["config"]["server-round"]) + int(context.run_config.get("start-round", 0))
     result = train(model, data.train, cfg, data.pad_id, round_seed=campaign_round)
-    val_after, _ = evaluate(model, data.val, data.pad_id)
+    if cfg.node_validation != "none":
+        validation["after"] = evaluate(model, data.val, data.pad_id)[0]
     evaluated = time.time()
 
     state = get_adapter_state(model)
@@ -59,8 +63,8 @@ def train_round(msg: Message, context: Context) -> Message:
         NodeMetrics(
             examples=result.examples,
             train_loss=result.loss,
-            val_loss_before=val_before,
-            val_loss_after=val_after,
+            val_loss_before=validation.get("before"),
+            val_loss_after=validation.get("after"),
             steps=result.steps,
             tokens=result.tokens,
             loss_tokens=result.loss_tokens,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import requests
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import load_file
@@ -17,6 +19,7 @@ from federation import events, privacy, task_heartbeat
 from federation.basemodel import sha256_file
 from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig, WireConfig
 from federation.data import load_records
+from federation.evaluator import RoundEvaluator
 from federation.patient_grid import PatientGrid
 from federation.report import Reporter, SiteLink
 from federation.strategy import build_strategy
@@ -75,6 +78,16 @@ def initial_adapter(model, server: ServerConfig, reporter: Reporter, out: Path) 
     return ArrayRecord(get_adapter_state(model))
 
 
+@dataclass(frozen=True)
+class RoundJob:
+    """One merged round, handed from Flower's loop to the evaluator's thread (copies only: Flower moves on)."""
+
+    campaign_round: int
+    state: dict[str, torch.Tensor]
+    timings: dict[str, float | None]
+    log: dict[str, Any]  # the round event's train, nodes, epsilon and delta
+
+
 def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, reporter: Reporter, out: Path) -> None:
     cfg = TrainConfig.from_run_config(context.run_config)
     start = server.start_round
@@ -101,55 +114,83 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
     initial = initial_adapter(model, server, reporter, out)
     round_started = time.time()
 
-    def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Called by Strategy.start before round 1 (the starting adapter) and after every round.
-
-        Flower counts this run's rounds from 1; the campaign's round is `start + server_round`. Round `start` is
-        already on record when resuming: its evaluation is not reported again.
-        """
-        nonlocal round_started
-        evaluate_started = time.time()
-        set_adapter_state(model, arrays.to_torch_state_dict())
+    def record_round(job: RoundJob) -> None:
+        """On the evaluator's thread, in round order: evaluate, save, report and upload one merged round."""
+        timings = {**job.timings, "evaluate_started": time.time()}
+        set_adapter_state(model, job.state)
         loss, tokens = evaluate(model, heldout, int(tokenizer.pad_token_id))
-        metrics = MetricRecord({"eval-loss": loss, "eval-perplexity": perplexity(loss)})
-        campaign_round = start + server_round
-        if server_round == 0 and start:
-            round_started = time.time()
-            return metrics
-        folder = out / f"round-{campaign_round}"
+        folder = out / f"round-{job.campaign_round}"
         model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only
-        log = strategy.rounds.get(server_round)
-        timings = {"started": round_started, "evaluate_started": evaluate_started, "evaluated": time.time()}
-        if log:
-            timings.update(sent=log.sent_at, replies=log.replies_at, aggregated=log.aggregated_at)
+        timings["evaluated"] = time.time()
         # The event pins the files by sha256 before they are uploaded: the site takes only those bytes, once.
         files = {name: sha256_file(folder / name) for name in events.ADAPTER_FILES}
         reporter.event(
             events.EVENT_ROUND,
-            round=campaign_round,
+            round=job.campaign_round,
             adapter_files=files,
             eval_loss=loss,
             eval_perplexity=perplexity(loss),
             eval_tokens=tokens,
-            seconds=time.time() - round_started,
-            train=log.train_metrics if log else {},
-            nodes=[asdict(r) for r in log.replies] if log else [],
-            epsilon=log.epsilon if log else None,
-            delta=log.delta if log else None,
+            seconds=time.time() - job.timings["started"],
             timings=timings,  # epoch seconds on this host: where the round's wall time went
+            **job.log,
         )
         for name in files:
-            reporter.upload(campaign_round, folder / name)
+            reporter.upload(job.campaign_round, folder / name)
+
+    evaluator: RoundEvaluator[RoundJob] = RoundEvaluator(record_round)
+
+    def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Called by Strategy.start before round 1 (the starting adapter) and after every round.
+
+        Hands the round to the evaluator and returns at once, so that the next round's instructions go out while
+        this one is evaluated and recorded. Flower counts this run's rounds from 1; the campaign's round is
+        `start + server_round`. Round `start` is already on record when resuming: it is not evaluated or reported
+        again. Returns no metrics: Flower only logs them, and the round event carries the evaluation.
+        """
+        nonlocal round_started
+        queued = time.time()
+        if server_round == 0 and start:
+            round_started = queued
+            return None
+        log = strategy.rounds.get(server_round)
+        timings = {"started": round_started, "evaluate_queued": queued}
+        if log:
+            timings.update(sent=log.sent_at, replies=log.replies_at, aggregated=log.aggregated_at)
+        evaluator.submit(
+            RoundJob(
+                campaign_round=start + server_round,
+                # A copy: Flower reuses `arrays` as the next round's starting point while this one is evaluated.
+                state={k: v.detach().clone() for k, v in arrays.to_torch_state_dict().items()},
+                timings=timings,
+                # Copied now (asdict copies): the strategy goes on to the next round while the evaluator reports.
+                log={
+                    "train": dict(log.train_metrics) if log else {},
+                    "nodes": [asdict(r) for r in log.replies] if log else [],
+                    "epsilon": log.epsilon if log else None,
+                    "delta": log.delta if log else None,
+                },
+            )
+        )
         round_started = time.time()
-        return metrics
+        return None
 
     train_config = ConfigRecord({"campaign-id": server.campaign_id})
-    strategy.start(
-        grid=PatientGrid(grid),  # a passing HTTP 500 from the SuperLink's SQLite must not end the campaign
-        initial_arrays=initial,
-        num_rounds=server.num_rounds - start,
-        timeout=server.round_timeout,
-        train_config=train_config,
-        evaluate_fn=evaluate_round,
-    )
+    try:
+        strategy.start(
+            # A passing HTTP 500 from the SuperLink's SQLite must not end the campaign; while it waits for replies,
+            # the grid also raises the evaluator's error, so a failed round record stops the run within a poll.
+            grid=PatientGrid(grid, check=evaluator.check),
+            initial_arrays=initial,
+            num_rounds=server.num_rounds - start,
+            timeout=server.round_timeout,
+            train_config=train_config,
+            evaluate_fn=evaluate_round,
+        )
+    except BaseException:
+        # Rounds merged before the failure still go on record (a resume then continues after them); the error
+        # raised is this one, whatever the evaluator's own.
+        evaluator.close(raise_error=False)
+        raise
+    evaluator.close()  # every round reported and uploaded (or the evaluator's error raised) before `finished`
     reporter.event(events.EVENT_FINISHED, rounds=server.num_rounds)

@@ -13,12 +13,13 @@ from campaigns.models import Campaign
 from campaigns.services import campaign_output_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+TRAIN = {"local-steps": 4, "seq-len": 64, "batch-size": 4, "lr": 0.01, "threads": 1}
 
 
 def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_platform):
     campaign = live_platform.run_campaign(
         "E2E",
-        train_config={"local-steps": 4, "seq-len": 64, "batch-size": 4, "lr": 0.01, "threads": 1},
+        train_config=TRAIN | {"node-validation": "both"},
         num_rounds=2,
         min_nodes=2,
     )
@@ -36,6 +37,7 @@ def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_pl
         parts = list(r.participations.select_related("node"))
         assert sorted(p.node.name for p in parts) == ["node-1", "node-2"]
         assert all(p.samples > 0 and p.tokens > 0 and len(p.data_fingerprint) == 64 for p in parts)
+        assert all(p.val_loss_before is not None and p.val_loss_after is not None for p in parts)  # "both"
     # Nodes hold different topics: their data fingerprints differ, and match what the corpus recorded.
     manifest = json.loads((live_platform.corpus / "manifest.json").read_text())
     fingerprints = {p.node.name: p.data_fingerprint for p in rounds[1].participations.select_related("node")}
@@ -51,9 +53,17 @@ def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_pl
     events = [json.loads(line) for line in journal.read_text().splitlines()]
     started = next(e for e in events if e["type"] == "started")
     assert started["process_started"] <= started["time"]
+    assert [e["type"] for e in events] == ["started", "round", "round", "round", "finished"]
+    assert [e["round"] for e in events if e["type"] == "round"] == [0, 1, 2]  # the evaluator keeps their order
+    timings = {e["round"]: e["timings"] for e in events if e["type"] == "round"}
+    # Evaluation is off the critical path: round N+1's instructions went out before round N's evaluation ended
+    # (the tiny model evaluates fast, so only the hand-off is certain to come first).
+    for n in (1, 2):
+        assert timings[n - 1]["evaluate_queued"] <= timings[n]["sent"]
     for event in (e for e in events if e["type"] == "round" and e["round"] > 0):
         t = event["timings"]
-        assert t["sent"] <= t["replies"] <= t["aggregated"] <= t["evaluate_started"] <= t["evaluated"]
+        assert t["sent"] <= t["replies"] <= t["aggregated"] <= t["evaluate_queued"] <= t["evaluate_started"]
+        assert t["evaluate_started"] <= t["evaluated"]
         for node in event["nodes"]:
             m = node["metrics"]
             parts = m["startup-seconds"] + m["load-seconds"] + m["eval-seconds"] + m["train-seconds"]
@@ -129,6 +139,9 @@ def test_release_files_download_over_http(live_platform, client):
         min_nodes=2,
     )
     assert campaign.status == Campaign.Status.COMPLETED, campaign.status_reason
+    # By default nodes validate after training only: the loss before is not measured, and not recorded as 0.
+    parts = list(campaign.rounds.get(number=1).participations.all())
+    assert parts and all(p.val_loss_before is None and p.val_loss_after is not None for p in parts)
     release = campaign.release
     for f in release.files.all():
         url = f"{live_platform.site_url}/releases/{release.repo_id}/{release.revision}/{f.path}"

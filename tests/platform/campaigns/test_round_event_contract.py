@@ -87,7 +87,7 @@ def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, tmp
     ]
     strategy.aggregate_train(1, replies)
     log = strategy.rounds[1]
-    event = {  # the fields server_app.evaluate_round sends
+    event = {  # the fields server_app.record_round sends
         "type": EVENT_ROUND, "round": 1, "adapter_files": dict.fromkeys(ADAPTER_FILES, "c" * 64), "eval_loss": 1.2,
         "eval_perplexity": 3.3, "eval_tokens": 100, "seconds": 4.0, "train": log.train_metrics,
         "nodes": [asdict(r) for r in log.replies], "epsilon": log.epsilon, "delta": log.delta, "timings": {},

@@ -25,7 +25,8 @@ def form_data(base, heldout, **overrides):
         "num_rounds": 2, "min_nodes": 2, "nodes_per_round": 0, "round_timeout": 3600, "strategy": "fedavg",
         "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
         "target_modules": "q_proj,v_proj", "local_steps": 4, "lr": 0.01, "seq_len": 64, "batch_size": 4,
-        "threads": 1, "transfer_dtype": "float32", "auto_publish": "on", "card_notes": "",
+        "threads": 1, "transfer_dtype": "float32", "node_validation": "after", "max_eval_records": 16,
+        "auto_publish": "on", "card_notes": "",
     }  # fmt: skip
     return {**data, **overrides}
 
@@ -42,6 +43,17 @@ def test_create_form_makes_a_draft_and_audits_it(client, staff, base, heldout):
     assert campaign.round_timeout == 120 and campaign.nodes_per_round == 3
     entry = AuditEntry.objects.get()
     assert (entry.actor_name, entry.action, entry.target_id) == ("staffer", "campaign.create", str(campaign.pk))
+
+
+def test_create_form_sets_node_validation_and_says_what_is_wrong_with_it(client, staff, base, heldout):
+    client.force_login(staff)
+    response = client.post("/console/campaigns/new", form_data(base, heldout, max_eval_records=-1))
+    assert response.context["form"].errors["max_eval_records"] == ["max-eval-records must be in [0, 10000]"]
+    response = client.post("/console/campaigns/new", form_data(base, heldout, node_validation="both"))
+    campaign = Campaign.objects.get()
+    assert (campaign.train_config["node-validation"], campaign.train_config["max-eval-records"]) == ("both", 16)
+    page = client.get(f"/console/campaigns/{campaign.pk}/").content.decode()
+    assert "node validation both (≤ 16 records)" in page
 
 
 def test_create_form_puts_the_services_messages_on_their_fields(client, staff, base, heldout):

@@ -1,0 +1,117 @@
+"""The ServerApp's round loop in-process (Flower's strategy, the tiny model, a grid that answers at once): each merged
+round is recorded off the critical path, in order, and a failure to record one stops the run with its own error."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from federation.config import ServerConfig, ServerPaths, TrainConfig
+from federation.control import APP_DIR
+from federation.report import Reporter
+
+sys.path.insert(0, str(APP_DIR))
+from bayanihan_app import server_app  # noqa: E402 - the FAB's package, importable from its folder
+
+
+@pytest.fixture(autouse=True)
+def _identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = None
+
+
+class InstantGrid:
+    """Two nodes that reply at once with the adapter they got, nudged; records when each round went out."""
+
+    def __init__(self) -> None:
+        self.pushed_at: list[float] = []
+
+    def get_node_ids(self) -> list[int]:
+        return [11, 12]
+
+    def push_messages(self, messages):
+        self.pushed_at.append(time.time())
+        self._replies = []
+        for query in messages:
+            arrays = query.content["arrays"].to_torch_state_dict()
+            TaskIdentity.node_id = query.metadata.dst_node_id
+            content = RecordDict({
+                "arrays": ArrayRecord({k: v + 0.01 for k, v in arrays.items()}),
+                "metrics": MetricRecord({"num-examples": 10, "train-loss": 1.0, "tokens": 100}),
+                "node": ConfigRecord({"name": "n", "fingerprint": "ab"}),
+            })  # fmt: skip
+            self._replies.append(Message(content=content, reply_to=query))
+            TaskIdentity.node_id = 0
+        return [m.metadata.reply_to_message_id for m in self._replies]
+
+    def pull_messages(self, message_ids):
+        replies, self._replies = self._replies, []
+        return replies
+
+
+class SlowReporter(Reporter):
+    """Journals only (no site); reporting a round takes `delay` seconds, and round `fail_on` raises `error`."""
+
+    def __init__(self, out: Path, delay: float = 0.0, fail_on: int | None = None, error: Exception | None = None):
+        super().__init__("", "", out)
+        self.delay, self.fail_on, self.error = delay, fail_on, error
+
+    def event(self, kind: str, **payload) -> None:
+        if kind == "round":
+            time.sleep(self.delay)
+            if payload["round"] == self.fail_on:
+                raise self.error  # type: ignore[misc]
+        super().event(kind, **payload)
+
+
+def run_campaign(tmp_path: Path, tiny_checkpoint: Path, tiny_corpus: Path, reporter: Reporter, grid: InstantGrid):
+    train = TrainConfig(local_steps=1, seq_len=32, batch_size=2, threads=1)
+    server = ServerConfig(campaign_id=1, num_rounds=3, min_nodes=2, round_timeout=30, max_heldout_records=4)
+    context = SimpleNamespace(run_id=7, run_config={**train.to_run_config(), **server.to_run_config()})
+    paths = ServerPaths(str(tiny_checkpoint), str(tiny_corpus / "heldout.jsonl"), str(tmp_path))
+    server_app.run(grid, context, server, paths, reporter, tmp_path)
+
+
+def journal(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+
+
+def test_rounds_are_recorded_in_order_while_the_next_round_already_trains(tmp_path, tiny_checkpoint, tiny_corpus):
+    grid = InstantGrid()
+    run_campaign(tmp_path, tiny_checkpoint, tiny_corpus, SlowReporter(tmp_path, delay=0.5), grid)
+    events = journal(tmp_path)
+    assert [(e["type"], e.get("round")) for e in events] == [
+        ("started", None), ("round", 0), ("round", 1), ("round", 2), ("round", 3), ("finished", None)
+    ]  # fmt: skip
+    rounds = [e for e in events if e["type"] == "round"]
+    # Round N+1 went out to the nodes before round N was reported (reporting takes 0.5 s here).
+    assert all(grid.pushed_at[n] < rounds[n]["time"] for n in range(3))
+    for event in rounds:
+        assert (tmp_path / f"round-{event['round']}" / "adapter_model.safetensors").is_file()
+        t = event["timings"]
+        assert t["started"] <= t["evaluate_queued"] <= t["evaluate_started"] <= t["evaluated"] <= event["time"]
+    # The event carries what it always did: the merged round's nodes and the evaluation of that round's adapter.
+    assert [len(e["nodes"]) for e in rounds] == [0, 2, 2, 2]
+    assert len({e["eval_loss"] for e in rounds}) == 4  # each round evaluated its own merged adapter
+
+
+@pytest.mark.parametrize(
+    "error", [RuntimeError("disk full"), requests.ConnectionError("site unreachable")], ids=["training", "infra"]
+)
+def test_a_round_that_cannot_be_recorded_stops_the_run_with_its_own_error(tmp_path, tiny_checkpoint, tiny_corpus,
+                                                                          error):  # fmt: skip
+    """server_app.main tells infrastructure (requests' errors) from training failures by the type raised here."""
+    with pytest.raises(type(error), match=str(error)):
+        run_campaign(tmp_path, tiny_checkpoint, tiny_corpus, SlowReporter(tmp_path, fail_on=1, error=error),
+                     InstantGrid())  # fmt: skip
+    events = journal(tmp_path)
+    assert [(e["type"], e.get("round")) for e in events] == [("started", None), ("round", 0)]  # no round 2, no finished
