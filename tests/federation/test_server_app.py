@@ -11,11 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from federation.config import ServerConfig, ServerPaths, TrainConfig
 from federation.control import APP_DIR
+from federation.packing import LAYOUT_KEY, Layout, pack_records, unpack_content
 from federation.report import Reporter
 
 sys.path.insert(0, str(APP_DIR))
@@ -42,10 +43,13 @@ class InstantGrid:
         self.pushed_at.append(time.time())
         self._replies = []
         for query in messages:
-            arrays = query.content["arrays"].to_torch_state_dict()
+            layout = Layout.from_record(query.content[LAYOUT_KEY])
+            sent = unpack_content(query.content, dict(zip(layout.names, layout.shapes, strict=True)), layout.dtype)
+            arrays, reply_layout = pack_records({k: v + 0.01 for k, v in sent.items()}, layout.dtype)  # as nodes do
             TaskIdentity.node_id = query.metadata.dst_node_id
             content = RecordDict({
-                "arrays": ArrayRecord({k: v + 0.01 for k, v in arrays.items()}),
+                "arrays": arrays,
+                LAYOUT_KEY: reply_layout,
                 "metrics": MetricRecord({"num-examples": 10, "train-loss": 1.0, "tokens": 100}),
                 "node": ConfigRecord({"name": "n", "fingerprint": "ab"}),
             })  # fmt: skip

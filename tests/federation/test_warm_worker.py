@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from federation import node_runtime, procs, task
 from federation import warm_protocol as wire
 from federation.config import TrainConfig
+from federation.packing import LAYOUT_KEY, Layout, pack_records, unpack_content
 from federation.task import get_adapter_state, lora_model
 from federation.warm_worker import EXIT_STALE, STATUS_FILE
 
@@ -50,7 +51,8 @@ def job(model: Path, data: Path, server_round: int, cfg: TrainConfig = CFG) -> t
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 1
     state = get_adapter_state(lora_model(str(model), cfg))
     state = {k: v + 0.01 * server_round for k, v in state.items()}  # each round its own global adapter
-    content = RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord({"server-round": server_round})})
+    arrays, layout = pack_records({k: v.numpy() for k, v in state.items()}, "float32")  # as the ServerApp sends it
+    content = RecordDict({"arrays": arrays, LAYOUT_KEY: layout, "config": ConfigRecord({"server-round": server_round})})
     message = Message(content, dst_node_id=11, message_type="train")
     message.metadata.__dict__["_message_id"] = message.object_id  # what Flower's pull_task_input sets
     run_config = {**cfg.to_run_config(), "base-model-path": str(model), "start-round": 0}
@@ -113,8 +115,15 @@ def run_shim(home: Path, tmp: Path, message: Message, context: Context, name: st
     )  # fmt: skip
 
 
+def unpacked(message: Message) -> dict[str, torch.Tensor]:
+    """A reply's adapter, unpacked against the layout it carries (the server checks it against its own)."""
+    layout = Layout.from_record(message.content[LAYOUT_KEY])
+    expected = dict(zip(layout.names, layout.shapes, strict=True))
+    return {k: torch.from_numpy(v) for k, v in unpack_content(message.content, expected, layout.dtype).items()}
+
+
 def reply_state(raw: bytes) -> dict[str, torch.Tensor]:
-    return wire.decode_message(raw).content["arrays"].to_torch_state_dict()
+    return unpacked(wire.decode_message(raw))
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -189,11 +198,11 @@ def test_a_warm_job_equals_a_cold_one_and_the_shim_imports_no_torch(
     monkeypatch.setattr(task, "_warm_model", None)
     cold = node_runtime.run_job(*second)
     assert warm.metadata.reply_to_message_id == second[0].metadata.message_id
-    cold_state, warm_state = cold.content["arrays"].to_torch_state_dict(), warm.content["arrays"].to_torch_state_dict()
+    cold_state, warm_state = unpacked(cold), unpacked(warm)
     assert cold_state.keys() == warm_state.keys()
     for key in cold_state:
         assert torch.equal(cold_state[key], warm_state[key]), key
-    for key in ("train-loss", "val-loss-before", "val-loss-after", "tokens"):
+    for key in ("train-loss", "val-loss-after", "tokens"):  # node-validation "after" (default): no loss before
         assert cold.content["metrics"][key] == warm.content["metrics"][key], key
     # startup-seconds is the shim's own start, not the worker's hours of uptime.
     assert 0 <= warm.content["metrics"]["startup-seconds"] < 120
