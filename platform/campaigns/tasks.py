@@ -7,6 +7,7 @@ import logging
 import httpx
 from celery import shared_task
 from celery.signals import worker_ready
+from django import db
 from django.conf import settings
 from django.core.cache import cache
 
@@ -20,8 +21,17 @@ def enqueue(task, campaign_id: int, countdown: float | None = None) -> None:
     task.apply_async((campaign_id,), countdown=countdown, queue=settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
-# A SuperLink that is restarting or briefly unreachable; anything else is a real failure.
-TRANSIENT = (httpx.TransportError, httpx.HTTPStatusError, ConnectionError, TimeoutError)
+# A SuperLink that is restarting or briefly unreachable, or the database restarting (OperationalError: connection
+# refused or terminated; InterfaceError: a connection already closed); anything else is a real failure. Without the
+# database errors here, one database restart ended the campaign's follow chain for good (or, at submit, failed it).
+TRANSIENT = (
+    httpx.TransportError,
+    httpx.HTTPStatusError,
+    ConnectionError,
+    TimeoutError,
+    db.OperationalError,
+    db.InterfaceError,
+)
 
 
 @shared_task(bind=True, autoretry_for=TRANSIENT, retry_backoff=True, retry_backoff_max=60, max_retries=20)
