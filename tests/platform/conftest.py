@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
+from django.db import connections as db_connections
 
 from federation import procs
 
@@ -52,7 +53,14 @@ class LivePlatform:
         while time.monotonic() < deadline:
             self.stack.revive()  # as `make serve` does: a dead SuperLink, proxy or worker is restarted
             self.stack.check()  # a crashed node fails the test with its log tail
-            campaign.refresh_from_db()
+            try:
+                campaign.refresh_from_db()
+            except (OperationalError, InterfaceError):
+                # The database restarted under this process too (test_fault_postgres_restart): drop this thread's
+                # dead connection; the next poll opens a new one.
+                db_connections.close_all()
+                time.sleep(1)
+                continue
             if campaign.is_terminal:
                 return campaign
             time.sleep(1)
