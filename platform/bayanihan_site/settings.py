@@ -138,6 +138,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         private_file(Path(DATABASES["default"]["NAME"]))
     # Tests run a real Celery worker in another process: it needs a test database on disk too.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+else:
+    # Connections are kept for CONN_MAX_AGE: after a database restart every kept one is dead. Without a health check
+    # the first request (or task) on each answers 500 (OperationalError) before Django drops it; with one, Django
+    # pings a kept connection before its first use in each request or task and reconnects (issue 12.6).
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from bayanihan_site.superlink import superlink_client
@@ -185,14 +185,23 @@ def campaign_submit(*, campaign_id: int) -> bool:
     run_config = campaign_run_config(campaign)
     start_round = int(run_config["start-round"])
     run_id = control.start_run(superlink_client(), run_config)
-    with transaction.atomic():
-        campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
-        campaign.flwr_run_id = str(run_id)
-        cancelled_meanwhile = campaign.status != Campaign.Status.QUEUED
-        if not cancelled_meanwhile:
-            campaign.status = Campaign.Status.RUNNING
-        campaign.save(update_fields=["flwr_run_id", "status"])
-        _attempt_started(campaign, run_id, start_round)
+    try:
+        with transaction.atomic():
+            campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
+            campaign.flwr_run_id = str(run_id)
+            cancelled_meanwhile = campaign.status != Campaign.Status.QUEUED
+            if not cancelled_meanwhile:
+                campaign.status = Campaign.Status.RUNNING
+            campaign.save(update_fields=["flwr_run_id", "status"])
+            _attempt_started(campaign, run_id, start_round)
+    except DatabaseError:
+        # The run started but is on no record (the database went away, e.g. restarting): the task retries the
+        # submit, which starts another run, so this one must not go on beside it, training for nobody.
+        try:
+            control.stop_run(superlink_client(), run_id)
+        except Exception as exc:  # its ServerApp is refused by the site anyway (not the campaign's run id)
+            log.warning("could not stop unrecorded Flower run %s: %s", run_id, exc)
+        raise
     if cancelled_meanwhile:  # cancelled while we were submitting: the run must not go on
         control.stop_run(superlink_client(), run_id)
         return False

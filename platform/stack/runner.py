@@ -48,6 +48,7 @@ class Stack:
     supervisor: procs.Supervisor = field(init=False)
     _superlink_args: tuple[str, str] | None = field(default=None, init=False)
     _proxy_args: tuple[str, str] | None = field(default=None, init=False)
+    _worker_env: dict[str, str] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.supervisor = procs.Supervisor(self.state_dir / "logs")
@@ -118,14 +119,18 @@ class Stack:
         return tls
 
     def revive(self) -> list[str]:
-        """Restart the SuperLink (re-registering node keys) or the proxy when it died; returns what was restarted.
+        """Restart the SuperLink (re-registering node keys), the proxy or the Celery worker when it died; returns
+        what was restarted.
 
-        Nodes ride through: while the SuperLink is down the proxy answers 502, which SuperNodes retry.
+        Nodes ride through: while the SuperLink is down the proxy answers 502, which SuperNodes retry. A restarted
+        worker re-queues the work of unfinished campaigns (campaigns.tasks, on `worker_ready`): the messages the
+        dead one had taken are not redelivered before the broker's visibility timeout (an hour).
         """
         restarted = []
         for name, start, args in (
             ("superlink", self.start_superlink, self._superlink_args),
             ("proxy", self.start_proxy, self._proxy_args),
+            ("worker", self.start_worker, (self._worker_env,) if self._worker_env is not None else None),
         ):
             proc = self.supervisor.procs.get(name)
             if proc is None or args is None or proc.poll() is None:
@@ -164,6 +169,7 @@ class Stack:
         procs.wait_http(f"http://127.0.0.1:{port}/releases/", 60, proc)
 
     def start_worker(self, env: dict[str, str]) -> None:
+        self._worker_env = env
         self.supervisor.start(
             "worker",
             [sys.executable, "-m", "celery", "-A", "bayanihan_site", "worker", "--pool=solo", "--loglevel=INFO",

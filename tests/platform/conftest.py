@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
+from django.db import connections as db_connections
 
 from federation import procs
 
@@ -50,9 +51,16 @@ class LivePlatform:
         campaign_launch(campaign=campaign)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.stack.revive()  # as `make serve` does: a dead SuperLink or proxy is restarted, keys re-synced
-            self.stack.check()  # a crashed worker/node fails the test with its log tail
-            campaign.refresh_from_db()
+            self.stack.revive()  # as `make serve` does: a dead SuperLink, proxy or worker is restarted
+            self.stack.check()  # a crashed node fails the test with its log tail
+            try:
+                campaign.refresh_from_db()
+            except (OperationalError, InterfaceError):
+                # The database restarted under this process too (test_fault_postgres_restart): drop this thread's
+                # dead connection; the next poll opens a new one.
+                db_connections.close_all()
+                time.sleep(1)
+                continue
             if campaign.is_terminal:
                 return campaign
             time.sleep(1)
@@ -69,8 +77,17 @@ def superlink_front():
 
 
 @pytest.fixture
+def site_front():
+    """Called with the site's URL before the SuperLink starts; returns the URL its ServerApps report to instead (the
+    SuperLink's BAYANIHAN_SITE_URL), or None for the site itself. A test module overrides this fixture to put
+    something between the ServerApp and the site (a FaultProxy whose Outage plays a web server restarting): the
+    site here is Django's live_server thread, which cannot itself be restarted."""
+    return lambda url: None
+
+
+@pytest.fixture
 def live_platform(
-    live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings, superlink_front, monkeypatch
+    live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings, superlink_front, site_front, monkeypatch
 ) -> Iterator[LivePlatform]:
     from bayanihan_site.celery import app as celery_app
     from stack.broker import ensure_broker
@@ -109,7 +126,7 @@ def live_platform(
     )
     stack = Stack(tmp_path / "stack")
     try:
-        tls = stack.start_federation(superlink, public, live_server.url)
+        tls = stack.start_federation(superlink, public, site_front(live_server.url) or live_server.url)
         front = superlink_front(public, tls)  # a fault proxy between the nodes and the platform's Caddy
         if front:
             settings.SUPERLINK_PUBLIC_ADDRESS = front  # what enrollment tells the nodes to dial

@@ -370,6 +370,38 @@ class Fault:
 
 
 @dataclass
+class Outage:
+    """The target goes away for `seconds`, starting at the request after the `skip` first ones whose path matches
+    `path` (re.search; `method` restricts it): what a web server restarting under its clients looks like.
+
+    The triggering request reaches the target and its answer is lost (`forward=True`: the restart came while the
+    answer was on its way, so a retry repeats work already done); every request during the outage, on any path, is
+    read and its connection closed with no answer (the client sees the connection drop, as when the process dies).
+    """
+
+    path: str
+    seconds: float = 20.0
+    skip: int = 0
+    method: str | None = None
+    forward: bool = True
+    seen: int = 0
+    started: float | None = None  # time.monotonic() when it began
+    dropped: int = 0  # requests that got no answer (the triggering one included)
+
+    def active(self, now: float) -> bool:
+        return self.started is not None and now < self.started + self.seconds
+
+    def triggers(self, method: str, path: str) -> bool:
+        """Counts a matching request; True for the one that starts the outage."""
+        if self.started is not None or (self.method and self.method.upper() != method.upper()):
+            return False
+        if re.search(self.path, path) is None:
+            return False
+        self.seen += 1
+        return self.seen > self.skip
+
+
+@dataclass
 class Exchange:
     method: str
     path: str
@@ -397,6 +429,7 @@ class FaultProxy:
     lifetime: float = 600.0
     timeout: float = 120.0  # per forwarded request
     exchanges: list[Exchange] = field(default_factory=list)
+    outages: list[Outage] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not ipaddress.ip_address(self.host).is_loopback:
@@ -431,6 +464,11 @@ class FaultProxy:
         with self._lock:
             self.faults.append(fault)
         return fault
+
+    def add_outage(self, outage: Outage) -> Outage:
+        with self._lock:
+            self.outages.append(outage)
+        return outage
 
     def injected(self, path: str | None = None) -> int:
         """How many answers were injected (for requests whose path matches `path`)."""
@@ -492,6 +530,20 @@ class FaultProxy:
     def _expire(self) -> None:
         if not self._stopped.wait(self.lifetime):
             self.stop()
+
+    def _outage(self, method: str, path: str) -> tuple[Outage | None, bool]:
+        """(the outage this request falls in, whether it is the request that starts it)."""
+        now = time.monotonic()
+        with self._lock:
+            for outage in self.outages:
+                if outage.active(now):
+                    outage.dropped += 1
+                    return outage, False
+            for outage in self.outages:
+                if outage.triggers(method, path):
+                    outage.started, outage.dropped = now, outage.dropped + 1
+                    return outage, True
+        return None, False
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -579,6 +631,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         owner, method, path = self.owner, self.command, self.path
         body = self._body()
+        outage, starts = owner._outage(method, path)
+        if outage is not None:
+            if starts and outage.forward:
+                try:
+                    owner._forward(method, path, self._headers(), body)
+                except OSError:
+                    pass
+            owner._record(method, path, 0, True)  # status 0: no answer at all
+            self.close_connection = True  # returning without a response: the client sees the connection drop
+            return
         fault = owner._take_fault(method, path)
         if fault is not None and fault.forward:
             try:

@@ -19,6 +19,7 @@ import requests
 from faults import (
     Fault,
     FaultProxy,
+    Outage,
     assert_no_process_left,
     find_one,
     find_processes,
@@ -111,6 +112,26 @@ def test_a_forwarding_fault_does_the_work_but_loses_the_answer(upstream):
         assert requests.post(f"{proxy.url}/report", data=b"r1", timeout=5).status_code == 500
         assert requests.post(f"{proxy.url}/report", data=b"r1", timeout=5).status_code == 200
     assert [(s["method"], s["body"]) for s in upstream.seen] == [("GET", ""), ("POST", "r1"), ("POST", "r1")]
+
+
+def test_an_outage_forwards_its_trigger_then_drops_every_connection_for_its_duration(upstream):
+    with FaultProxy(upstream.url) as proxy:
+        outage = proxy.add_outage(Outage("/events", seconds=1.5, skip=1, method="POST"))
+        assert requests.post(f"{proxy.url}/events", data=b"e1", timeout=5).status_code == 200  # skipped
+        with pytest.raises(requests.ConnectionError):
+            requests.post(f"{proxy.url}/events", data=b"e2", timeout=5)  # done by the target, answer lost
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{proxy.url}/files/a", timeout=5)  # any path while it lasts: never reaches the target
+        time.sleep(1.6)
+        assert requests.post(f"{proxy.url}/events", data=b"e2", timeout=5).status_code == 200  # back; once only
+        assert requests.post(f"{proxy.url}/events", data=b"e3", timeout=5).status_code == 200
+    assert [(s["method"], s["path"], s["body"]) for s in upstream.seen] == [
+        ("POST", "/events", "e1"),
+        ("POST", "/events", "e2"),
+        ("POST", "/events", "e2"),
+        ("POST", "/events", "e3"),
+    ]
+    assert outage.dropped == 2 and proxy.injected() == 2
 
 
 def test_proxy_says_502_when_the_target_is_down():

@@ -126,11 +126,15 @@ class Command(BaseCommand):
 
             def keep_alive() -> None:
                 # As `make serve` does: a SuperLink (or proxy) that died is restarted with the node keys re-registered,
-                # and the campaign resumes from its last merged round; any other dead process stops the demo.
+                # and the campaign resumes from its last merged round; a dead worker is restarted and follows the
+                # campaign on; any other dead process stops the demo.
                 for name in stack.revive():
-                    console.print(
-                        f"[yellow]{name} had exited: restarted it; the campaign resumes from its last merged round"
+                    then = (
+                        "it follows the campaign on"
+                        if name == "worker"
+                        else "the campaign resumes from its last merged round"
                     )
+                    console.print(f"[yellow]{name} had exited: restarted it; {then}")
                 stack.check()
 
             campaign = follow_campaign(campaign, console, check=keep_alive, timeout=opts["timeout"])

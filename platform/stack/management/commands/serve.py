@@ -44,7 +44,8 @@ class Command(BaseCommand):
             next_sync = time.monotonic() + settings.NODE_KEYS_SYNC_SECONDS
             while True:
                 # A SuperLink that died comes back, with every admitted node key registered again (its state is in
-                # memory); nodes reconnect through the proxy. Any other process dying still stops `serve`.
+                # memory); nodes reconnect through the proxy. So does a dead worker, which re-queues the work of every
+                # unfinished campaign. Any other process dying (the web) still stops `serve`.
                 for name in stack.revive():
                     logs = stack.supervisor.log_dir
                     self.stdout.write(self.style.WARNING(f"{name} had exited: restarted (logs: {logs})"))
