@@ -665,3 +665,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         return [(k, v) for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP]
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
+
+
+def assert_completed_in_one_run(campaign: Any, *, last_round: int, participants: int) -> None:
+    """A fault the platform rode through without a new attempt: one attempt, one Flower run, every round once,
+    all `participants` nodes in the last round, and a release."""
+    attempts = list(campaign.attempts.order_by("number"))
+    assert [(a.number, a.outcome, a.from_round) for a in attempts] == [(1, "completed", 0)]
+    assert attempts[0].flwr_run_id == campaign.flwr_run_id
+    numbers = list(campaign.rounds.order_by("number").values_list("number", flat=True))
+    assert round_numbers_problems(numbers, expected_last=last_round) == []
+    last = campaign.rounds.get(number=last_round)
+    assert last.participants == participants, list(last.participations.values_list("node__name", "error"))
+    assert campaign.release is not None

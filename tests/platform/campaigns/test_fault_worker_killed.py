@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from faults import assert_no_process_left, find_one, find_processes, kill9, round_numbers_problems
+from faults import assert_completed_in_one_run, assert_no_process_left, find_one, find_processes, kill9
 
 from campaigns.models import Campaign
 
@@ -54,14 +54,7 @@ def test_a_killed_worker_is_restarted_and_the_campaign_is_followed_to_completion
     assert "re-queued 1 unfinished campaign" in (live_platform.stack.supervisor.log_dir / "worker.log").read_text()
 
     # Nothing twice: one attempt, one Flower run; every round once.
-    attempts = list(campaign.attempts.order_by("number"))
-    assert [(a.number, a.outcome, a.from_round) for a in attempts] == [(1, "completed", 0)]
-    assert attempts[0].flwr_run_id == campaign.flwr_run_id
-    numbers = list(campaign.rounds.order_by("number").values_list("number", flat=True))
-    assert round_numbers_problems(numbers, expected_last=2) == []
-    last = campaign.rounds.get(number=2)
-    assert last.participants == 2, list(last.participations.values_list("node__name", "error"))
-    assert campaign.release is not None
+    assert_completed_in_one_run(campaign, last_round=2, participants=2)
 
     live_platform.stack.stop()
     assert_no_process_left(tmp_path)
