@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from community.throttle import login_throttled
+from bayanihan_site.throttle import login_throttled
 
 urlpatterns = [
     # Before admin.site.urls so that this path, not the admin's own, answers: same view, with the login limit.

@@ -6,4 +6,4 @@ class CommunityConfig(AppConfig):
     verbose_name = "Contributors and nodes"
 
     def ready(self) -> None:
-        from community import throttle  # noqa: F401  (connects the login-failure counters)
+        from bayanihan_site import throttle  # noqa: F401  (connects the login-failure counters)

@@ -3,8 +3,8 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from bayanihan_site.throttle import login_throttled
 from community import views
-from community.throttle import login_throttled
 
 urlpatterns = [
     path("signup/", views.signup, name="signup"),

@@ -16,7 +16,8 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
-from community import selectors, services, throttle
+from bayanihan_site import throttle
+from community import selectors, services
 from community.forms import SignupForm
 from community.models import Node
 

@@ -2,15 +2,14 @@
 
 Allowed direction, bottom to top — a unit may import only units listed before it:
 
-    federation ← bayanihan_site ← community ← campaigns ← releases ← console ← stack ← site root
+    federation ← bayanihan_site ← community ← campaigns ← releases ← console ← stack
 
 - federation: what a contributor installs; never Django, never an app.
-- bayanihan_site: infrastructure under every app (settings, Celery, the SuperLink client, request limits).
+- bayanihan_site: infrastructure under every app (settings, Celery, the SuperLink client, request and login
+  limits). Its root URLconf names the apps' routes by string (`include("community.urls")`), never by import.
 - community → campaigns → releases: contributors and nodes; campaigns train on nodes; releases publish campaigns.
 - console: pages that read every app (the staff console and a contributor's own page, `/me/`).
 - stack: the commands that run the whole platform (demo, serve) and seed it.
-- site root: `bayanihan_site/urls.py`, the root URLconf. It composes every app's routes, so it is the top of the
-  order even though it sits in the project package whose other modules are the bottom.
 
 Imports inside functions count too: a lazy import is still a dependency, and the way a cycle hides. Lower
 units that must react to higher ones do it through Django signals declared below (e.g. `campaigns.signals`).
@@ -25,9 +24,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ORDER = ["federation", "bayanihan_site", "community", "campaigns", "releases", "console", "stack", "site root"]
-# Modules that belong to a unit other than their folder's (see the docstring).
-SITE_ROOT_MODULES = {Path("platform/bayanihan_site/urls.py"): "site root"}
+ORDER = ["federation", "bayanihan_site", "community", "campaigns", "releases", "console", "stack"]
 
 
 def _units(root: Path) -> dict[str, Path]:
@@ -56,10 +53,9 @@ def dependency_edges(root: Path) -> dict[tuple[str, str], list[str]]:
     for unit, folder in units.items():
         for path in sorted(folder.rglob("*.py")):
             relative = path.relative_to(root)
-            importer = SITE_ROOT_MODULES.get(relative, unit)
             for top, line in _imported_tops(ast.parse(path.read_text(), str(path))):
-                if top in units and top != importer:
-                    edges.setdefault((importer, top), []).append(f"{relative}:{line}")
+                if top in units and top != unit:
+                    edges.setdefault((unit, top), []).append(f"{relative}:{line}")
     return edges
 
 
@@ -110,7 +106,7 @@ def test_every_import_points_down_the_declared_order():
 
 def test_every_app_has_a_place_in_the_order():
     """A new app must be placed in ORDER (and the docstring) before it can import or be imported."""
-    assert set(_units(ROOT)) | {"site root"} == set(ORDER)
+    assert set(_units(ROOT)) == set(ORDER)
 
 
 def test_the_check_finds_a_cycle_hidden_in_a_function(tmp_path):
