@@ -20,6 +20,14 @@ caches in federation.task / federation.node_data keep what is loaded across roun
 
 `join` starts it beside the SuperNode (procs.Supervisor: its own process group, PR_SET_PDEATHSIG) and restarts it
 when it exits.
+
+One host running many nodes (a lab machine, the scale benchmark) may instead run one worker for all of them:
+`python -m federation.warm_worker --home DIR --model M` once, and each node's `join --warm-worker DIR/warm.sock`.
+Nodes choose by the socket they are given. A shared worker trains one job at a time (its concurrency cap: the model
+and LoRA wrapper are loaded once and shared, so two jobs cannot train at once in it), queues up to `--max-waiting`
+jobs in arrival order, and each job still loads its own node's data (`data-path` of that node's config); a host
+that wants more jobs at once runs more workers and splits its nodes between their sockets. The socket's folder
+must be the same user's and 0700, as a node's home is: the worker executes jobs for whoever can connect.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from federation import warm_protocol as wire
 
 STATUS_FILE = "warm-worker.json"
 EXIT_STALE = 75  # EX_TEMPFAIL: the code on disk changed; start me again
-MAX_WAITING = 64  # jobs queued at once; a node gets one message per round, so more is a runaway
+MAX_WAITING = 64  # default jobs queued at once; a node gets one message per round, so more is a runaway
 
 
 def _say(line: str) -> None:
@@ -69,9 +77,10 @@ class Job:
 
 
 class Worker:
-    def __init__(self, home: Path, grace: float = 120.0) -> None:
+    def __init__(self, home: Path, grace: float = 120.0, max_waiting: int = MAX_WAITING) -> None:
         self.home = home
         self.grace = grace
+        self.max_waiting = max_waiting
         self.code = wire.code_fingerprint()
         self.version = wire.federation_version()
         self.lock = threading.Condition()
@@ -187,8 +196,14 @@ class Worker:
             if attached:
                 self.counts["attached"] += 1
             else:
-                if len(self.queue) >= MAX_WAITING:
-                    job = Job(header, message, context, state="done", reason=f"{MAX_WAITING} jobs already wait")
+                if len(self.queue) >= self.max_waiting:
+                    job = Job(
+                        header,
+                        message,
+                        context,
+                        state="done",
+                        reason=f"warm worker busy: {self.max_waiting} jobs already wait (--max-waiting)",
+                    )
                     job.done.set()
                     return job, False
                 job = Job(header, message, context)
@@ -325,10 +340,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="the node's data, tokenized at start")
     parser.add_argument("--grace", type=float, default=120.0,
                         help="seconds a job may have no waiting task before it is cancelled")  # fmt: skip
+    parser.add_argument(
+        "--max-waiting",
+        type=int,
+        default=MAX_WAITING,
+        help="jobs that may wait at once (a worker shared by many nodes: at least their number)",
+    )
     args = parser.parse_args(argv)
+    if args.max_waiting < 1:
+        parser.error(f"--max-waiting must be at least 1, not {args.max_waiting}")
     signal.signal(signal.SIGTERM, _stop)
     home = Path(args.home).expanduser().resolve()
-    worker = Worker(home, grace=args.grace)
+    worker = Worker(home, grace=args.grace, max_waiting=args.max_waiting)
     path = worker.bind()
     try:
         worker._write_status()

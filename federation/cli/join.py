@@ -9,7 +9,8 @@
    `flwr-clientapp` comes first on its PATH, and an app the platform did not ship is refused;
 6. beside it runs the node's warm worker (federation.warm_worker; off with --no-warm): the per-message
    `flwr-clientapp` hands each job to it, so torch, the model and the tokenized data load once per node, not once
-   per round. It is restarted whenever it exits (including when the node's code changed under it).
+   per round. It is restarted whenever it exits (including when the node's code changed under it). A host running
+   many nodes may share one worker instead (`--warm-worker SOCKET`, federation.warm_worker says how).
 Running `join` again with the same --home resumes without a token.
 """
 
@@ -81,6 +82,15 @@ def run(args: argparse.Namespace) -> int:
     # The SuperNode runs in its own process group: a clean exit of `join` stops it, and so does the kernel
     # (PR_SET_PDEATHSIG, procs.Supervisor) if `join` is killed.
     signal.signal(signal.SIGTERM, _interrupt)
+    shared: Path | None = None
+    if args.warm_worker:  # before anything is sent: a wrong socket is the user's to fix, not a round's failure
+        try:
+            if not args.warm:
+                raise JoinError("--warm-worker and --no-warm contradict each other: give one")
+            shared = shared_worker_socket(args.warm_worker)
+        except JoinError as err:
+            print(f"join: {err}", file=sys.stderr)
+            return 2
     data = str(Path(args.data).resolve())
     try:
         print_stats(data, check_data(data))
@@ -113,7 +123,10 @@ def run(args: argparse.Namespace) -> int:
     command = procs.supernode_command(state["superlink"], args.port or procs.free_port(), config, ca, key_path)
     env = procs.flower_env(home / "flwr-home", node_bin=procs.node_runtime_bin(home))
     warm: tuple[list[str], dict[str, str]] | None = None
-    if args.warm:
+    if shared is not None:
+        env[warm_protocol.ENV_SOCKET] = str(shared)  # rounds go to that worker; this join supervises none
+        print(f"rounds run in the shared warm worker at {shared}", flush=True)
+    elif args.warm:
         warm = (warm_worker_command(home, data, config.get("model-path")), procs.flower_env(home / "flwr-home"))
         env[warm_protocol.ENV_SOCKET] = str(warm_protocol.socket_path(home))  # every flwr-clientapp inherits it
     supervisor = procs.Supervisor(home / "logs")
@@ -128,6 +141,26 @@ def run(args: argparse.Namespace) -> int:
 
 def _say(line: str) -> None:
     print(time.strftime("%H:%M:%S"), line, flush=True)
+
+
+def shared_worker_socket(value: str) -> Path:
+    """The socket of a warm worker another process runs for several nodes (`--warm-worker`). Its folder must be
+    ours and private: whoever can create a socket there would receive this node's rounds (its data's updates)."""
+    path = Path(value).expanduser().absolute()
+    folder = path.parent
+    try:
+        info = folder.stat()
+    except OSError as exc:
+        raise JoinError(f"--warm-worker {value}: its folder {folder} cannot be read ({exc.strerror})") from exc
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise JoinError(
+            f"--warm-worker {value}: its folder {folder} must be yours and private (chmod 700), it is mode "
+            f"{info.st_mode & 0o777:o} owned by uid {info.st_uid}"
+        )
+    if path.exists() and not path.is_socket():
+        raise JoinError(f"--warm-worker {value}: that is not a socket (start `python -m federation.warm_worker "
+                        f"--home {folder}` and give its warm.sock)")  # fmt: skip
+    return path
 
 
 def warm_worker_command(home: Path, data: str, model: object = None) -> list[str]:
@@ -257,6 +290,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         dest="warm",
         action="store_false",
         help="no warm worker: every round starts torch and loads the model afresh (slower; uses less idle memory)",
+    )
+    parser.add_argument(
+        "--warm-worker",
+        metavar="SOCKET",
+        help="use the warm worker already serving at SOCKET (one `python -m federation.warm_worker` shared by the "
+        "nodes of this host; it trains one job at a time) instead of starting one for this node",
     )
     preflight.add_arguments(parser)
     parser.set_defaults(func=run)

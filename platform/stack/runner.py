@@ -142,8 +142,11 @@ class Stack:
             restarted.append(name)
         return restarted
 
-    def start_join(self, name: str, site_url: str, token: str, data_path: Path, model_path: Path) -> Path:
-        """A contributor's node, through the contributor's own command: `python -m federation join`."""
+    def start_join(
+        self, name: str, site_url: str, token: str, data_path: Path, model_path: Path, warm_socket: Path | None = None
+    ) -> Path:
+        """A contributor's node, through the contributor's own command: `python -m federation join` (with
+        `warm_socket`: its rounds go to that shared warm worker instead of one of its own)."""
         home = self.state_dir / "nodes" / name
         home.mkdir(parents=True, exist_ok=True)
         self.supervisor.start(
@@ -152,7 +155,7 @@ class Stack:
              str(data_path), "--name", name, "--model", str(model_path), "--home", str(home), "--interval", "3",
              # Local nodes share this one machine (the bench starts up to 100): join's memory bar is meant
              # for a contributor's own machine, and the bench measures memory itself.
-             "--min-memory", "0"],
+             "--min-memory", "0", *(["--warm-worker", str(warm_socket)] if warm_socket else [])],
             env=procs.flower_env(home / "flwr-home"),
             cwd=home,
         )  # fmt: skip

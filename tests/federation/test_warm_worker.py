@@ -23,7 +23,7 @@ from federation import warm_protocol as wire
 from federation.config import TrainConfig
 from federation.packing import LAYOUT_KEY, Layout, pack_records, unpack_content
 from federation.task import get_adapter_state, lora_model
-from federation.warm_worker import EXIT_STALE, STATUS_FILE
+from federation.warm_worker import EXIT_STALE, STATUS_FILE, Worker
 
 CFG = TrainConfig(lora_r=4, lora_alpha=8, local_steps=4, lr=0.01, seq_len=64, batch_size=4, threads=1,
                   max_eval_records=4)  # fmt: skip
@@ -46,17 +46,20 @@ Path(sys.argv[3]).write_bytes(wire.encode_message(reply))
 """
 
 
-def job(model: Path, data: Path, server_round: int, cfg: TrainConfig = CFG) -> tuple[Message, Context]:
+def job(
+    model: Path, data: Path, server_round: int, cfg: TrainConfig = CFG, node_id: int = 11
+) -> tuple[Message, Context]:
     """A train instruction as a SuperNode delivers it: the global adapter, the round, a message id."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 1
     state = get_adapter_state(lora_model(str(model), cfg))
     state = {k: v + 0.01 * server_round for k, v in state.items()}  # each round its own global adapter
     arrays, layout = pack_records({k: v.numpy() for k, v in state.items()}, "float32")  # as the ServerApp sends it
     content = RecordDict({"arrays": arrays, LAYOUT_KEY: layout, "config": ConfigRecord({"server-round": server_round})})
-    message = Message(content, dst_node_id=11, message_type="train")
+    message = Message(content, dst_node_id=node_id, message_type="train")
     message.metadata.__dict__["_message_id"] = message.object_id  # what Flower's pull_task_input sets
     run_config = {**cfg.to_run_config(), "base-model-path": str(model), "start-round": 0}
-    context = Context(run_id=7, node_id=11, node_config={"data-path": str(data), "name": "n1"}, state=RecordDict(),
+    context = Context(run_id=7, node_id=node_id, node_config={"data-path": str(data), "name": f"n{node_id}"},
+                      state=RecordDict(),
                       run_config=run_config)  # fmt: skip
     return message, context
 
@@ -223,6 +226,45 @@ def test_a_relaunched_task_attaches_to_the_running_job_and_it_trains_once(
     assert worker.status()["jobs"] == {"run": 1, "attached": 1, "cancelled": 0, "refused": 0, "failed": 0}
     one, two = reply_state((tmp_path / "first.out").read_bytes()), reply_state((tmp_path / "second.out").read_bytes())
     assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_a_worker_shared_by_two_nodes_trains_each_on_its_own_data(
+    home, start_worker, tmp_path, tiny_checkpoint, tiny_corpus, monkeypatch
+):
+    worker = start_worker()  # one worker; two nodes' shims point at its socket (join --warm-worker)
+    one = job(tiny_checkpoint, tiny_corpus / "node-1", 1, node_id=11)
+    two = job(tiny_checkpoint, tiny_corpus / "node-2", 1, node_id=12)
+    assert one[0].metadata.message_id != two[0].metadata.message_id
+    shims = [run_shim(home, tmp_path, *one, "one"), run_shim(home, tmp_path, *two, "two")]  # arrive together
+    for shim in shims:
+        out, _ = shim.communicate(timeout=600)
+        assert shim.returncode == 0, out
+    assert worker.status()["jobs"]["run"] == 2 and worker.status()["jobs"]["attached"] == 0
+
+    # node-2's reply is what node-2 alone would send: nothing of node-1's job (data, weights) leaked into it.
+    monkeypatch.delenv(wire.ENV_SOCKET, raising=False)
+    monkeypatch.setattr(task, "_warm_model", None)
+    alone = unpacked(node_runtime.run_job(*two))
+    shared_one, shared_two = (
+        reply_state((tmp_path / "one.out").read_bytes()),
+        reply_state((tmp_path / "two.out").read_bytes()),
+    )
+    assert all(torch.equal(alone[k], shared_two[k]) for k in alone)
+    assert not all(torch.equal(shared_one[k], shared_two[k]) for k in alone)  # different data, different update
+
+
+def test_a_full_queue_refuses_a_job_with_its_reason_and_keeps_the_waiting_ones(home):
+    worker = Worker(home, max_waiting=1)
+
+    def header(n: int) -> wire.JobHeader:
+        return wire.JobHeader(message_id=f"m{n}", federation=worker.version, code=worker.code, launched_at=0.0)
+
+    first, attached = worker._enlist(header(1), b"", b"")
+    assert not attached and first.state == "queued"
+    refused, _ = worker._enlist(header(2), b"", b"")
+    assert refused.done.is_set() and not refused.ok
+    assert refused.reason == "warm worker busy: 1 jobs already wait (--max-waiting)"
+    assert [j.header.message_id for j in worker.queue] == ["m1"]
 
 
 def test_a_job_whose_tasks_are_gone_is_cancelled_between_steps(

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from federation import procs
 from federation import warm_protocol as wire
-from federation.cli.join import WARM_WORKER, keep_warm_worker, warm_worker_command
+from federation.cli.join import WARM_WORKER, JoinError, keep_warm_worker, shared_worker_socket, warm_worker_command
 
 
 def answers(path: Path) -> bool:
@@ -52,3 +56,34 @@ def test_join_restarts_a_warm_worker_that_died(tmp_path: Path, tiny_corpus: Path
         second = supervisor.procs[WARM_WORKER]
         assert second.pid != first.pid
         wait_answering(wire.socket_path(home))  # the new worker took over the socket the dead one left
+
+
+def test_a_shared_worker_socket_must_sit_in_a_private_folder_of_ours(tmp_path: Path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    with pytest.raises(JoinError, match=r"must be yours and private \(chmod 700\), it is mode 755"):
+        shared_worker_socket(str(shared / "warm.sock"))
+    shared.chmod(0o700)
+    assert shared_worker_socket(str(shared / "warm.sock")) == shared / "warm.sock"  # a worker may start later
+    (shared / "warm.sock").write_text("not a socket")
+    with pytest.raises(JoinError, match="that is not a socket"):
+        shared_worker_socket(str(shared / "warm.sock"))
+    with pytest.raises(JoinError, match="cannot be read"):
+        shared_worker_socket(str(tmp_path / "missing" / "warm.sock"))
+
+
+def test_join_refuses_a_bad_shared_worker_before_anything_is_sent(tmp_path: Path, tiny_corpus: Path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    home = tmp_path / "node"
+    for extra, says in (([], "must be yours and private"), (["--no-warm"], "contradict each other")):
+        result = subprocess.run(
+            [sys.executable, "-m", "federation", "join", "--site", "http://127.0.0.1:9", "--token", "t",
+             "--data", str(tiny_corpus / "node-1"), "--home", str(home), "--warm-worker", str(shared / "warm.sock"),
+             *extra],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert says in result.stderr
+        assert not home.exists()  # no key made, no enrollment tried
