@@ -54,11 +54,13 @@ from federation.corpus import build_demo_corpus  # noqa: E402
 
 HOST = "127.0.0.1"
 MB = 1e6
-# label -> (LoRA r, target modules). The first is the product's default adapter.
+# label -> (LoRA r, target modules, transfer dtype). The first is the product's default adapter and setting.
 ADAPTERS = {
-    "r8-attn": (8, "q_proj,k_proj,v_proj,o_proj"),
-    "r16-all": (16, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
+    "r8-attn": (8, "q_proj,k_proj,v_proj,o_proj", "float32"),
+    "r8-attn-fp16": (8, "q_proj,k_proj,v_proj,o_proj", "float16"),
+    "r16-all": (16, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "float32"),
 }
+TARGETS = {"float32": 1.05, "float16": 0.55}  # issue 14: wire / fp32 tensor bytes, up and down, from round 2
 
 
 # ---------------------------------------------------------------- the relay
@@ -400,14 +402,15 @@ def per_round_table(rows: list[Row]) -> str:
 
 def adapter_table(adapters: list[Adapter]) -> str:
     lines = [
-        "| adapter | LoRA r | target modules | tensors | parameters | tensor bytes (MB) | safetensors file (MB) |",
-        "|---|---|---|---|---|---|---|",
+        "| adapter | LoRA r | target modules | on the wire as | tensors | parameters | fp32 tensor bytes (MB) "
+        "| safetensors file (MB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for a in adapters:
-        r, modules = ADAPTERS[a.label]
+        r, modules, dtype = ADAPTERS[a.label]
         lines.append(
-            f"| {a.label} | {r} | {modules} | {a.tensors} | {a.params:,} | {a.tensor_bytes / MB:.3f} "
-            f"| {a.file_bytes / MB:.3f} |"
+            f"| {a.label} | {r} | {modules} | one packed {dtype} array | {a.tensors} | {a.params:,} "
+            f"| {a.tensor_bytes / MB:.3f} | {a.file_bytes / MB:.3f} |"
         )
     return "\n".join(lines)
 
@@ -435,24 +438,30 @@ def findings(rows: list[Row], idle: Idle, adapters: list[Adapter]) -> str:
         per_node_round = statistics.mean(r.net_up + r.net_down for r in later)
         per_tensor_up = statistics.mean(r.net_up - a.tensor_bytes for r in later) / a.tensors
         per_tensor_down = statistics.mean(r.net_down - a.tensor_bytes for r in later) / a.tensors
+        dtype = ADAPTERS[a.label][2]
+        target = TARGETS[dtype]
+        verdict = "meets" if max(up, down) <= target else "misses"
         parts.append(
-            f"**{a.label}** ({a.tensor_bytes / MB:.2f} MB in {a.tensors} tensors): from round 2 on, a node sends "
-            f"{up:.3f}x and receives {down:.3f}x the adapter's tensor bytes on the wire (net of idle traffic): "
-            f"{per_tensor_up / 1e3:.2f} KB up and {per_tensor_down / 1e3:.2f} KB down per tensor beyond its data "
-            f"(TLS, HTTP, protobuf, signed node-auth headers, one object transfer per array); Flower's own count is "
-            f"{flower:.4f}x. In round 1 a node downloads {first_down / MB:.2f} MB against "
+            f"**{a.label}** ({a.tensor_bytes / MB:.2f} MB of fp32 tensors in {a.tensors} tensors, sent as one packed "
+            f"{dtype} array): from round 2 on, a node sends {up:.3f}x and receives {down:.3f}x the adapter's fp32 "
+            f"tensor bytes on the wire (net of idle traffic; {verdict} the target of {target}x): "
+            f"{per_tensor_up / 1e3:.2f} KB up and {per_tensor_down / 1e3:.2f} KB down per tensor beyond the fp32 "
+            f"data (TLS, HTTP, protobuf, signed node-auth headers, the layout record; negative: half precision); "
+            f"Flower's own count is {flower:.4f}x. In round 1 a node downloads {first_down / MB:.2f} MB against "
             f"{a.initial_distinct_bytes / MB:.2f} MB of distinct tensors in the initial adapter "
             f"({a.tensor_bytes / MB:.2f} MB counting identical ones each time). A round with 1000 such nodes "
             f"would move about "
             f"{per_node_round * 1000 / 1e9:.2f} GB through the SuperLink ({per_node_round / MB:.2f} MB per node)."
         )
-    if len(adapters) > 1:
+    full = [a for a in adapters if ADAPTERS[a.label][2] == "float32"]
+    if len(full) > 1:
         ratios = [
             statistics.mean(r.net_up / a.tensor_bytes for r in rows if r.adapter == a.label and r.round > 1)
-            for a in adapters
+            for a in full
         ]
         parts.append(
-            f"Across adapter sizes {' and '.join(f'{a.tensor_bytes / MB:.1f} MB' for a in adapters)} the upload "
+            f"Across adapter sizes {' and '.join(f'{a.tensor_bytes / MB:.1f} MB' for a in full)} (float32 on the "
+            "wire) the upload "
             f"ratio is {' vs '.join(f'{x:.3f}' for x in ratios)}: "
             + (
                 "the overhead is a near-constant fraction of the adapter."
@@ -548,13 +557,14 @@ def main() -> int:
         print(f"measuring idle traffic for {args.idle:.0f}s", flush=True)
         idle = measure_idle(nodes, args.idle, args.attempts)
         for label in args.adapters:
-            r, modules = ADAPTERS[label]
+            r, modules, dtype = ADAPTERS[label]
             train = TrainConfig(
                 lora_r=r, lora_alpha=2 * r, target_modules=modules, local_steps=1, seq_len=32, batch_size=1,
                 threads=1, max_eval_records=2,
             )  # fmt: skip
             server = ServerConfig(
-                num_rounds=args.rounds, min_nodes=args.nodes, max_heldout_records=4, round_timeout=args.timeout
+                num_rounds=args.rounds, min_nodes=args.nodes, max_heldout_records=4, round_timeout=args.timeout,
+                transfer_dtype=dtype,
             )  # fmt: skip
             run_config = {**train.to_run_config(), **server.to_run_config(), "base-model-path": str(model),
                           "heldout-path": str(corpus / "heldout.jsonl")}  # fmt: skip

@@ -8,6 +8,7 @@ the same budget: S = N x rounds x local-steps optimizer steps of `batch-size` sa
 - centralized: S steps on everyone's data pooled in one place (what the platform exists to avoid).
 - federated FedAvg: the product's real path without the web site: one SuperLink, N real SuperNodes, the real
   ServerApp/ClientApp; each node does local-steps per round, the server averages (weighted by samples).
+- federated FedAvg, float16 transfer: the same, with the adapter on the wire in half precision (transfer-dtype).
 - federated FedAvg, node learning rate x N: the large-batch scaling rule applied to the nodes (see below).
 - with --merge-often, federated merged twice as often: same S, 2 x rounds of local-steps / 2 (less drift).
 - centralized, large batch (a diagnostic, not the same step count): the same samples as every arm, in
@@ -160,7 +161,9 @@ def _verdict(fed: Arm, alone: list[Arm], base: Arm, central: Arm) -> str:
 def findings(arms: list[Arm], owners: list[str]) -> str:
     by = {a.label: a for a in arms}
     base, central = by["base model"], by["centralized (pooled data)"]
-    plain, scaled, *_ = [a for a in arms if a.label.startswith("federated")]
+    federated = [a for a in arms if a.label.startswith("federated")]
+    half = next(a for a in federated if "float16" in a.label)
+    plain, scaled, *_ = [a for a in federated if a is not half]
     alone = [by[f"{o} alone"] for o in owners]
     best_alone = min(alone, key=lambda a: a.loss)
     large = next(a for a in arms if a.label.startswith("centralized, large"))
@@ -174,6 +177,8 @@ def findings(arms: list[Arm], owners: list[str]) -> str:
         f"{explained / gap * 100 if gap else float('nan'):.0f}% of the gap between FedAvg and centralized training "
         f"(the rest: the topic split, and each node's optimizer starting afresh every round).",
         f"- Remedy tried ({scaled.label}, the large-batch scaling rule): {_verdict(scaled, alone, base, central)}.",
+        f"- Half precision on the wire ({half.label}): {half.loss:.4f} against {plain.loss:.4f} with float32 "
+        f"({half.loss - plain.loss:+.4f}); the nodes' updates travel as float16, the server averages in float32.",
     ]
     for o, a in zip(owners, alone, strict=True):
         others = [x for x in owners if x != o]
@@ -246,18 +251,24 @@ def main() -> int:
     server = ServerConfig(num_rounds=args.rounds, min_nodes=args.nodes, max_heldout_records=8)
     scaled_lr = args.lr * args.nodes
     plans = [
-        (f"federated FedAvg ({args.rounds} rounds × {args.local_steps} steps)", args.rounds, args.local_steps, args.lr),
-        (f"federated FedAvg, node lr × {args.nodes} ({scaled_lr:g})", args.rounds, args.local_steps, scaled_lr),
-    ]
+        (f"federated FedAvg ({args.rounds} rounds × {args.local_steps} steps)", args.rounds, args.local_steps, args.lr,
+         "float32"),
+        # The same arm with the adapter on the wire in half precision (campaign setting transfer-dtype): half the
+        # bytes; the server still aggregates in fp32.
+        ("federated FedAvg, float16 transfer", args.rounds, args.local_steps, args.lr, "float16"),
+        (f"federated FedAvg, node lr × {args.nodes} ({scaled_lr:g})", args.rounds, args.local_steps, scaled_lr,
+         "float32"),
+    ]  # fmt: skip
     if args.merge_often:
         label = f"federated FedAvg, merged 2x as often ({2 * args.rounds} rounds)"
-        plans.append((label, 2 * args.rounds, args.local_steps // 2, args.lr))
+        plans.append((label, 2 * args.rounds, args.local_steps // 2, args.lr, "float32"))
     with procs.Supervisor(out / "logs") as sup:
         address = start_cluster(sup, out, {o: out / "corpus" / o for o in owners}, model)
-        for i, (label, rounds, steps, lr) in enumerate(plans):
+        for i, (label, rounds, steps, lr, dtype) in enumerate(plans):
             arm = Arm(label, args.nodes * rounds * steps, args.nodes * rounds * steps * args.batch_size)
-            federated_arm(arm, address, replace(node_cfg, local_steps=steps, lr=lr), replace(server, num_rounds=rounds),
-                          out / f"federated-{i}", held, model, pad, sup.check)  # fmt: skip
+            federated_arm(arm, address, replace(node_cfg, local_steps=steps, lr=lr),
+                          replace(server, num_rounds=rounds, transfer_dtype=dtype), out / f"federated-{i}", held,
+                          model, pad, sup.check)  # fmt: skip
             arms.append(arm)
             print(f"  {arm.label:30s} loss {arm.loss:.4f}  ({arm.seconds:.0f}s)", flush=True)
 

@@ -11,7 +11,11 @@ What runs, per size N (each size in a fresh child process, so Django, the SuperL
   (data-path, name, model-path). `--join-nodes` of them (default 1) run the whole `python -m federation join`
   wrapper; the others start `flower-supernode` directly with the enrolled key, which is what join does inside,
   so N nodes cost 2N processes (SuperNode + its SuperExec) instead of 3N. The join wrapper's own memory is
-  measured and reported, so the saving is a number, not a guess;
+  measured and reported, so the saving is a number, not a guess. Every node runs the node's own `flwr-clientapp`
+  (federation.node_runtime: installed code only) and, with `--warm shared` (default), hands its job to one warm
+  worker shared by all N nodes (`python -m federation.warm_worker`, `join --warm-worker`): torch and the model are
+  loaded once for the host, each per-message ClientApp is a shim without torch, and the worker trains one job at a
+  time in arrival order. `--warm off` runs every job cold in its own ClientApp process, as before issue 14;
 * one campaign of 1 round with min_nodes = N through campaign_create + campaign_launch (the console's path:
   Celery submits the run through the Control API, the ServerApp reports rounds to the site over HTTP), on the
   tiny random Llama (federation/tiny.py), 4 records per node, 1 local step, seq-len 32, 1 thread per app
@@ -22,9 +26,9 @@ Timed: enrollment; first node started -> N nodes `online` in the SuperLink's Lis
 
 Memory: a sampler thread reads /proc every ~0.5 s: RSS (statm) of every process of ours, and PSS (smaps_rollup,
 shared pages split between the processes sharing them, so PSS adds up) of the SuperLink tree (flower-superlink
-+ flower-superexec + flwr-serverapp), the web and worker trees, each ClientApp process (flwr-clientapp, one per
-message) and, every few samples, each SuperNode (flower-supernode + its flower-superexec). Peaks are reported,
-with the system's lowest MemAvailable.
++ flower-superexec + flwr-serverapp), the web and worker trees, the shared warm worker, each ClientApp process
+(flwr-clientapp, one per message: federation.node_runtime) and, every few samples, each SuperNode
+(flower-supernode + its flower-superexec). Peaks are reported, with the system's lowest MemAvailable.
 
 Where it breaks: a guard thread reads MemAvailable every 0.2 s; below `--min-available-gib` it SIGKILLs every
 node process at once (the bulk of the memory), then the size is wound down cleanly (campaign_cancel stops the
@@ -66,6 +70,7 @@ ERROR_LINE = re.compile(r"ERROR|Traceback|Killed|Exception:")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SEND_FAILED = "Failed to send message"
 RESTART_AFTER_S = 5.0  # join's default --retry-seconds
+WARM_NAME = "node-shared-warm-worker"  # a "node-" name: stop_nodes stops it with the nodes
 DB_LOCKED = "database is locked"
 
 
@@ -89,7 +94,8 @@ def mem_available() -> int:
 
 
 def process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, comm) of every process, from one pass over /proc/*/stat."""
+    """pid -> (ppid, comm) of every process, from one pass over /proc/*/stat. A node's own `flwr-clientapp` is a
+    script that execs `python -m federation.node_runtime`: those count as CLIENTAPP too."""
     table: dict[int, tuple[int, str]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -100,8 +106,19 @@ def process_table() -> dict[int, tuple[int, str]]:
         except OSError:
             continue
         left, right = data.index(b"("), data.rindex(b")")
-        table[int(entry.name)] = (int(data[right + 2 :].split()[1]), data[left + 1 : right].decode(errors="replace"))
+        comm = data[left + 1 : right].decode(errors="replace")
+        if comm.startswith("python") and _is_node_runtime(entry.name):
+            comm = CLIENTAPP
+        table[int(entry.name)] = (int(data[right + 2 :].split()[1]), comm)
     return table
+
+
+def _is_node_runtime(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"federation.node_runtime" in fh.read()
+    except OSError:
+        return False
 
 
 def children_map(table: dict[int, tuple[int, str]]) -> dict[int, list[int]]:
@@ -425,6 +442,8 @@ class Result:
     error_samples: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     wall_s: float | None = None
+    warm: str = "shared"  # shared: one warm worker for every node of the host; off: every job cold
+    warm_jobs: dict[str, int] = field(default_factory=dict)  # the shared worker's own count (warm-worker.json)
 
     @property
     def ok(self) -> bool:
@@ -497,6 +516,7 @@ class SizeRun:
         self.campaign: Any = None
         self.commands: dict[str, tuple[list[str], dict[str, str], Path]] = {}  # direct nodes, to restart them
         self.exited: dict[str, float] = {}  # node -> when it was found exited (restarted after RESTART_AFTER_S)
+        self.warm_home: Path | None = None  # the shared warm worker's home, when --warm shared
 
     def run(self) -> None:
         self.guard.start()
@@ -512,6 +532,7 @@ class SizeRun:
         finally:  # also on KeyboardInterrupt, which then goes on up
             torn = time.monotonic()
             self.cancel()
+            self.result.warm_jobs = warm_counts(self.warm_home)
             self.result.dead_nodes = stop_nodes(self.site.stack.supervisor, self.nodes_dir)
             self.sampler.stop()
             self.guard.stop()
@@ -535,7 +556,8 @@ class SizeRun:
         result.phase = "enroll"
         nodes = self.enroll(corpus)
         result.phase = "nodes"
-        first = self.start_nodes(nodes, model)
+        warm = self.start_warm_worker(model) if self.args.warm == "shared" else None
+        first = self.start_nodes(nodes, model, warm)
         result.phase = "online"
         self.wait_online(first, min(self.deadline, time.time() + self.args.online_timeout))
         self.check_alive("while the nodes came online")
@@ -585,14 +607,36 @@ class SizeRun:
         log(f"N={self.n}: {direct} nodes enrolled over HTTP in {self.result.enroll_s}s")
         return specs
 
-    def start_nodes(self, nodes: list[NodeSpec], model: Path) -> float:
-        from federation import procs
+    def start_warm_worker(self, model: Path) -> Path:
+        """One warm worker for every node of this host (what `join --warm-worker` points at); returns its socket.
+        It lives under the nodes' folder, so it yields the CPU, is killed by the memory guard and stopped with them."""
+        from federation import procs, warm_protocol
+
+        home = self.nodes_dir / "shared-warm"
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        home.chmod(0o700)
+        command = [sys.executable, "-m", "federation.warm_worker", "--home", str(home), "--model", str(model),
+                   "--max-waiting", str(self.n + 16)]  # fmt: skip
+        proc = self.site.stack.supervisor.start(WARM_NAME, command, env=procs.flower_env(home / "flwr-home"), cwd=home)
+        self.sampler.infra["warm worker"] = proc.pid
+        socket = warm_protocol.socket_path(home)
+        deadline = time.monotonic() + 120
+        while not socket.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise Abort(f"the shared warm worker did not start (log: {home.parent.parent / 'logs'})")
+            time.sleep(0.2)
+        log(f"N={self.n}: shared warm worker {proc.pid} listening on {socket}")
+        self.warm_home = home
+        return socket
+
+    def start_nodes(self, nodes: list[NodeSpec], model: Path, warm: Path | None = None) -> float:
+        from federation import procs, warm_protocol
 
         supervisor, first, ports = self.site.stack.supervisor, time.monotonic(), set()
         for spec in nodes:
             self.guard.check()
             if spec.join:
-                self.site.stack.start_join(spec.name, self.site.url, spec.token, spec.data, model)
+                self.site.stack.start_join(spec.name, self.site.url, spec.token, spec.data, model, warm_socket=warm)
                 self.sampler.add_node(spec.name, supervisor.procs[f"node-{spec.name}"].pid, wrapper=True)
             else:
                 port = procs.free_port()
@@ -601,7 +645,10 @@ class SizeRun:
                 ports.add(port)
                 config = {"data-path": str(spec.data.resolve()), "name": spec.name, "model-path": str(model.resolve())}
                 command = procs.supernode_command(spec.state["superlink"], port, config, spec.home / "ca.crt", spec.key)
-                env = procs.flower_env(spec.home / "flwr-home")
+                # The node's own flwr-clientapp first on PATH, as join sets it up (installed code only).
+                env = procs.flower_env(spec.home / "flwr-home", node_bin=procs.node_runtime_bin(spec.home))
+                if warm is not None:
+                    env[warm_protocol.ENV_SOCKET] = str(warm)
                 self.commands[spec.name] = (command, env, spec.home)
                 proc = supervisor.start(f"node-{spec.name}", command, env=env, cwd=spec.home)
                 self.sampler.add_node(spec.name, proc.pid)
@@ -736,6 +783,16 @@ class SizeRun:
                 log(f"cancel failed: {exc!r}")
             self.campaign.refresh_from_db()
         self.result.campaign_status = self.result.campaign_status or self.campaign.status
+
+
+def warm_counts(home: Path | None) -> dict[str, int]:
+    """The shared warm worker's own count of jobs (run, attached, cancelled, refused, failed)."""
+    from federation.warm_worker import STATUS_FILE
+
+    try:
+        return dict(json.loads((home / STATUS_FILE).read_text())["jobs"]) if home else {}
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 def _read(path: Path) -> str:
@@ -873,7 +930,7 @@ def _pass_through(args: argparse.Namespace) -> list[str]:
         "--online-timeout", str(args.online_timeout), "--round-timeout", str(args.round_timeout),
         "--min-available-gib", str(args.min_available_gib), "--join-nodes", str(args.join_nodes),
         "--node-nice", str(args.node_nice), "--campaign-round-timeout", str(args.campaign_round_timeout),
-        "--per-round", str(args.per_round),
+        "--per-round", str(args.per_round), "--warm", args.warm,
         "--sample-interval", str(args.sample_interval), "--node-pss-every", str(args.node_pss_every),
     ]  # fmt: skip
 
@@ -889,8 +946,9 @@ def sweep(args: argparse.Namespace, timer: Timer) -> list[Result]:
     results: list[Result] = []
     stop = ""
     budget_end = time.time() + args.budget_min * 60 - timer.minutes * 60
-    plans = [Result(n=n, train=min(n, args.per_round or n)) for n in args.sizes]
-    plans += [Result(n=n, train=n, all_train=True) for n in args.all_train_sizes if min(n, args.per_round or n) < n]
+    plans = [Result(n=n, train=min(n, args.per_round or n), warm=args.warm) for n in args.sizes]
+    plans += [Result(n=n, train=n, all_train=True, warm=args.warm)
+              for n in args.all_train_sizes if min(n, args.per_round or n) < n]  # fmt: skip
     for plan in plans:
         n = plan.n
         if stop and not plan.all_train:
@@ -940,8 +998,8 @@ def main_table(results: list[Result]) -> str:
     head = (
         "| N | training | enroll s | nodes online s | launch → round 1 s | launch → done s | updates merged | "
         "SuperLink tree MiB | web MiB | worker MiB | SuperNode MiB typ / max | ClientApp MiB typ / max | "
-        "ClientApps at once | min MemAvailable GiB | outcome |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "ClientApps at once | shared warm worker MiB | min MemAvailable GiB | outcome |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     rows = [head]
     for r in results:
@@ -954,7 +1012,8 @@ def main_table(results: list[Result]) -> str:
             f"{fmt(r.done_s, digits=1)} | {part} | {mem_cell(groups.get('superlink'))} | "
             f"{mem_cell(groups.get('web'))} | {mem_cell(groups.get('worker'))} | {spread_cell(mem.get('node'))} | "
             f"{spread_cell(mem.get('clientapp'))} | {mem.get('clientapp', {}).get('concurrent_max', '–')} | "
-            f"{mem.get('min_available_gib', '–')} | {r.outcome.replace('|', '/')} |"
+            f"{mem_cell(groups.get('warm worker'))} | {mem.get('min_available_gib', '–')} | "
+            f"{r.outcome.replace('|', '/')} |"
         )
     return "\n".join(rows)
 
@@ -964,14 +1023,22 @@ def comm(by_process: dict[str, Any], program: str) -> dict[str, Any] | None:
     return next((v for k, v in by_process.items() if program.startswith(k)), None)
 
 
+def warm_cell(r: Result) -> str:
+    if r.warm != "shared":
+        return "off (every job cold)"
+    j = r.warm_jobs
+    return " / ".join(str(j.get(k, "–")) for k in ("run", "attached", "cancelled", "failed")) if j else "–"
+
+
 def detail_table(results: list[Result]) -> str:
     head = (
         "| N | training | site up s | launch → submitted s | launch → round 0 s | server's round 1 s | failures | "
         "lost replies | node restarts | "
         "SuperLink 'database is locked' | "
         "flower-superlink | flower-superexec | flwr-serverapp | join wrapper | all ours MiB | "
-        "MemAvailable at start GiB | error lines in logs | sampler CPU s | teardown s | wall s |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+        "MemAvailable at start GiB | warm jobs run / attached / cancelled / failed | error lines in logs | "
+        "sampler CPU s | teardown s | wall s |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"
     )
     rows = [head]
     for r in results:
@@ -986,7 +1053,8 @@ def detail_table(results: list[Result]) -> str:
             f"{mem_cell(comm(by, 'flower-superlink'))} | "
             f"{mem_cell(comm(by, 'flower-superexec'))} | {mem_cell(comm(by, 'flwr-serverapp'))} | "
             f"{mem_cell(r.memory.get('join_wrapper'))} | {mem_cell(r.memory.get('total'))} | "
-            f"{r.baseline_available_gib} | {errors} | {r.memory.get('sampler', {}).get('cpu_s', '–')} | "
+            f"{r.baseline_available_gib} | {warm_cell(r)} | {errors} | "
+            f"{r.memory.get('sampler', {}).get('cpu_s', '–')} | "
             f"{fmt(r.teardown_s, digits=1)} | {fmt(r.wall_s, digits=0)} |"
         )
     return "\n".join(rows)
@@ -1049,7 +1117,17 @@ def findings(results: list[Result], args: argparse.Namespace) -> str:
             f"With ≈ {start_avail / 1024:.1f} GiB available at the start, the platform's own {infra:.0f} MiB and "
             f"the {args.min_available_gib:.0f} GiB guard, this machine holds about {room / node_pss:.0f} idle nodes"
         )
-        if apps:
+        warm = [r.memory["groups"]["warm worker"]["pss"] for r in ran if r.memory["groups"].get("warm worker")]
+        if apps and warm:
+            app_pss, warm_pss = statistics.median(r.memory["clientapp"]["pss_median"] for r in apps), max(warm)
+            text += (
+                f"; in a round every drawn node's per-message ClientApp is a shim without torch that holds "
+                f"≈ {app_pss:.0f} MiB PSS while the one shared warm worker trains the jobs one after another "
+                f"(peak {warm_pss:.0f} MiB PSS for all nodes), so by PSS a training node costs "
+                f"≈ {node_pss + app_pss:.0f} MiB and about {(room - warm_pss) / (node_pss + app_pss):.0f} nodes "
+                "training in the same round fit"
+            )
+        elif apps:
             app_pss = statistics.median(r.memory["clientapp"]["pss_median"] for r in apps)
             text += (
                 f"; each ClientApp process holds ≈ {app_pss:.0f} MiB PSS while it trains and in a round every "
@@ -1113,7 +1191,14 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
             f"and the benchmark starts one again {RESTART_AFTER_S:.0f} s after it exits, as join does. Node processes "
             f"run at nice {args.node_nice}, process and session autogroup (contributors' nodes have machines of "
             "their own; here they must not starve the SuperLink and the site). "
-            f"The campaign's round timeout is {args.campaign_round_timeout:.0f} s: "
+            + (
+                "Every node runs the node's own `flwr-clientapp` (installed code only) as a shim that hands its job "
+                "to one warm worker shared by all N nodes (`join --warm-worker`; torch and the model loaded once "
+                "for the host, one job trains at a time, in arrival order). "
+                if args.warm == "shared"
+                else "Every job runs cold: its own ClientApp process imports torch and loads the model (--warm off). "
+            )
+            + f"The campaign's round timeout is {args.campaign_round_timeout:.0f} s: "
             "after it the round merges the updates that came back and records the missing nodes as failed. "
             "Logs: var/bench/scale/nN/run/logs/.",
             "",
@@ -1152,6 +1237,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sizes run once more with every node training at once")  # fmt: skip
     parser.add_argument("--campaign-round-timeout", type=float, default=300,
                         help="the campaign's round timeout: how long the round waits for replies")  # fmt: skip
+    parser.add_argument(
+        "--warm",
+        choices=("shared", "off"),
+        default="shared",
+        help="shared: one warm worker for all nodes (join --warm-worker); off: every job cold",
+    )
     parser.add_argument("--sample-interval", type=float, default=0.5, help="seconds between memory samples")
     parser.add_argument("--node-pss-every", type=int, default=4, help="read SuperNodes' PSS every K samples")
     parser.add_argument("--no-write", action="store_true", help="print the tables, leave docs/benchmarks.md alone")
@@ -1165,7 +1256,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def child_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
-    plan = Result(n=args.one, train=args.train or args.one, all_train=args.all_train_run)
+    plan = Result(n=args.one, train=args.train or args.one, all_train=args.all_train_run, warm=args.warm)
     result = run_size(plan, args, args.deadline or time.time() + args.online_timeout + args.round_timeout)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(asdict(result), indent=2))
