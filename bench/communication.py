@@ -48,6 +48,7 @@ from report import Timer, write_section  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 from federation import control, pki, procs  # noqa: E402
+from federation.artifacts import ADAPTER_WEIGHTS, round_folder  # noqa: E402
 from federation.basemodel import prepare_smollm2  # noqa: E402
 from federation.config import ServerConfig, TrainConfig  # noqa: E402
 from federation.corpus import build_demo_corpus  # noqa: E402
@@ -336,9 +337,9 @@ def tensor_bytes(path: Path) -> tuple[int, int, int, int]:
 
 
 def adapter_size(label: str, run_dir: Path) -> Adapter:
-    path = run_dir / "round-1" / "adapter_model.safetensors"
+    path = round_folder(run_dir, 1) / ADAPTER_WEIGHTS
     tensors, params, nbytes, _ = tensor_bytes(path)
-    distinct = tensor_bytes(run_dir / "round-0" / "adapter_model.safetensors")[3]
+    distinct = tensor_bytes(round_folder(run_dir, 0) / ADAPTER_WEIGHTS)[3]
     return Adapter(label, tensors, params, nbytes, path.stat().st_size, distinct)
 
 

@@ -42,9 +42,11 @@ from typing import Any
 from report import Timer, write_section
 from site_stack import running_site, stop_on_signals
 
+from federation.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, round_folder
+
 NAME = "downloads"
 COMMAND = "make bench-downloads"
-WEIGHTS = "adapter_model.safetensors"
+WEIGHTS = ADAPTER_WEIGHTS
 HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # SmolLM2-135M's attention shapes: all that a q/k/v/o LoRA adapter depends on.
 SMOLLM2_SHAPE = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3}
@@ -157,9 +159,9 @@ def publish_release(site: Any) -> Target:
         Participation.objects.create(
             round=final, node=node, samples=100 + i, tokens=10_000, data_fingerprint=f"{i}" * 64
         )
-    folder = Path(settings.DATA_DIR) / "campaigns" / str(campaign.pk) / "round-1"
+    folder = round_folder(Path(settings.DATA_DIR) / "campaigns" / str(campaign.pk), 1)
     build_adapter(folder)
-    final.adapter_files = {n: sha256_of(folder / n) for n in ("adapter_config.json", WEIGHTS)}
+    final.adapter_files = {n: sha256_of(folder / n) for n in (ADAPTER_CONFIG, WEIGHTS)}
     final.save()
 
     release = release_publish(campaign=campaign)

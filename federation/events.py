@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# The merged adapter a round publishes, as PEFT's save_pretrained writes it.
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+from federation.artifacts import ADAPTER_FILES
 
 # Event types: the "type" of each event the ServerApp sends the site (federation.report.Reporter.event). The site
 # records ROUND and FAILED and answers any other type with OK (the rest are for the ServerApp's journal and the

@@ -21,8 +21,8 @@ from typing import Any
 
 import requests
 
+from federation.artifacts import ADAPTER_FILES, CONTENT_SHA256_HEADER
 from federation.config import ServerPaths
-from federation.events import ADAPTER_FILES
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Reporter:
             f"{self.url}/rounds/{round_num}/files/{path.name}",
             data=data,
             content_type="application/octet-stream",
-            extra={"X-Content-SHA256": hashlib.sha256(data).hexdigest()},
+            extra={CONTENT_SHA256_HEADER: hashlib.sha256(data).hexdigest()},
         )
 
     def download_round(self, round_num: int, folder: Path) -> Path:
@@ -165,7 +165,7 @@ class Reporter:
                 raise RuntimeError(
                     f"round {round_num}'s {name}: the site answered {response.status_code}: {response.text[:200]}"
                 )
-            expected = response.headers.get("X-Content-SHA256", "")
+            expected = response.headers.get(CONTENT_SHA256_HEADER, "")
             if hashlib.sha256(response.content).hexdigest() != expected:
                 raise RuntimeError(f"round {round_num}'s {name}: content does not match its recorded sha256")
             (folder / name).write_bytes(response.content)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-SIGNATURE_NAME = "model.sig"
-PROVENANCE_NAME = "provenance.json"
+from federation.artifacts import PROVENANCE_NAME, SIGNATURE_NAME, sha256_file
+
 KEY_URL_PATH = "/releases/signing-key.pub"
 # huggingface_hub keeps its bookkeeping for `local_dir` downloads here; it is not part of the release.
 HF_LOCAL_DIR_CACHE = ".cache/huggingface"
@@ -50,14 +50,6 @@ class Verified:
     nodes: list[str] = field(default_factory=list)
     repo_id: str = ""
     revision: str = ""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def release_revision(files: dict[str, str]) -> str:

@@ -77,11 +77,12 @@ def base_models_public() -> list[dict]:
 
 def round_file(*, campaign: Campaign, round_number: int, name: str) -> tuple[Path, str]:
     """A stored merged-adapter file of a round and the sha256 on record for it; LookupError when there is none."""
-    from campaigns.services import ADAPTER_FILES, campaign_output_dir
+    from campaigns.services import campaign_output_dir
+    from federation.artifacts import ADAPTER_FILES, round_folder
 
     round_ = campaign.rounds.filter(number=round_number).first()
     sha = round_.adapter_files.get(name) if round_ is not None and name in ADAPTER_FILES else None
-    path = campaign_output_dir(campaign) / f"round-{round_number}" / name
+    path = round_folder(campaign_output_dir(campaign), round_number) / name
     if not sha or not path.is_file():
         raise LookupError(f"round {round_number} has no stored {name}")
     return path, sha

@@ -21,12 +21,12 @@ from campaigns.models import BaseModel, Campaign, CampaignAttempt, NodeFlag, Par
 from campaigns.signals import attempt_recorded, campaign_completing
 from community.models import Node
 from federation import control, events, pki
+from federation.artifacts import ADAPTER_FILES, CONTENT_SHA256_HEADER, round_folder
 from federation.basemodel import describe_checkpoint
 from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig, WireConfig
 
 log = logging.getLogger(__name__)
 
-ADAPTER_FILES = events.ADAPTER_FILES
 # A round must leave nodes time to start, load the model and train; a week is longer than anyone waits.
 ROUND_TIMEOUT_MIN, ROUND_TIMEOUT_MAX = 30, 7 * 24 * 3600
 # Flower runs per campaign (launch + automatic resumes): enough for a bad night, not an endless loop.
@@ -229,7 +229,7 @@ def campaign_resume_point(*, campaign: Campaign) -> int:
     merged = last_merged_round(campaign)
     start = merged or 0
     later = campaign.rounds.filter(number__gt=start) if merged is not None else campaign.rounds.all()
-    folders = [campaign_output_dir(campaign) / f"round-{n}" for n in later.values_list("number", flat=True)]
+    folders = [round_folder(campaign_output_dir(campaign), n) for n in later.values_list("number", flat=True)]
     later.delete()
     for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)
@@ -521,7 +521,7 @@ def report_round(*, campaign: Campaign, event: dict[str, Any]) -> Round:
         else:
             round_.participations.all().delete()  # the replaced event's rows (and their flags)
         stale = [n for n, sha in round_.adapter_files.items() if parsed.adapter_files.get(n) != sha]
-        folder = campaign_output_dir(campaign) / f"round-{parsed.round}"
+        folder = round_folder(campaign_output_dir(campaign), parsed.round)
         transaction.on_commit(lambda: [(folder / n).unlink(missing_ok=True) for n in stale])
 
         ids = [str(r.node_id) for r in parsed.nodes if r.node_id is not None]
@@ -605,8 +605,8 @@ def report_file(*, campaign: Campaign, round_number: int, name: str, chunks: Any
     if not declared:
         raise ReportConflict(f"round {round_number} has no recorded event declaring {name}; report the round first")
     if sha256 and sha256 != declared:
-        raise ReportConflict(f"{name}: X-Content-SHA256 is not the sha256 round {round_number}'s event declared")
-    folder = campaign_output_dir(campaign) / f"round-{round_number}"
+        raise ReportConflict(f"{name}: {CONTENT_SHA256_HEADER} is not the sha256 round {round_number}'s event declared")
+    folder = round_folder(campaign_output_dir(campaign), round_number)
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{name}.{secrets.token_hex(4)}.partial"  # concurrent retries never share one
     digest, size = hashlib.sha256(), 0

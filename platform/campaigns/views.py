@@ -16,6 +16,7 @@ from django.views.decorators.http import require_http_methods
 from campaigns import selectors, services
 from campaigns.models import Campaign
 from federation import events
+from federation.artifacts import CONTENT_SHA256_HEADER
 from federation.report import RUN_ID_HEADER
 
 
@@ -84,7 +85,7 @@ def report_file(request: HttpRequest, campaign: Campaign, round_number: int, nam
         except LookupError as exc:
             return JsonResponse({"error": str(exc)}, status=404)
         response = FileResponse(path.open("rb"), content_type="application/octet-stream")
-        response["X-Content-SHA256"] = sha
+        response[CONTENT_SHA256_HEADER] = sha
         return response
     # Read the body as a stream so a large upload never sits whole in memory.
     chunks = iter(lambda: request.read(1 << 20), b"")
@@ -94,7 +95,7 @@ def report_file(request: HttpRequest, campaign: Campaign, round_number: int, nam
             round_number=round_number,
             name=name,
             chunks=chunks,
-            sha256=request.headers.get("X-Content-SHA256", ""),
+            sha256=request.headers.get(CONTENT_SHA256_HEADER, ""),
         )
     except services.ReportConflict as exc:
         return JsonResponse({"error": " ".join(exc.messages)}, status=409)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from federation.basemodel import sha256_file
+from federation.artifacts import sha256_file
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, HttpResponseNotModified, StreamingHttpResponse
 
+from federation.artifacts import CONTENT_SHA256_HEADER
+
 CHUNK = 1 << 20
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -97,7 +99,7 @@ def serve_file(
         "ETag": etag,
         "X-Linked-Etag": etag,  # huggingface_hub prefers this one (its LFS convention)
         "X-Linked-Size": str(size),
-        "X-Content-SHA256": sha256,
+        CONTENT_SHA256_HEADER: sha256,
         "Accept-Ranges": "bytes",
         "Cache-Control": "public, max-age=31536000, immutable" if immutable else "public, no-cache",
         **(headers or {}),

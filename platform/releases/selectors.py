@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from federation.verify import PROVENANCE_NAME, SIGNATURE_NAME
+from federation.artifacts import PROVENANCE_NAME, SIGNATURE_NAME
 from releases.blobs import blob_path
 from releases.models import Release
 

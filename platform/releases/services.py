@@ -17,9 +17,16 @@ from django.utils.text import slugify
 
 from campaigns.models import Campaign
 from campaigns.services import campaign_output_dir
-from federation.basemodel import sha256_file
-from federation.events import ADAPTER_FILES
-from federation.verify import PROVENANCE_NAME, SIGNATURE_NAME, release_revision
+from federation.artifacts import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILES,
+    ADAPTER_WEIGHTS,
+    PROVENANCE_NAME,
+    SIGNATURE_NAME,
+    round_folder,
+    sha256_file,
+)
+from federation.verify import release_revision
 from releases.blobs import blob_store
 from releases.model_card import render_model_card
 from releases.models import Release, ReleaseFile
@@ -34,7 +41,7 @@ def release_publish(*, campaign: Campaign) -> Release:
     existing = Release.objects.filter(campaign=campaign).first()
     if existing is not None:
         return existing
-    source = campaign_output_dir(campaign) / f"round-{campaign.num_rounds}"
+    source = round_folder(campaign_output_dir(campaign), campaign.num_rounds)
     repo_id = f"{ORG}/{slugify(campaign.name) or 'campaign'}-{campaign.pk}"
     staging = Path(settings.DATA_DIR) / "releases" / ".staging" / str(campaign.pk)
     shutil.rmtree(staging, ignore_errors=True)
@@ -42,11 +49,11 @@ def release_publish(*, campaign: Campaign) -> Release:
 
     # What is signed must be what the round recorded: the files are hashed as read for the release (the copy, the
     # bytes parsed), so a file changed on disk since its upload is caught here, not published.
-    shutil.copyfile(source / "adapter_model.safetensors", staging / "adapter_model.safetensors")
-    config_bytes = (source / "adapter_config.json").read_bytes()
+    shutil.copyfile(source / ADAPTER_WEIGHTS, staging / ADAPTER_WEIGHTS)
+    config_bytes = (source / ADAPTER_CONFIG).read_bytes()
     read = {
-        "adapter_config.json": hashlib.sha256(config_bytes).hexdigest(),
-        "adapter_model.safetensors": sha256_file(staging / "adapter_model.safetensors"),
+        ADAPTER_CONFIG: hashlib.sha256(config_bytes).hexdigest(),
+        ADAPTER_WEIGHTS: sha256_file(staging / ADAPTER_WEIGHTS),
     }
     last = campaign.rounds.filter(number=campaign.num_rounds).first()
     recorded = last.adapter_files if last is not None else {}
@@ -60,7 +67,7 @@ def release_publish(*, campaign: Campaign) -> Release:
     adapter_config = json.loads(config_bytes)
     # Point at the upstream id, not a path on our server, so the folder loads anywhere.
     adapter_config["base_model_name_or_path"] = campaign.base_model.hf_id
-    (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+    (staging / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
 
     files = {name: sha256_file(staging / name) for name in ADAPTER_FILES}
     draft = campaign_provenance(campaign, files, repo_id=repo_id)
@@ -116,7 +123,7 @@ def release_yank(*, release: Release, by: Any = None, reason: str = "") -> Relea
 
 
 # Every client fetches the weights exactly once per download, so they (or the zip) count the release's downloads.
-WEIGHTS_NAME = "adapter_model.safetensors"
+WEIGHTS_NAME = ADAPTER_WEIGHTS
 
 
 def release_count_download(*, release: Release, path: str | None) -> None:

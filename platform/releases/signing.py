@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from federation.verify import SIGNATURE_NAME, key_fingerprint
+from federation.artifacts import SIGNATURE_NAME
+from federation.verify import key_fingerprint
 
 ALLOWED_CURVES = ("secp256r1", "secp384r1")
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from federation.basemodel import MANIFEST_NAME, describe_checkpoint, sha256_file
+from federation.basemodel import MANIFEST_NAME, describe_checkpoint
 
 
 def test_describe_checkpoint_lists_files_with_hashes(tiny_checkpoint):
@@ -45,13 +45,6 @@ def test_empty_or_missing_dir(tmp_path):
         describe_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="not a directory"):
         describe_checkpoint(tmp_path / "nope")
-
-
-def test_sha256_file_streams_large_files(tmp_path):
-    path = tmp_path / "blob"
-    data = bytes(range(256)) * 9000  # > 2 blocks of 1 MiB
-    path.write_bytes(data)
-    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
 
 
 def test_prepare_is_a_no_op_when_checkpoint_matches(tiny_checkpoint, tmp_path, monkeypatch):

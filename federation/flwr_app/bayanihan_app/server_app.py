@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import load_file
 
 from federation import events, privacy, task_heartbeat
-from federation.basemodel import sha256_file
+from federation.artifacts import ADAPTER_FILES, ADAPTER_WEIGHTS, resume_folder, round_folder, sha256_file
 from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig, WireConfig
 from federation.data import load_records
 from federation.evaluator import RoundEvaluator
@@ -66,8 +66,8 @@ def main(grid: Grid, context: Context) -> None:
 def initial_adapter(model, server: ServerConfig, reporter: Reporter, out: Path) -> ArrayRecord:
     """A fresh adapter, or (resuming) the merged adapter of round `start_round`, fetched from the site."""
     if server.start_round:
-        folder = reporter.download_round(server.start_round, out / f"resume-from-round-{server.start_round}")
-        state = load_file(str(folder / "adapter_model.safetensors"))
+        folder = reporter.download_round(server.start_round, resume_folder(out, server.start_round))
+        state = load_file(str(folder / ADAPTER_WEIGHTS))
         expected = set(get_adapter_state(model))
         if set(state) != expected:
             raise ValueError(
@@ -119,11 +119,11 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
         timings = {**job.timings, "evaluate_started": time.time()}
         set_adapter_state(model, job.state)
         loss, tokens = evaluate(model, heldout, int(tokenizer.pad_token_id))
-        folder = out / f"round-{job.campaign_round}"
+        folder = round_folder(out, job.campaign_round)
         model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only
         timings["evaluated"] = time.time()
         # The event pins the files by sha256 before they are uploaded: the site takes only those bytes, once.
-        files = {name: sha256_file(folder / name) for name in events.ADAPTER_FILES}
+        files = {name: sha256_file(folder / name) for name in ADAPTER_FILES}
         reporter.event(
             events.EVENT_ROUND,
             round=job.campaign_round,

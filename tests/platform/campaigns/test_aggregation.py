@@ -11,7 +11,7 @@ from campaigns.models import BaseModel, Campaign, NodeFlag, Round
 from campaigns.selectors import ledger_entries, ledger_totals, open_flags
 from campaigns.services import campaign_create, report_round
 from community.models import Node
-from federation.events import ADAPTER_FILES
+from federation.artifacts import ADAPTER_FILES
 
 pytestmark = pytest.mark.django_db
 

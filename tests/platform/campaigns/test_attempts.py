@@ -9,7 +9,6 @@ import pytest
 
 from campaigns.models import BaseModel, Campaign, CampaignAttempt, Round
 from campaigns.services import (
-    ADAPTER_FILES,
     campaign_output_dir,
     campaign_resume_point,
     campaign_run_failed,
@@ -18,6 +17,7 @@ from campaigns.services import (
 )
 from console.models import AuditEntry
 from federation import events
+from federation.artifacts import ADAPTER_FILES
 from federation.report import Reporter
 from releases.provenance import campaign_provenance
 

@@ -17,7 +17,7 @@ from django.conf import settings
 from faults import FaultProxy, Outage, assert_no_process_left, round_numbers_problems
 
 from campaigns.models import Campaign
-from federation.events import ADAPTER_FILES
+from federation.artifacts import ADAPTER_FILES
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -19,8 +19,9 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from campaigns.models import BaseModel, Campaign, Round
 from community.models import Node
+from federation.artifacts import ADAPTER_FILES
 from federation.config import AggregationConfig
-from federation.events import ADAPTER_FILES, EVENT_ROUND, NodeMetrics
+from federation.events import EVENT_ROUND, NodeMetrics
 from federation.packing import LAYOUT_KEY, pack_records
 from federation.strategy import build_strategy
 

@@ -16,6 +16,7 @@ from bayanihan_site.superlink import superlink_client
 from campaigns.models import Campaign
 from campaigns.services import campaign_create, campaign_fail, campaign_launch
 from federation import control, procs
+from federation.artifacts import SIGNATURE_NAME
 from federation.corpus import build_demo_corpus
 from stack.basemodels import ensure_base_model
 from stack.broker import ensure_broker
@@ -192,7 +193,7 @@ class Command(BaseCommand):
             for f in release.files.all():
                 console.print(f"  {f.path:28} {f.size:>10,} B  sha256 {f.sha256[:16]}…")
             if release.signature_sha256:
-                sig = f"{'model.sig':28} {release.signature_size:>10,} B  sha256 {release.signature_sha256[:16]}…"
+                sig = f"{SIGNATURE_NAME:28} {release.signature_size:>10,} B  sha256 {release.signature_sha256[:16]}…"
                 console.print(f"  {sig} (Sigstore bundle; check with `python -m federation verify FOLDER`)")
             console.print(f"  download: `make serve`, then {site_url}/releases/{release.repo_id}/")
         console.print(
