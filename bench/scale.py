@@ -647,7 +647,8 @@ class SizeRun:
         for spec in nodes:
             self.guard.check()
             if spec.join:
-                self.site.stack.start_join(spec.name, self.site.url, spec.token, spec.data, model, warm_socket=warm)
+                self.site.stack.start_join(spec.name, self.site.url, spec.token, spec.data, model, warm_socket=warm,
+                                           env={procs.TASK_POLL_ENV: str(self.args.node_poll_seconds)})  # fmt: skip
                 self.sampler.add_node(spec.name, supervisor.procs[f"node-{spec.name}"].pid, wrapper=True)
             else:
                 port = procs.free_port()
@@ -657,7 +658,8 @@ class SizeRun:
                 config = {"data-path": str(spec.data.resolve()), "name": spec.name, "model-path": str(model.resolve())}
                 command = procs.supernode_command(spec.state["superlink"], port, config, spec.home / "ca.crt", spec.key)
                 # The node's own flwr-clientapp first on PATH, as join sets it up (installed code only).
-                env = procs.flower_env(spec.home / "flwr-home", node_bin=procs.node_runtime_bin(spec.home))
+                env = procs.flower_env(spec.home / "flwr-home", node_bin=procs.node_runtime_bin(spec.home),
+                                       task_poll_seconds=self.args.node_poll_seconds)  # fmt: skip
                 if warm is not None:
                     env[warm_protocol.ENV_SOCKET] = str(warm)
                 self.commands[spec.name] = (command, env, spec.home)
@@ -941,7 +943,7 @@ def _pass_through(args: argparse.Namespace) -> list[str]:
         "--online-timeout", str(args.online_timeout), "--round-timeout", str(args.round_timeout),
         "--min-available-gib", str(args.min_available_gib), "--join-nodes", str(args.join_nodes),
         "--node-nice", str(args.node_nice), "--campaign-round-timeout", str(args.campaign_round_timeout),
-        "--per-round", str(args.per_round), "--warm", args.warm,
+        "--per-round", str(args.per_round), "--warm", args.warm, "--node-poll-seconds", str(args.node_poll_seconds),
         "--sample-interval", str(args.sample_interval), "--node-pss-every", str(args.node_pss_every),
     ]  # fmt: skip
 
@@ -1209,7 +1211,10 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
                 if args.warm == "shared"
                 else "Every job runs cold: its own ClientApp process imports torch and loads the model (--warm off). "
             )
-            + f"The campaign's round timeout is {args.campaign_round_timeout:.0f} s: "
+            + f"Each node's SuperExec asks its SuperNode for work every {args.node_poll_seconds:g} s "
+            "(FLWR_SUPEREXEC_TASK_POLL_INTERVAL; `join` uses 0.2 s for one node on its own machine: at that rate 100 "
+            "nodes' idle polling alone kept the load average above 100 on these 2 cores and the round's ClientApps "
+            "could not start). " + f"The campaign's round timeout is {args.campaign_round_timeout:.0f} s: "
             "after it the round merges the updates that came back and records the missing nodes as failed. "
             "Logs: var/bench/scale/nN/run/logs/.",
             "",
@@ -1254,6 +1259,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="shared",
         help="shared: one warm worker for all nodes (join --warm-worker); off: every job cold",
     )
+    parser.add_argument("--node-poll-seconds", type=float, default=1.0,
+                        help="each node's SuperExec task poll (FLWR_SUPEREXEC_TASK_POLL_INTERVAL); join's 0.2 s costs "
+                        "5 local requests a second per node, which 100 nodes on 2 cores cannot pay")  # fmt: skip
     parser.add_argument("--sample-interval", type=float, default=0.5, help="seconds between memory samples")
     parser.add_argument("--node-pss-every", type=int, default=4, help="read SuperNodes' PSS every K samples")
     parser.add_argument("--no-write", action="store_true", help="print the tables, leave docs/benchmarks.md alone")

@@ -143,7 +143,14 @@ class Stack:
         return restarted
 
     def start_join(
-        self, name: str, site_url: str, token: str, data_path: Path, model_path: Path, warm_socket: Path | None = None
+        self,
+        name: str,
+        site_url: str,
+        token: str,
+        data_path: Path,
+        model_path: Path,
+        warm_socket: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> Path:
         """A contributor's node, through the contributor's own command: `python -m federation join` (with
         `warm_socket`: its rounds go to that shared warm worker instead of one of its own)."""
@@ -156,7 +163,7 @@ class Stack:
              # Local nodes share this one machine (the bench starts up to 100): join's memory bar is meant
              # for a contributor's own machine, and the bench measures memory itself.
              "--min-memory", "0", *(["--warm-worker", str(warm_socket)] if warm_socket else [])],
-            env=procs.flower_env(home / "flwr-home"),
+            env=procs.flower_env(home / "flwr-home", env),
             cwd=home,
         )  # fmt: skip
         return home
