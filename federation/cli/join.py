@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     except node_runtime.InternalsChanged as err:
         print(f"join: {err}", file=sys.stderr)
         return 1
-    command = procs.supernode_command(state["superlink"], args.port or procs.free_port(), config, ca, key_path)
+    command = supernode_commands(state["superlink"], args.port, config, ca, key_path)
     env = procs.flower_env(home / "flwr-home", node_bin=procs.node_runtime_bin(home))
     warm: tuple[list[str], dict[str, str]] | None = None
     if shared is not None:
@@ -163,6 +164,17 @@ def shared_worker_socket(value: str) -> Path:
     return path
 
 
+def supernode_commands(superlink: str, port: int, config: dict, ca: Path, key_path: Path) -> Callable[[], list[str]]:
+    """The SuperNode's command for each (re)start. With `--port 0` every start gets a port free at that moment:
+    a port picked once and kept could be taken by another program while the SuperNode was down, and every restart
+    would then fail the same way ("address already in use")."""
+
+    def command() -> list[str]:
+        return procs.supernode_command(superlink, port or procs.free_port(), config, ca, key_path)
+
+    return command
+
+
 def warm_worker_command(home: Path, data: str, model: object = None) -> list[str]:
     command = [sys.executable, "-m", "federation.warm_worker", "--home", str(home), "--data", data]
     return command + (["--model", str(model)] if model else [])
@@ -194,7 +206,7 @@ def _supervise(
     state: dict,
     home: Path,
     supervisor: procs.Supervisor,
-    command: list[str],
+    command: Callable[[], list[str]],
     env: dict[str, str],
     warm: tuple[list[str], dict[str, str]] | None = None,
 ) -> int:
@@ -217,7 +229,7 @@ def _supervise(
                 print(f"this node is no longer admitted: {body.get('reason') or body.get('status')}", file=sys.stderr)
                 return 3
             supervisor.stop("supernode")  # reaps the old one and what it left running
-            supervisor.start("supernode", command, env=env, cwd=home)
+            supervisor.start("supernode", command(), env=env, cwd=home)
             watch.started(time.monotonic())
             alive, down_noticed = True, False
             next_start = math.inf  # the next start is decided by the watch once this one ends
