@@ -50,7 +50,7 @@ from safetensors import safe_open  # noqa: E402
 from federation import control, pki, procs  # noqa: E402
 from federation.artifacts import ADAPTER_WEIGHTS, round_folder  # noqa: E402
 from federation.basemodel import prepare_smollm2  # noqa: E402
-from federation.config import ServerConfig, TrainConfig  # noqa: E402
+from federation.config import ServerConfig, TrainConfig, WireConfig  # noqa: E402
 from federation.corpus import build_demo_corpus  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -565,9 +565,9 @@ def main() -> int:
             )  # fmt: skip
             server = ServerConfig(
                 num_rounds=args.rounds, min_nodes=args.nodes, max_heldout_records=4, round_timeout=args.timeout,
-                transfer_dtype=dtype,
             )  # fmt: skip
-            run_config = {**train.to_run_config(), **server.to_run_config(), "base-model-path": str(model),
+            run_config = {**train.to_run_config(), **server.to_run_config(),
+                          **WireConfig(transfer_dtype=dtype).to_run_config(), "base-model-path": str(model),
                           "heldout-path": str(corpus / "heldout.jsonl")}  # fmt: skip
             run_dir, seconds, failed = run_adapter(client, nodes, run_config, out / "runs" / label, args)
             failures += [f"{label}: {f}" for f in failed]

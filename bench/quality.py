@@ -43,7 +43,7 @@ from site_stack import stop_on_signals  # noqa: E402
 from federation import procs  # noqa: E402
 from federation.artifacts import ADAPTER_WEIGHTS, round_folder  # noqa: E402
 from federation.basemodel import prepare_smollm2  # noqa: E402
-from federation.config import ServerConfig, TrainConfig  # noqa: E402
+from federation.config import ServerConfig, TrainConfig, WireConfig  # noqa: E402
 from federation.corpus import build_demo_corpus, grouped_chunks  # noqa: E402
 from federation.data import load_records  # noqa: E402
 from federation.node_data import node_dataset  # noqa: E402
@@ -122,10 +122,10 @@ def in_process_arm(arm: Arm, model_path: Path, cfg: TrainConfig, data: list[Exam
     arm.seconds = time.monotonic() - started
 
 
-def federated_arm(arm: Arm, address: str, cfg: TrainConfig, server: ServerConfig, out: Path, held: Heldout,
-                  model_path: Path, pad: int, check) -> None:  # fmt: skip
+def federated_arm(arm: Arm, address: str, cfg: TrainConfig, server: ServerConfig, wire: WireConfig, out: Path,
+                  held: Heldout, model_path: Path, pad: int, check) -> None:  # fmt: skip
     heldout = out.parent / "corpus" / "heldout.jsonl"
-    run_config = {**cfg.to_run_config(), **server.to_run_config(), "output-dir": str(out),
+    run_config = {**cfg.to_run_config(), **server.to_run_config(), **wire.to_run_config(), "output-dir": str(out),
                   "base-model-path": str(model_path), "heldout-path": str(heldout)}  # fmt: skip
     arm.seconds = run_to_end(address, run_config, arm.label, timeout=1800, check=check)
     rounds = [e for e in journal(out) if e["type"] == "round"]
@@ -268,8 +268,8 @@ def main() -> int:
         for i, (label, rounds, steps, lr, dtype) in enumerate(plans):
             arm = Arm(label, args.nodes * rounds * steps, args.nodes * rounds * steps * args.batch_size)
             federated_arm(arm, address, replace(node_cfg, local_steps=steps, lr=lr),
-                          replace(server, num_rounds=rounds, transfer_dtype=dtype), out / f"federated-{i}", held,
-                          model, pad, sup.check)  # fmt: skip
+                          replace(server, num_rounds=rounds), WireConfig(transfer_dtype=dtype),
+                          out / f"federated-{i}", held, model, pad, sup.check)  # fmt: skip
             arms.append(arm)
             print(f"  {arm.label:30s} loss {arm.loss:.4f}  ({arm.seconds:.0f}s)", flush=True)
 
