@@ -4,8 +4,9 @@ tests/platform/console/test_contributor_page.py."""
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ValidationError
 
-from community.models import Contributor
+from community.models import Contributor, EnrollmentToken
 from community.services import contributor_signup, enrollment_token_create
 
 pytestmark = pytest.mark.django_db
@@ -34,5 +35,10 @@ def test_signup_without_accepting_terms_creates_nothing(client):
 
 def test_token_requires_an_approved_contributor():
     pending = contributor_signup(username="cy", email="c@x.org", password="a-long-pass-phrase-42", accept_terms=True)
-    with pytest.raises(Exception, match="approved"):
+    with pytest.raises(ValidationError, match="Only approved contributors can enroll nodes"):
         enrollment_token_create(contributor=pending)
+    assert not EnrollmentToken.objects.exists()  # nothing was issued
+    pending.status = Contributor.Status.APPROVED
+    pending.save()
+    token, row = enrollment_token_create(contributor=pending)  # the same contributor, once approved, gets one
+    assert token and row.contributor == pending and EnrollmentToken.objects.count() == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -33,8 +34,10 @@ def test_resolve_streams_asynchronously_under_asgi(release):
 
 def test_range_request_streams_asynchronously_under_asgi(release):
     row = release.files.get(path="adapter_model.safetensors")
-    status, _, body = _get(f"/{release.repo_id}/resolve/main/{row.path}", Range="bytes=5-9")
-    assert status == 206 and len(body) == 5
+    status, headers, body = _get(f"/{release.repo_id}/resolve/main/{row.path}", Range="bytes=5-9")  # _body: async
+    stored = (Path(release.path) / row.path).read_bytes()
+    assert status == 206 and body == stored[5:10]  # exactly those bytes, not the first five or the whole file
+    assert headers["Content-Range"] == f"bytes 5-9/{row.size}" and headers["Content-Length"] == "5"
 
 
 def test_zip_streams_asynchronously_under_asgi(release):

@@ -15,6 +15,9 @@ import pytest
 import requests
 import torch
 
+# A live server, the real huggingface_hub client and PEFT loading: the integration tier (pyproject markers).
+pytestmark = pytest.mark.integration
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 IDS = [[1, 2, 3, 4, 5, 6, 7, 8]]
 
