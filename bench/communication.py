@@ -9,9 +9,10 @@ that journal.
 On the wire: each SuperNode's `--superlink` points at its own byte-counting TCP relay in this process, which forwards
 to the SuperLink untouched. TLS passes through the relay, so what it counts is everything the node's Fleet API client
 puts on TCP (TLS handshakes and records, HTTP, protobuf, chunked object transfers), minus only IP/TCP headers. Each
-chunk is timestamped; a round's bytes are those between the ServerApp's journal entries for the previous and this
-round. First the nodes sit connected with no run for `--idle` seconds (polling and heartbeats): that idle rate times
-the round's duration is subtracted to give the net figures (raw ones are reported too).
+chunk is timestamped; a round's bytes are those between the ServerApp sending the round's instructions and the last
+reply coming in (its journal's `sent` and `replies` timings). First the nodes sit connected with no run for `--idle`
+seconds (polling and heartbeats): that idle rate times the round's duration is subtracted to give the net figures (raw
+ones are reported too).
 
 From Flower: the ClientApp reports `bytes-down`/`bytes-up` (ArrayRecord.count_bytes() of what it received and sent),
 journalled per node per round. Adapter tensor bytes: sum of numel x element size over the round's saved adapter
@@ -54,6 +55,7 @@ from federation.config import ServerConfig, TrainConfig, WireConfig  # noqa: E40
 from federation.corpus import build_demo_corpus  # noqa: E402
 
 HOST = "127.0.0.1"
+SLACK_S = 0.5  # around a round's window: the relay and the ServerApp read the same clock, the records are ms apart
 MB = 1e6
 # label -> (LoRA r, target modules, transfer dtype). The first is the product's default adapter and setting.
 ADAPTERS = {
@@ -362,13 +364,17 @@ class Row:
 def round_rows(label: str, out: Path, relays: Relays, idle: Idle, adapter: Adapter) -> list[Row]:
     """One row per node per round: wire bytes between the journal's round events, Flower's counts from the journal."""
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    rounds = sorted((e for e in events if e["type"] == "round"), key=lambda e: e["round"])
+    rounds = sorted((e for e in events if e["type"] == "round" and e["round"] > 0), key=lambda e: e["round"])
     rows = []
-    for before, this in zip(rounds, rounds[1:], strict=False):
-        seconds = this["time"] - before["time"]
+    for this in rounds:
+        # From the instructions going out to the last reply in. Not between journal entries: a round is journalled
+        # after its evaluation, which overlaps the next round, so the next instructions' download would be counted in
+        # this round. The next round's instructions go out only after this round's replies are merged.
+        start, end = this["timings"]["sent"] - SLACK_S, this["timings"]["replies"] + SLACK_S
+        seconds = end - start
         reports = {n["name"]: n for n in this["nodes"]}
         for name, traffic in relays.traffic.items():
-            up, down, conns = traffic.between(before["time"], this["time"])
+            up, down, conns = traffic.between(start, end)
             metrics = reports.get(name, {}).get("metrics", {})
             rows.append(
                 Row(
@@ -495,9 +501,10 @@ def body(
             f"EC keys), 2 rounds of FedAvg per adapter. Each node reaches the SuperLink through its own byte-counting "
             f"TCP relay that passes TLS through untouched: wire bytes are TCP payload (TLS handshakes and records, "
             f"HTTP, protobuf), without IP/TCP headers (about +3.6% more on Ethernet at 52 B per 1448 B segment). "
-            f"A round is the span between the ServerApp's journal entries for the previous and this round (round 1 "
-            f"also carries the run's setup). Net = raw minus the idle rate (measured for {idle.seconds:.0f} s with "
-            f"nodes connected and no run) times the round's duration. Flower = ArrayRecord.count_bytes() of what the "
+            f"A round is the span from the ServerApp sending its instructions to the last reply coming in (the "
+            f"journal's `sent` and `replies` timings, ±{SLACK_S} s). Net = raw minus the idle rate (measured for "
+            f"{idle.seconds:.0f} s with nodes connected and no run) times the round's duration. "
+            f"Flower = ArrayRecord.count_bytes() of what the "
             f"ClientApp received (down) and sent (up). Training is minimal (local-steps {train.local_steps}, "
             f"seq-len {train.seq_len}, batch {train.batch_size}): bytes do not depend on it. MB = 10^6 bytes.",
             adapter_table(adapters),
