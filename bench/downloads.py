@@ -46,7 +46,6 @@ from federation.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, round_folder
 
 NAME = "downloads"
 COMMAND = "make bench-downloads"
-WEIGHTS = ADAPTER_WEIGHTS
 HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # SmolLM2-135M's attention shapes: all that a q/k/v/o LoRA adapter depends on.
 SMOLLM2_SHAPE = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3}
@@ -161,18 +160,18 @@ def publish_release(site: Any) -> Target:
         )
     folder = round_folder(Path(settings.DATA_DIR) / "campaigns" / str(campaign.pk), 1)
     build_adapter(folder)
-    final.adapter_files = {n: sha256_of(folder / n) for n in (ADAPTER_CONFIG, WEIGHTS)}
+    final.adapter_files = {n: sha256_of(folder / n) for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
     final.save()
 
     release = release_publish(campaign=campaign)
-    row = ReleaseFile.objects.get(release=release, path=WEIGHTS)
-    entry = release_entry(release, WEIGHTS)
+    row = ReleaseFile.objects.get(release=release, path=ADAPTER_WEIGHTS)
+    entry = release_entry(release, ADAPTER_WEIGHTS)
     assert entry is not None
     org, name = release.repo_id.split("/", 1)
     site_path = reverse(
-        "release-file", kwargs={"org": org, "name": name, "revision": release.revision, "path": WEIGHTS}
+        "release-file", kwargs={"org": org, "name": name, "revision": release.revision, "path": ADAPTER_WEIGHTS}
     )
-    resolve_path = reverse("hf-resolve", kwargs={"org": org, "name": name, "revision": "main", "path": WEIGHTS})
+    resolve_path = reverse("hf-resolve", kwargs={"org": org, "name": name, "revision": "main", "path": ADAPTER_WEIGHTS})
     return Target(
         release_pk=release.pk, repo_id=release.repo_id, revision=release.revision, size=row.size, sha256=row.sha256,
         blob=entry_file(release, entry), site_url=site.url + site_path, resolve_url=site.url + resolve_path,
@@ -220,7 +219,7 @@ def http_download(url: str, dest: Path, expected_sha256: str) -> None:
 def hub_download(target: Target, cache: Path) -> None:
     from huggingface_hub import hf_hub_download
 
-    path = hf_hub_download(target.repo_id, WEIGHTS, cache_dir=cache, endpoint=target.endpoint)
+    path = hf_hub_download(target.repo_id, ADAPTER_WEIGHTS, cache_dir=cache, endpoint=target.endpoint)
     if Path(path).stat().st_size != target.size:
         raise RuntimeError("huggingface_hub returned a file of the wrong size")
 
@@ -475,7 +474,7 @@ def body(
     load_before: str,
 ) -> str:
     return (
-        f"Release `{target.repo_id}@{target.revision[:12]}`, file `{WEIGHTS}`: {target.size:,} bytes "
+        f"Release `{target.repo_id}@{target.revision[:12]}`, file `{ADAPTER_WEIGHTS}`: {target.size:,} bytes "
         f"({tensor_bytes:,} bytes of fp32 tensors: LoRA r=8 on q/k/v/o, SmolLM2-135M shapes), served by uvicorn + "
         f"Django from the sha256 blob store over loopback. Single stream: {args.repeat} repetitions of each path, "
         f"interleaved, after one warm-up; MB = 10⁶ bytes. Concurrent: {args.concurrency} downloads started at once "

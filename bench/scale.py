@@ -614,7 +614,8 @@ class SizeRun:
 
     def start_warm_worker(self, model: Path) -> Path:
         """One warm worker for every node of this host (what `join --warm-worker` points at); returns its socket.
-        It lives under the nodes' folder, so it yields the CPU, is killed by the memory guard and stopped with them."""
+        It lives under the nodes' folder, so the memory guard kills it and stop_nodes stops it with the nodes; unlike
+        them it keeps its normal priority (Yielder.spare)."""
         from federation import procs, warm_protocol
 
         home = self.nodes_dir / "shared-warm"

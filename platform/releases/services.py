@@ -122,13 +122,10 @@ def release_yank(*, release: Release, by: Any = None, reason: str = "") -> Relea
     return release
 
 
-# Every client fetches the weights exactly once per download, so they (or the zip) count the release's downloads.
-WEIGHTS_NAME = ADAPTER_WEIGHTS
-
-
 def release_count_download(*, release: Release, path: str | None) -> None:
     """Count one download of a file (`path`) or of the whole release as a zip (`path=None`)."""
-    if path is None or path == WEIGHTS_NAME:
+    # Every client fetches the weights exactly once per download, so they (or the zip) count the release's downloads.
+    if path is None or path == ADAPTER_WEIGHTS:
         Release.objects.filter(pk=release.pk).update(download_count=F("download_count") + 1)
     if path == SIGNATURE_NAME:
         Release.objects.filter(pk=release.pk).update(signature_downloads=F("signature_downloads") + 1)
