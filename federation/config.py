@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -158,6 +159,8 @@ class WireConfig(RunConfigMixin):
 
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "multikrum")
+# The server's step after the merge (federation.server_optimizer): Flower's FedAvgM, FedAdam or FedYogi rule.
+SERVER_OPTIMIZERS = ("sgd", "adam", "yogi")
 
 
 @dataclass
@@ -180,6 +183,15 @@ class AggregationConfig(RunConfigMixin):
     dp_noise_multiplier: float = 0.0  # > 0 turns on central DP (server-side fixed clipping + Gaussian noise)
     dp_clipping_norm: float = 1.0  # L2 bound each update is clipped to before averaging (DP sensitivity)
     dp_delta: float = 1e-5  # the delta at which epsilon is reported
+    # The server's own step, applied to whatever the merge above produced (federation.server_optimizer). These
+    # defaults are the one place to change them (the app's pyproject.toml mirrors them; a test holds the two
+    # together): sgd with learning rate 1 and momentum 0 applies the merge as it is, today's behaviour.
+    server_optimizer: str = "sgd"  # one of SERVER_OPTIMIZERS
+    server_lr: float = 1.0  # sgd: FedAvgM's server_learning_rate; adam/yogi: FedAdam's/FedYogi's eta
+    server_momentum: float = 0.0  # sgd only: FedAvgM's server_momentum
+    server_beta1: float = 0.9  # adam/yogi: first-moment decay
+    server_beta2: float = 0.99  # adam/yogi: second-moment decay
+    server_tau: float = 1e-3  # adam/yogi: adaptivity (added to the root of the second moment)
 
     def __post_init__(self) -> None:
         problems = []
@@ -208,9 +220,28 @@ class AggregationConfig(RunConfigMixin):
         if self.dp and self.strategy != "fedavg":
             # Flower's accountant only accounts uniform FedAvg over the clipped updates.
             problems.append("dp-noise-multiplier > 0 needs strategy fedavg (Flower accounts DP for FedAvg only)")
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            problems.append(f"server-optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}")
+        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
+            problems.append("server-lr must be a finite number > 0")
+        if not 0.0 <= self.server_momentum < 1.0:
+            problems.append("server-momentum must be in [0, 1)")
+        elif self.server_momentum and self.server_optimizer != "sgd":
+            problems.append("server-momentum applies to server-optimizer sgd only (adam and yogi use server-beta1)")
+        if not 0.0 <= self.server_beta1 < 1.0:
+            problems.append("server-beta1 must be in [0, 1)")
+        if not 0.0 <= self.server_beta2 < 1.0:
+            problems.append("server-beta2 must be in [0, 1)")
+        if not (math.isfinite(self.server_tau) and self.server_tau > 0):
+            problems.append("server-tau must be a finite number > 0")
         if problems:
             raise ValueError("; ".join(problems))
 
     @property
     def dp(self) -> bool:
         return self.dp_noise_multiplier > 0
+
+    @property
+    def server_step(self) -> bool:
+        """Whether the server changes the merge at all: plain sgd (learning rate 1, no momentum) applies it as is."""
+        return not (self.server_optimizer == "sgd" and self.server_lr == 1.0 and self.server_momentum == 0.0)

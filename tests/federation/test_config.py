@@ -56,11 +56,35 @@ def test_app_dir_is_inside_the_package():
         ("max-norm-ratio", 0.5, "max-norm-ratio"),
         ("dp-delta", 1.0, "dp-delta"),
         ("dp-clipping-norm", 0, "dp-clipping-norm"),
+        ("server-optimizer", "adagrad", "server-optimizer must be one of sgd, adam, yogi"),
+        ("server-lr", 0, "server-lr must be a finite number > 0"),
+        ("server-lr", float("inf"), "server-lr must be a finite number > 0"),
+        ("server-momentum", 1.0, r"server-momentum must be in \[0, 1\)"),
+        ("server-momentum", -0.1, r"server-momentum must be in \[0, 1\)"),
+        ("server-beta1", 1.0, r"server-beta1 must be in \[0, 1\)"),
+        ("server-beta2", -0.5, r"server-beta2 must be in \[0, 1\)"),
+        ("server-tau", 0.0, "server-tau must be a finite number > 0"),
+        ("server-tau", float("nan"), "server-tau must be a finite number > 0"),
     ],
 )
 def test_bad_aggregation_config_names_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
         AggregationConfig.from_run_config({key: value})
+
+
+def test_server_momentum_is_refused_for_adam_and_yogi():
+    with pytest.raises(ValueError, match="server-momentum applies to server-optimizer sgd only"):
+        AggregationConfig(server_optimizer="adam", server_momentum=0.9)
+
+
+def test_the_server_optimizer_defaults_apply_the_merge_as_it_is_and_round_trip_as_run_config():
+    assert not AggregationConfig().server_step  # plain sgd, learning rate 1, no momentum: today's behaviour
+    cfg = AggregationConfig.from_run_config(
+        {"server-optimizer": "yogi", "server-lr": "0.01", "server-beta1": 0.5, "server-beta2": 0.9, "server-tau": 1}
+    )
+    assert (cfg.server_optimizer, cfg.server_lr, cfg.server_beta1, cfg.server_tau) == ("yogi", 0.01, 0.5, 1.0)
+    assert cfg.server_step and AggregationConfig.from_run_config(cfg.to_run_config()) == cfg
+    assert AggregationConfig(server_lr=2.0).server_step and AggregationConfig(server_momentum=0.5).server_step
 
 
 def test_differential_privacy_is_only_offered_on_fedavg():
