@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum,
 from federation import events, privacy
 from federation.config import AggregationConfig
 from federation.packing import LAYOUT_KEY, PackingError, pack_records, unpack_content
+from federation.server_optimizer import ServerOptimizer
 from federation.validation import Verdict, check_update, cosine, ratio_outliers, update_vector
 
 WEIGHT_KEY = events.NUM_EXAMPLES  # what nodes report as their sample count; FedAvg weights by it (capped)
@@ -151,8 +152,11 @@ class GuardedStrategy(Strategy):
         keep_sample_size: bool = False,
         weight_key: str = WEIGHT_KEY,
         transfer_dtype: str = "float32",
+        optimizer: ServerOptimizer | None = None,
     ) -> None:
         self.inner = inner
+        # The server's step after the merge (federation.server_optimizer); None: the merge is the new global.
+        self.optimizer = optimizer
         self.transfer_dtype = transfer_dtype  # how adapters travel both ways (federation.packing)
         self.max_update_norm = max_update_norm
         self.max_norm_ratio = max_norm_ratio
@@ -258,6 +262,10 @@ class GuardedStrategy(Strategy):
         merged = [m for _, m in forwarded] if self.keep_sample_size else self._one_vote_per_owner(forwarded)
 
         arrays, _ = self.inner.aggregate_train(server_round, merged) if merged else (None, None)
+        if arrays is not None and self.optimizer is not None:
+            # Post-processing of whatever the inner strategy merged (under DP: of the noised mean, which keeps the
+            # guarantee and Flower's accountant as they are). Before data_value: it measures the update applied.
+            arrays = self.optimizer.step(self._global, arrays)
         if arrays is not None:
             applied = update_vector(_numpy(arrays), reference)
             for report, _ in accepted:
@@ -375,6 +383,7 @@ def build_strategy(
             keep_sample_size=True,
             weight_key=UNIT_WEIGHT_KEY,
             transfer_dtype=transfer_dtype,
+            optimizer=ServerOptimizer.from_config(cfg),
         )
     inner: Strategy
     if cfg.strategy == "fedmedian":
@@ -393,6 +402,21 @@ def build_strategy(
         max_examples=cfg.max_examples,
         max_weight_ratio=cfg.max_weight_ratio,
         transfer_dtype=transfer_dtype,
+        optimizer=ServerOptimizer.from_config(cfg),
+    )
+
+
+def server_optimizer_text(cfg: AggregationConfig) -> str:
+    """The server's step in words (model cards, provenance); empty when the merge is applied as it is."""
+    if not cfg.server_step:
+        return ""
+    if cfg.server_optimizer == "sgd":
+        momentum = f" and momentum {cfg.server_momentum:g}" if cfg.server_momentum else ""
+        return f"server SGD with learning rate {cfg.server_lr:g}{momentum} (Flower FedAvgM's rule)"
+    name, flower = {"adam": ("Adam", "FedAdam"), "yogi": ("Yogi", "FedYogi")}[cfg.server_optimizer]
+    return (
+        f"server {name} (Flower {flower}'s rule; eta {cfg.server_lr:g}, beta1 {cfg.server_beta1:g}, "
+        f"beta2 {cfg.server_beta2:g}, tau {cfg.server_tau:g})"
     )
 
 
@@ -413,4 +437,12 @@ def describe(cfg: AggregationConfig) -> dict[str, Any]:
             f"(server-side fixed clipping at {cfg.dp_clipping_norm:g}, noise multiplier {cfg.dp_noise_multiplier:g}, "
             "flwr DifferentialPrivacyServerSideFixedClipping with RDP accounting)"
         )
-    return {"method": text, "data_value": DATA_VALUE, **cfg.to_run_config()}
+    server = server_optimizer_text(cfg)
+    if server:
+        text += ", then " + server
+    return {
+        "method": text,
+        "data_value": DATA_VALUE,
+        "server_optimizer": server or "none (the merge is the new global)",
+        **cfg.to_run_config(),
+    }
