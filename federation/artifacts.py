@@ -14,6 +14,11 @@ from pathlib import Path
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+# The server optimizer's state after a round (federation.server_optimizer: momentum, Adam's/Yogi's moments), kept
+# beside that round's adapter so a resumed campaign continues exactly; written only when the optimizer has state.
+# The site stores and serves it with the round's files; releases never publish it.
+SERVER_STATE = "server_optimizer.safetensors"
+ROUND_FILES = (*ADAPTER_FILES, SERVER_STATE)  # every file a round may carry (ADAPTER_FILES always)
 # A release folder's Sigstore bundle (OpenSSF model-signing) and its provenance record.
 SIGNATURE_NAME = "model.sig"
 PROVENANCE_NAME = "provenance.json"

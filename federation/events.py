@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation.artifacts import ADAPTER_FILES
+from federation.artifacts import ADAPTER_FILES, ROUND_FILES, SERVER_STATE
 
 # Event types: the "type" of each event the ServerApp sends the site (federation.report.Reporter.event). The site
 # records ROUND and FAILED and answers any other type with OK (the rest are for the ServerApp's journal and the
@@ -195,7 +195,7 @@ class RoundEvent:
     epsilon: float | None
     delta: float | None
     seconds: float | None
-    adapter_files: dict[str, str]  # file name -> sha256 of the merged adapter the ServerApp saved
+    adapter_files: dict[str, str]  # file name -> sha256 of the round's files the ServerApp saved (ROUND_FILES)
     nodes: list[NodeRow]
 
 
@@ -259,10 +259,13 @@ def parse_round(event: Any, *, num_rounds: int = MAX_ROUND_NUMBER) -> RoundEvent
     files = event.get("adapter_files")
     if not (
         isinstance(files, Mapping)
-        and set(files) == set(ADAPTER_FILES)
+        and set(ADAPTER_FILES) <= set(files) <= set(ROUND_FILES)
         and all(isinstance(v, str) and _HEX64.fullmatch(v) for v in files.values())
     ):
-        problems.append(f"adapter_files must map {' and '.join(ADAPTER_FILES)} to their sha256 (64 hex digits)")
+        problems.append(
+            f"adapter_files must map {' and '.join(ADAPTER_FILES)} (and may map {SERVER_STATE}, nothing else) "
+            "to their sha256 (64 hex digits)"
+        )
         files = {}
     nodes = event.get("nodes") or []
     if not isinstance(nodes, list) or len(nodes) > MAX_NODES_PER_ROUND:

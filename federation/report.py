@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from federation.artifacts import ADAPTER_FILES, CONTENT_SHA256_HEADER
+from federation.artifacts import ADAPTER_FILES, CONTENT_SHA256_HEADER, SERVER_STATE
 from federation.config import ServerPaths
 
 log = logging.getLogger(__name__)
@@ -151,16 +151,21 @@ class Reporter:
         )
 
     def download_round(self, round_num: int, folder: Path) -> Path:
-        """Fetch a merged round's adapter files from the site into `folder` (resuming a campaign from that round).
+        """Fetch a merged round's files from the site into `folder` (resuming a campaign from that round).
 
         From the site rather than a local path, so it works when the SuperLink and the site are on different hosts.
-        Each file must hash to the sha256 the site recorded for it (X-Content-SHA256).
+        Each file must hash to the sha256 the site recorded for it (X-Content-SHA256). The adapter files must be
+        there; the server optimizer's state (SERVER_STATE) is fetched when the round lists it: the site answers 404
+        for a round that has none (no optimizer state, or a round recorded before it was kept), and then the folder
+        simply holds no such file.
         """
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ADAPTER_FILES:
+        for name in (*ADAPTER_FILES, SERVER_STATE):
             response = self._request("GET", f"{self.url}/rounds/{round_num}/files/{name}")
             if response is None:
                 raise SiteUnavailable(f"round {round_num}'s {name}: the site did not answer within {self.patience}s")
+            if name == SERVER_STATE and response.status_code == 404:
+                continue
             if response.status_code != 200:
                 raise RuntimeError(
                     f"round {round_num}'s {name}: the site answered {response.status_code}: {response.text[:200]}"

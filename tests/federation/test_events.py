@@ -34,3 +34,23 @@ def test_a_validation_loss_the_node_did_not_measure_is_left_out_never_sent_as_ze
     assert not {events.VAL_LOSS_BEFORE, events.VAL_LOSS_AFTER} & set(
         metrics(val_loss_before=None, val_loss_after=None).record()
     )
+
+
+def round_event(files: dict[str, str]) -> dict:
+    return {"round": 1, "adapter_files": files, "nodes": []}
+
+
+def test_a_round_lists_its_adapter_files_and_may_list_the_server_optimizer_state():
+    from federation.artifacts import ADAPTER_FILES, SERVER_STATE
+
+    adapter = dict.fromkeys(ADAPTER_FILES, "a" * 64)
+    assert events.parse_round(round_event(adapter)).adapter_files == adapter
+    with_state = {**adapter, SERVER_STATE: "b" * 64}
+    assert events.parse_round(round_event(with_state)).adapter_files == with_state
+    for bad in ({**adapter, "optimizer.pt": "c" * 64}, {SERVER_STATE: "b" * 64}, {**adapter, SERVER_STATE: "x"}):
+        try:
+            events.parse_round(round_event(bad))
+        except events.EventError as exc:
+            assert "adapter_files must map" in str(exc)
+        else:
+            raise AssertionError(f"{bad} was accepted")

@@ -52,6 +52,8 @@ def test_the_reporter_gives_up_after_its_patience_without_raising(flaky_server, 
 def serve_round_files(flaky_server, files: dict[str, bytes], lie: bool = False) -> None:
     def ok(method, path, body):
         name = path.rsplit("/", 1)[1]
+        if name not in files:
+            return 404, b'{"error": "no such file"}'
         flaky_server.headers = {"X-Content-SHA256": hashlib.sha256(b"x" if lie else files[name]).hexdigest()}
         return 200, files[name]
 
@@ -68,6 +70,18 @@ def test_a_round_is_downloaded_through_passing_500s(flaky_server, tmp_path):
         "/rounds/1/files/adapter_config.json",
         "/rounds/1/files/adapter_model.safetensors",
     ]
+
+
+def test_a_rounds_server_optimizer_state_is_downloaded_when_the_round_has_one(flaky_server, tmp_path):
+    files = {
+        "adapter_config.json": b"{}",
+        "adapter_model.safetensors": b"\x00" * 10,
+        "server_optimizer.safetensors": b"\x01" * 10,
+    }
+    flaky_server.failures = 0
+    serve_round_files(flaky_server, files)
+    folder = Reporter(flaky_server.url, "t", tmp_path / "j").download_round(1, tmp_path / "round-1")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
 
 
 def test_a_downloaded_file_must_match_the_sha256_the_site_recorded(flaky_server, tmp_path):

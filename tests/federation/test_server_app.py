@@ -4,6 +4,7 @@ round is recorded off the critical path, in order, and a failure to record one s
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -11,10 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 import requests
+import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from safetensors.torch import load_file
 
-from federation.config import ServerConfig, ServerPaths, TrainConfig
+from federation.artifacts import ADAPTER_FILES, ADAPTER_WEIGHTS, ROUND_FILES, SERVER_STATE, sha256_file
+from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig
 from federation.control import APP_DIR
 from federation.packing import LAYOUT_KEY, Layout, pack_records, unpack_content
 from federation.report import Reporter
@@ -119,3 +123,59 @@ def test_a_round_that_cannot_be_recorded_stops_the_run_with_its_own_error(tmp_pa
                      InstantGrid())  # fmt: skip
     events = journal(tmp_path)
     assert [(e["type"], e.get("round")) for e in events] == [("started", None), ("round", 0)]  # no round 2, no finished
+
+
+# --- the server optimizer's state goes on record with its round, and a resume restores it ---------------------
+
+
+class LocalSite(SlowReporter):
+    """Journals only, and serves a resumed run the round files an earlier run saved (as the site would)."""
+
+    def __init__(self, out: Path, earlier: Path) -> None:
+        super().__init__(out)
+        self.earlier = earlier
+
+    def download_round(self, round_num: int, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for source in (self.earlier / f"round-{round_num}").iterdir():
+            shutil.copyfile(source, folder / source.name)
+        return folder
+
+
+def run_with_optimizer(out: Path, tiny_checkpoint: Path, tiny_corpus: Path, reporter: Reporter, num_rounds: int,
+                       start_round: int = 0) -> None:  # fmt: skip
+    train = TrainConfig(local_steps=1, seq_len=32, batch_size=2, threads=1)
+    server = ServerConfig(campaign_id=1, num_rounds=num_rounds, min_nodes=2, round_timeout=30, max_heldout_records=4,
+                          start_round=start_round)  # fmt: skip
+    merging = AggregationConfig(server_optimizer="adam", server_lr=0.01)
+    run_config = {**train.to_run_config(), **server.to_run_config(), **merging.to_run_config()}
+    context = SimpleNamespace(run_id=7, run_config=run_config)
+    paths = ServerPaths(str(tiny_checkpoint), str(tiny_corpus / "heldout.jsonl"), str(out))
+    server_app.run(InstantGrid(), context, server, paths, reporter, out)
+
+
+def test_a_resumed_campaign_restores_the_server_optimizer_state_and_continues_exactly(
+    tmp_path, tiny_checkpoint, tiny_corpus
+):
+    whole, first, resumed = tmp_path / "whole", tmp_path / "first", tmp_path / "resumed"
+    run_with_optimizer(whole, tiny_checkpoint, tiny_corpus, SlowReporter(whole), num_rounds=3)
+    rounds = [e for e in journal(whole) if e["type"] == "round"]
+    # Round 0 (the starting adapter) has no optimizer state; every merged round lists its state with its adapter.
+    assert [sorted(e["adapter_files"]) for e in rounds] == [sorted(ADAPTER_FILES)] + [sorted(ROUND_FILES)] * 3
+    for event in rounds:
+        for name, digest in event["adapter_files"].items():
+            assert sha256_file(whole / f"round-{event['round']}" / name) == digest
+
+    run_with_optimizer(first, tiny_checkpoint, tiny_corpus, SlowReporter(first), num_rounds=2)
+    run_with_optimizer(resumed, tiny_checkpoint, tiny_corpus, LocalSite(resumed, first), num_rounds=3, start_round=2)
+    expected = load_file(whole / "round-3" / ADAPTER_WEIGHTS)
+    got = load_file(resumed / "round-3" / ADAPTER_WEIGHTS)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert load_file(resumed / "round-3" / SERVER_STATE).keys() == load_file(whole / "round-3" / SERVER_STATE).keys()
+
+    # Without the state (a round recorded before it was kept) the optimizer starts fresh: a different round 3.
+    (first / "round-2" / SERVER_STATE).unlink()
+    fresh = tmp_path / "fresh"
+    run_with_optimizer(fresh, tiny_checkpoint, tiny_corpus, LocalSite(fresh, first), num_rounds=3, start_round=2)
+    restarted = load_file(fresh / "round-3" / ADAPTER_WEIGHTS)
+    assert any(not torch.equal(restarted[k], expected[k]) for k in expected)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import psutil
 import requests
 import torch
@@ -16,13 +18,21 @@ from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import load_file
 
 from federation import events, privacy, task_heartbeat
-from federation.artifacts import ADAPTER_FILES, ADAPTER_WEIGHTS, resume_folder, round_folder, sha256_file
+from federation.artifacts import (
+    ADAPTER_FILES,
+    ADAPTER_WEIGHTS,
+    SERVER_STATE,
+    resume_folder,
+    round_folder,
+    sha256_file,
+)
 from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig, WireConfig
 from federation.data import load_records
 from federation.evaluator import RoundEvaluator
 from federation.patient_grid import PatientGrid
 from federation.report import Reporter, SiteLink
-from federation.strategy import build_strategy
+from federation.server_optimizer import save_state
+from federation.strategy import GuardedStrategy, build_strategy
 from federation.task import (
     encode_all,
     evaluate,
@@ -34,6 +44,7 @@ from federation.task import (
 )
 
 app = ServerApp()
+log = logging.getLogger(__name__)
 
 # How the platform tells a training failure (it would fail again: stop the campaign) from an infrastructure one
 # (resume from the last merged round): before exiting on an error of its own, the ServerApp reports a terminal
@@ -63,8 +74,13 @@ def main(grid: Grid, context: Context) -> None:
         raise
 
 
-def initial_adapter(model, server: ServerConfig, reporter: Reporter, out: Path) -> ArrayRecord:
-    """A fresh adapter, or (resuming) the merged adapter of round `start_round`, fetched from the site."""
+def initial_adapter(
+    model, server: ServerConfig, reporter: Reporter, out: Path, strategy: GuardedStrategy | None = None
+) -> ArrayRecord:
+    """A fresh adapter, or (resuming) the merged adapter of round `start_round`, fetched from the site.
+
+    Resuming, the server optimizer's state after that round (when the round has one) is restored into `strategy`'s
+    optimizer, so the campaign continues as if it had never stopped."""
     if server.start_round:
         folder = reporter.download_round(server.start_round, resume_folder(out, server.start_round))
         state = load_file(str(folder / ADAPTER_WEIGHTS))
@@ -75,6 +91,18 @@ def initial_adapter(model, server: ServerConfig, reporter: Reporter, out: Path) 
                 f"({len(set(state) ^ expected)} tensors differ)"
             )
         set_adapter_state(model, state)
+        optimizer = strategy.optimizer if strategy is not None else None
+        if optimizer is not None and (folder / SERVER_STATE).is_file():
+            optimizer.load(folder / SERVER_STATE, list(get_adapter_state(model)))
+            log.info("server optimizer state of round %s restored (%s steps)", server.start_round, optimizer.steps)
+        elif optimizer is not None:
+            # A round recorded before the state was kept, or one whose optimizer had no state yet.
+            log.warning(
+                "round %s has no server optimizer state (%s): the server %s optimizer starts fresh",
+                server.start_round,
+                SERVER_STATE,
+                optimizer.name,
+            )
     return ArrayRecord(get_adapter_state(model))
 
 
@@ -86,6 +114,8 @@ class RoundJob:
     state: dict[str, torch.Tensor]
     timings: dict[str, float | None]
     log: dict[str, Any]  # the round event's train, nodes, epsilon and delta
+    # The server optimizer's state after this round (tensors, metadata), copied at aggregation time; None: none.
+    server_state: tuple[dict[str, np.ndarray], dict[str, str]] | None = None
 
 
 def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, reporter: Reporter, out: Path) -> None:
@@ -111,7 +141,7 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
     strategy = build_strategy(aggregation, server.min_nodes, server.nodes_per_round, wire.transfer_dtype)
     strategy.owners = {int(k): v for k, v in paths.node_owners.items() if k.isdigit()}
     privacy.replay(strategy.inner, rounds=start)  # DP: the earlier rounds' releases, composed again
-    initial = initial_adapter(model, server, reporter, out)
+    initial = initial_adapter(model, server, reporter, out, strategy)
     round_started = time.time()
 
     def record_round(job: RoundJob) -> None:
@@ -122,8 +152,11 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
         folder = round_folder(out, job.campaign_round)
         model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only
         timings["evaluated"] = time.time()
+        names = list(ADAPTER_FILES)
+        if job.server_state is not None and save_state(folder / SERVER_STATE, *job.server_state):
+            names.append(SERVER_STATE)  # kept beside the adapter: a resume from this round restores it
         # The event pins the files by sha256 before they are uploaded: the site takes only those bytes, once.
-        files = {name: sha256_file(folder / name) for name in ADAPTER_FILES}
+        files = {name: sha256_file(folder / name) for name in names}
         reporter.event(
             events.EVENT_ROUND,
             round=job.campaign_round,
@@ -170,6 +203,8 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
                     "epsilon": log.epsilon if log else None,
                     "delta": log.delta if log else None,
                 },
+                # Taken now, with this round's arrays: the next round's step changes the optimizer in place.
+                server_state=strategy.optimizer.state(list(arrays.keys())) if strategy.optimizer else None,
             )
         )
         round_started = time.time()
