@@ -76,12 +76,13 @@ def base_models_public() -> list[dict]:
 
 
 def round_file(*, campaign: Campaign, round_number: int, name: str) -> tuple[Path, str]:
-    """A stored merged-adapter file of a round and the sha256 on record for it; LookupError when there is none."""
+    """A stored file of a round (its merged adapter's, or the server optimizer's state) and the sha256 on record for
+    it; LookupError when there is none."""
     from campaigns.services import campaign_output_dir
-    from federation.artifacts import ADAPTER_FILES, round_folder
+    from federation.artifacts import ROUND_FILES, round_folder
 
     round_ = campaign.rounds.filter(number=round_number).first()
-    sha = round_.adapter_files.get(name) if round_ is not None and name in ADAPTER_FILES else None
+    sha = round_.adapter_files.get(name) if round_ is not None and name in ROUND_FILES else None
     path = round_folder(campaign_output_dir(campaign), round_number) / name
     if not sha or not path.is_file():
         raise LookupError(f"round {round_number} has no stored {name}")

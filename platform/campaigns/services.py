@@ -21,7 +21,7 @@ from campaigns.models import BaseModel, Campaign, CampaignAttempt, NodeFlag, Par
 from campaigns.signals import attempt_recorded, campaign_completing
 from community.models import Node
 from federation import control, events, pki
-from federation.artifacts import ADAPTER_FILES, CONTENT_SHA256_HEADER, round_folder
+from federation.artifacts import ADAPTER_FILES, CONTENT_SHA256_HEADER, ROUND_FILES, round_folder
 from federation.basemodel import describe_checkpoint
 from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig, WireConfig
 
@@ -212,9 +212,16 @@ def campaign_submit(*, campaign_id: int) -> bool:
 # --- attempts: one Flower run each; resuming from the last merged round --------------------------
 
 
+def round_files_stored(round_: Round) -> bool:
+    """The round's merged adapter is stored, and so is every other file its event declared (the server optimizer's
+    state, when it kept one): a resume from it has all it needs."""
+    stored = set(round_.adapter_files)
+    return set(ADAPTER_FILES) <= stored and set(round_.declared_files) <= stored
+
+
 def last_merged_round(campaign: Campaign) -> int | None:
     """The highest round n such that rounds 0..n are all on record with their merged adapter; None if not round 0."""
-    merged = {r.number for r in campaign.rounds.all() if set(r.adapter_files) == set(ADAPTER_FILES)}
+    merged = {r.number for r in campaign.rounds.all() if round_files_stored(r)}
     n = -1
     while n + 1 in merged:
         n += 1
@@ -388,7 +395,7 @@ def campaign_complete(*, campaign: Campaign) -> None:
         if not campaign.rounds.filter(number=n).exclude(adapter_files={}).exists()
     ]
     last = campaign.rounds.filter(number=campaign.num_rounds).first()
-    if missing or last is None or set(last.adapter_files) != set(ADAPTER_FILES):
+    if missing or last is None or not round_files_stored(last):
         campaign_fail(
             campaign=campaign,
             reason=f"the run finished but rounds {missing or [campaign.num_rounds]} never reached the platform",
@@ -590,14 +597,15 @@ def _record_participation(campaign: Campaign, round_: Round, node: Node, row: ev
 
 
 def report_file(*, campaign: Campaign, round_number: int, name: str, chunks: Any, sha256: str) -> str:
-    """Store one merged-adapter file of a round: only the bytes the round's event declared, and only once.
+    """Store one file of a round (ROUND_FILES: its merged adapter's, or the server optimizer's state): only the bytes
+    the round's event declared, and only once.
 
     The round event comes first and names each file's sha256 (`adapter_files`); the upload is streamed to disk
     and must hash to exactly that (ReportConflict otherwise). A stored file is never replaced: the same bytes
     again are a no-op (a retry), and nothing else hashes to the declared sha256.
     """
-    if name not in ADAPTER_FILES:
-        raise ValidationError(f"{name!r} is not an adapter file ({', '.join(ADAPTER_FILES)})")
+    if name not in ROUND_FILES:
+        raise ValidationError(f"{name!r} is not a round file ({', '.join(ROUND_FILES)})")
     if not 0 <= round_number <= campaign.num_rounds:
         raise ValidationError(f"round {round_number} is not in [0, {campaign.num_rounds}]")
     round_ = Round.objects.filter(campaign=campaign, number=round_number).first()

@@ -11,6 +11,7 @@ from django.conf import settings
 
 from campaigns.models import Campaign
 from campaigns.selectors import attempt_record, campaign_attempts, ledger_totals
+from federation.artifacts import ADAPTER_FILES
 from federation.config import AggregationConfig
 from federation.strategy import DATA_VALUE, describe
 
@@ -60,7 +61,8 @@ def campaign_provenance(campaign: Campaign, files: dict[str, str], repo_id: str 
                 "rejected": round_.rejected,
                 "epsilon": round_.epsilon,
                 "delta": round_.delta,
-                "merged_adapter_sha256": round_.adapter_files,
+                # The adapter only: the server optimizer's state is stored for resuming, never released.
+                "merged_adapter_sha256": {n: sha for n, sha in round_.adapter_files.items() if n in ADAPTER_FILES},
                 "nodes": [
                     {
                         "node": p.node.pseudonym,
@@ -102,6 +104,7 @@ def campaign_provenance(campaign: Campaign, files: dict[str, str], repo_id: str 
             "round_timeout_s": campaign.round_timeout,
             "transfer_dtype": campaign.transfer_dtype,  # on the wire; merged in float32 on the server
             "aggregation": describe(aggregation)["method"],
+            "server_optimizer": describe(aggregation)["server_optimizer"],
             "aggregation_config": aggregation.to_run_config(),
             "train_config": campaign.train_config,
             "flower_run_id": campaign.flwr_run_id,

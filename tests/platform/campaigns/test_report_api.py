@@ -396,3 +396,50 @@ def test_a_node_with_two_rows_is_recorded_once(client, campaign):
     assert post(client, campaign, event).status_code == 200
     round_ = Round.objects.get(campaign=campaign, number=1)
     assert round_.participations.get().samples == 10 and "more than one row" in round_.errors[0]
+
+
+# --- the server optimizer's state: stored and served with the round's files for a resume, never released --------
+
+STATE = {**FILES, "server_optimizer.safetensors": b"\x00optimizer state bytes"}
+
+
+def get_file(client, campaign, name, round_number: int = 1):
+    return client.get(
+        f"/api/v1/campaigns/{campaign.pk}/rounds/{round_number}/files/{name}",
+        headers={"Authorization": f"Bearer {TOKEN}", "X-Flower-Run-Id": RUN_ID},
+    )
+
+
+def test_a_rounds_server_optimizer_state_is_stored_and_served_for_a_resume(client, campaign, settings):
+    seal(client, campaign, files=STATE)
+    round_ = Round.objects.get(campaign=campaign, number=1)
+    assert round_.adapter_files == {name: sha(data) for name, data in STATE.items()}
+    response = get_file(client, campaign, "server_optimizer.safetensors")
+    assert response.status_code == 200 and b"".join(response.streaming_content) == STATE["server_optimizer.safetensors"]
+    assert response["X-Content-SHA256"] == sha(STATE["server_optimizer.safetensors"])
+
+
+def test_a_round_without_optimizer_state_answers_404_for_it(client, campaign):
+    seal(client, campaign)
+    assert get_file(client, campaign, "server_optimizer.safetensors").status_code == 404
+
+
+def test_a_round_event_may_list_the_state_file_but_nothing_else_beside_the_adapter(client, campaign):
+    extra = {**FILES, "optimizer.pt": b"x"}
+    response = post(client, campaign, round_event(1, files=extra))
+    assert response.status_code == 400 and "may map server_optimizer.safetensors" in response.json()["error"]
+    missing = {"adapter_config.json": b"{}", "server_optimizer.safetensors": b"x"}
+    assert post(client, campaign, round_event(1, files=missing)).status_code == 400
+
+
+def test_a_round_is_a_resume_point_only_once_its_declared_state_file_is_stored(client, campaign):
+    from campaigns.services import last_merged_round
+
+    seal(client, campaign, number=0)
+    assert post(client, campaign, round_event(1, files=STATE)).status_code == 200
+    for name in FILES:
+        assert put_file(client, campaign, name, STATE[name]).status_code == 200
+    assert last_merged_round(campaign) == 0  # the adapter is there, the state it declared is not yet
+    data = STATE["server_optimizer.safetensors"]
+    assert put_file(client, campaign, "server_optimizer.safetensors", data).status_code == 200
+    assert last_merged_round(campaign) == 1

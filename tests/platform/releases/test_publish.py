@@ -129,3 +129,17 @@ def test_a_campaign_whose_final_adapter_changed_fails_instead_of_publishing(fini
         and "adapter_config.json" in finished_campaign.status_reason
     )
     assert not Release.objects.exists()
+
+
+def test_a_release_never_includes_the_server_optimizer_state(finished_campaign, settings):
+    last = finished_campaign.rounds.get(number=2)
+    folder = settings.DATA_DIR / "campaigns" / str(finished_campaign.pk) / "round-2"
+    (folder / "server_optimizer.safetensors").write_bytes(b"state")
+    last.adapter_files = {**last.adapter_files, "server_optimizer.safetensors": hashlib.sha256(b"state").hexdigest()}
+    last.save()
+    release = release_publish(campaign=finished_campaign)
+    assert "server_optimizer.safetensors" not in {p.name for p in Path(release.path).iterdir()}
+    assert "server_optimizer.safetensors" not in {f.path for f in release.files.all()}
+    provenance = json.loads((Path(release.path) / "provenance.json").read_text())
+    assert all("server_optimizer.safetensors" not in r["merged_adapter_sha256"] for r in provenance["rounds"])
+    assert provenance["campaign"]["server_optimizer"].startswith("none")
