@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from federation.events import MAX_EXAMPLES
+from federation.lora_variants import LORA_VARIANTS
 
 
 def _to_key(name: str) -> str:
@@ -63,6 +64,9 @@ class TrainConfig(RunConfigMixin):
     max_eval_records: int = 16
     node_validation: str = "after"  # one of NODE_VALIDATION
     threads: int = 0  # torch intra-op threads per app process; 0 keeps torch's default
+    # One of LORA_VARIANTS (federation.lora_variants): "lora" trains and averages A and B; "ffa" (FFA-LoRA) keeps
+    # A at its initialisation and trains, sends and averages B only, which makes the merge exact.
+    lora_variant: str = "lora"
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,6 +92,8 @@ class TrainConfig(RunConfigMixin):
             problems.append(f"max-eval-records must be in [0, {MAX_EVAL_RECORDS}]")
         if self.node_validation not in NODE_VALIDATION:
             problems.append(f"node-validation must be one of {', '.join(NODE_VALIDATION)}")
+        if self.lora_variant not in LORA_VARIANTS:
+            problems.append(f"lora-variant must be one of {', '.join(LORA_VARIANTS)}")
         if problems:
             raise ValueError("; ".join(problems))
 

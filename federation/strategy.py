@@ -8,6 +8,11 @@ and scores each accepted node by how well its update lines up with the update th
 It is also where the wire form meets the strategies' form (federation.packing): instructions leave as one packed
 array in the campaign's transfer dtype, and every reply is unpacked to float32 per-tensor arrays first thing, so
 validation, the wrapped strategy (DP wrapper included) and the ServerApp's evaluation see today's float32 form.
+
+The campaign's LoRA variant (federation.lora_variants) says which of the global's tensors a reply carries: all of
+them ("lora"), or the trained lora_B half ("ffa"). Everything a reply meets here (the layout check, the norm and
+ratio rules, DP clipping, the wrapped strategy) sees that subset only; the merged adapter is the global's frozen
+tensors unchanged plus the merged trained ones.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum,
 
 from federation import events, privacy
 from federation.config import AggregationConfig
+from federation.lora_variants import LORA_MERGE, check_variant, is_frozen, trained_keys
 from federation.packing import LAYOUT_KEY, PackingError, pack_records, unpack_content
 from federation.server_optimizer import ServerOptimizer
 from federation.validation import Verdict, check_update, cosine, ratio_outliers, update_vector
@@ -94,14 +100,19 @@ def _report(msg: Message) -> tuple[NodeReport, list[str]]:
 
 
 def _check(
-    msg: Message, reference: dict[str, np.ndarray], max_norm: float, problems: list[str], transfer_dtype: str
+    msg: Message,
+    reference: dict[str, np.ndarray],
+    max_norm: float,
+    problems: list[str],
+    transfer_dtype: str,
+    lora_variant: str = "lora",
 ) -> Verdict:
     """The reply's shape as a Flower message, its reported numbers, then its tensors; a reply that cannot even be
     read, or whose metrics break their bounds (see federation.events), is refused.
 
     The packed adapter is unpacked against the round's global adapter (names, shapes, length, digest, wire dtype,
     finite values) and, once it passes, the message carries float32 per-tensor arrays instead, as the strategies
-    expect."""
+    expect. `reference` holds only the tensors the campaign's LoRA variant trains: a reply carries exactly those."""
     if len(msg.content.array_records) != 1:
         return Verdict(f"expected one ArrayRecord, got {len(msg.content.array_records)}")
     weight = _scalar_metrics(msg).get(WEIGHT_KEY)
@@ -112,11 +123,30 @@ def _check(
     try:
         arrays = unpack_content(msg.content, {k: v.shape for k, v in reference.items()}, transfer_dtype)
     except PackingError as exc:
-        return Verdict(f"packed adapter refused: {exc}")
+        return Verdict(f"packed adapter refused: {exc}{_variant_hint(msg, lora_variant, exc)}")
     for key in [*msg.content.array_records, LAYOUT_KEY]:
         del msg.content[key]
     msg.content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     return check_update(arrays, reference, max_norm)
+
+
+def _variant_hint(msg: Message, lora_variant: str, error: PackingError) -> str:
+    """Why a reply's tensor set is wrong under a variant that freezes some, in words beside the layout check's own
+    reason: a node on plain LoRA (or on older code) sends the frozen tensors too."""
+    if lora_variant == "lora":
+        return ""
+    record = msg.content.config_records.get(LAYOUT_KEY)
+    names = record.get("names") if record is not None else None
+    frozen = [n for n in names if isinstance(n, str) and is_frozen(n, lora_variant)] if isinstance(names, list) else []
+    if not frozen and not str(error).startswith("missing tensors"):
+        return ""
+    carries = (
+        f"; this reply carries {len(frozen)} frozen tensor(s), e.g. {events.cut(frozen[0], 120)}" if frozen else ""
+    )
+    return (
+        f" (lora-variant {lora_variant}: a reply carries only the trained lora_B tensors, lora_A stays as the "
+        f"server sent it{carries})"
+    )
 
 
 def _stand_in(reference: dict[str, np.ndarray]) -> ArrayRecord:
@@ -153,11 +183,13 @@ class GuardedStrategy(Strategy):
         weight_key: str = WEIGHT_KEY,
         transfer_dtype: str = "float32",
         optimizer: ServerOptimizer | None = None,
+        lora_variant: str = "lora",
     ) -> None:
         self.inner = inner
         # The server's step after the merge (federation.server_optimizer); None: the merge is the new global.
         self.optimizer = optimizer
         self.transfer_dtype = transfer_dtype  # how adapters travel both ways (federation.packing)
+        self.lora_variant = check_variant(lora_variant)  # which tensors replies carry (federation.lora_variants)
         self.max_update_norm = max_update_norm
         self.max_norm_ratio = max_norm_ratio
         self.max_examples = max_examples
@@ -181,7 +213,8 @@ class GuardedStrategy(Strategy):
         self._sent_at = time.time()
         # The wrapped strategy configures with the float32 per-tensor arrays (the DP wrapper keeps them to clip
         # replies against); only then does what travels become one packed array in the transfer dtype.
-        self._sent = list(self.inner.configure_train(server_round, arrays, config, grid))
+        # It sees only the tensors the LoRA variant trains (the DP wrapper clips replies against those).
+        self._sent = list(self.inner.configure_train(server_round, self._trained(arrays), config, grid))
         if self._sent:
             packed, layout = pack_records(_numpy(arrays), self.transfer_dtype)
             for msg in self._sent:  # Flower's strategies share one RecordDict among the round's messages
@@ -202,7 +235,7 @@ class GuardedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         log = RoundLog(sent_at=self._sent_at, replies_at=time.time())
-        reference = _numpy(self._global)
+        reference = _numpy(self._trained(self._global))  # what replies carry: the trained tensors
         checked: list[tuple[NodeReport, Message]] = []
         replies = list(replies)
         # An error can come from the SuperLink itself ("Node Unavailable", sent by node 1) rather than from the
@@ -223,7 +256,7 @@ class GuardedStrategy(Strategy):
                     log.replies.append(NodeReport(node_id, "", "", {}, error=str(msg.error.reason)))
                 continue
             report, problems = _report(msg)
-            verdict = _check(msg, reference, self.max_update_norm, problems, self.transfer_dtype)
+            verdict = _check(msg, reference, self.max_update_norm, problems, self.transfer_dtype, self.lora_variant)
             report.update_norm, report.rejected = verdict.norm, verdict.reason
             log.replies.append(report)
             checked.append((report, msg))
@@ -262,9 +295,11 @@ class GuardedStrategy(Strategy):
         merged = [m for _, m in forwarded] if self.keep_sample_size else self._one_vote_per_owner(forwarded)
 
         arrays, _ = self.inner.aggregate_train(server_round, merged) if merged else (None, None)
+        arrays = self._with_frozen(arrays)
         if arrays is not None and self.optimizer is not None:
             # Post-processing of whatever the inner strategy merged (under DP: of the noised mean, which keeps the
             # guarantee and Flower's accountant as they are). Before data_value: it measures the update applied.
+            # On the whole adapter: under ffa, A's update is zero, so every optimizer leaves it where it is.
             arrays = self.optimizer.step(self._global, arrays)
         if arrays is not None:
             applied = update_vector(_numpy(arrays), reference)
@@ -277,6 +312,21 @@ class GuardedStrategy(Strategy):
         self.rounds[server_round] = log
         metrics = MetricRecord({k: v for k, v in log.train_metrics.items() if v is not None})
         return arrays, (metrics if arrays is not None else None)
+
+    def _trained(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The tensors of `arrays` the campaign's LoRA variant trains (all of them for plain LoRA)."""
+        keys = trained_keys(arrays, self.lora_variant)
+        return arrays if len(keys) == len(arrays) else ArrayRecord({k: arrays[k] for k in keys})
+
+    def _with_frozen(self, merged: ArrayRecord | None) -> ArrayRecord | None:
+        """The merged trained tensors completed with the round's global frozen ones, in the global's order.
+
+        FFA-LoRA: the global A (unchanged since its initialisation) and the merged B, so B·A is the exact (weighted)
+        mean of the nodes' B_i·A.
+        """
+        if merged is None or len(merged) == len(self._global):
+            return merged
+        return ArrayRecord({k: merged[k] if k in merged else self._global[k] for k in self._global})
 
     def _one_vote_per_owner(self, replies: list[tuple[int, Message]]) -> list[Message]:
         """The accepted replies of one contributor's nodes become one: their weighted mean, with their summed weight.
@@ -355,9 +405,15 @@ class GuardedStrategy(Strategy):
 
 
 def build_strategy(
-    cfg: AggregationConfig, min_nodes: int, nodes_per_round: int = 0, transfer_dtype: str = "float32"
+    cfg: AggregationConfig,
+    min_nodes: int,
+    nodes_per_round: int = 0,
+    transfer_dtype: str = "float32",
+    lora_variant: str = "lora",
 ) -> GuardedStrategy:
     """The campaign's strategy: one of Flower's, optionally inside Flower's central-DP wrapper, then guarded.
+
+    `lora_variant` (TrainConfig's): which adapter tensors replies carry and the strategy merges.
 
     A round starts once `min_nodes` are connected. It trains every connected node, or, with `nodes_per_round` K,
     K of them drawn at random (Flower's sampling: a large community need not all train every round).
@@ -384,6 +440,7 @@ def build_strategy(
             weight_key=UNIT_WEIGHT_KEY,
             transfer_dtype=transfer_dtype,
             optimizer=ServerOptimizer.from_config(cfg),
+            lora_variant=lora_variant,
         )
     inner: Strategy
     if cfg.strategy == "fedmedian":
@@ -403,6 +460,7 @@ def build_strategy(
         max_weight_ratio=cfg.max_weight_ratio,
         transfer_dtype=transfer_dtype,
         optimizer=ServerOptimizer.from_config(cfg),
+        lora_variant=lora_variant,
     )
 
 
@@ -420,8 +478,11 @@ def server_optimizer_text(cfg: AggregationConfig) -> str:
     )
 
 
-def describe(cfg: AggregationConfig) -> dict[str, Any]:
-    """For provenance and model cards: what merged the updates, in words and numbers."""
+def describe(cfg: AggregationConfig, lora_variant: str = "lora") -> dict[str, Any]:
+    """For provenance and model cards: what merged the updates, in words and numbers.
+
+    `lora_variant` (TrainConfig's) says how the adapter's factors were merged: "lora_merge", also part of "method".
+    """
     names = {
         "fedavg": "FedAvg weighted by samples (each node's claim capped at "
         + (f"{cfg.max_weight_ratio:g}x the round's median claim and " if cfg.max_weight_ratio else "")
@@ -440,8 +501,10 @@ def describe(cfg: AggregationConfig) -> dict[str, Any]:
     server = server_optimizer_text(cfg)
     if server:
         text += ", then " + server
+    merge = LORA_MERGE[check_variant(lora_variant)]
     return {
-        "method": text,
+        "method": f"{text}; {merge}",
+        "lora_merge": merge,
         "data_value": DATA_VALUE,
         "server_optimizer": server or "none (the merge is the new global)",
         **cfg.to_run_config(),

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from federation.config import TrainConfig
 from federation.data import Record, encode_record
+from federation.lora_variants import is_frozen
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels), labels -100 where no loss
 
@@ -176,19 +177,45 @@ class TrainResult:
     seconds: float
 
 
+@contextlib.contextmanager
+def _trainable_for(model: PeftModel, variant: str) -> Iterator[None]:
+    """Within this block only the adapter parameters `variant` trains require gradients (FFA-LoRA: not lora_A).
+
+    Set for every adapter parameter on entry, and all trainable again on exit, whatever happened: a warm worker
+    reuses one model across jobs and campaigns, and a "lora" job after an "ffa" one must train A again.
+    """
+    adapter = [(name, p) for name, p in model.named_parameters() if "lora_" in name]
+    try:
+        for name, p in adapter:
+            p.requires_grad_(not is_frozen(name, variant))
+        yield
+    finally:
+        for _, p in adapter:
+            p.requires_grad_(True)
+
+
 def train(model: PeftModel, examples: list[Example], cfg: TrainConfig, pad_id: int, round_seed: int) -> TrainResult:
-    """`local_steps` AdamW steps on batches sampled without replacement, cycling through the data."""
+    """`local_steps` AdamW steps on batches sampled without replacement, cycling through the data.
+
+    Only the adapter tensors `cfg.lora_variant` trains change (federation.lora_variants); the others stay bitwise
+    as they were (AdamW never sees them).
+    """
     if not examples:
         raise ValueError("no training examples")
+    with _trainable_for(model, cfg.lora_variant):
+        return _train(model, examples, cfg, pad_id, round_seed)
+
+
+def _train(model: PeftModel, examples: list[Example], cfg: TrainConfig, pad_id: int, round_seed: int) -> TrainResult:
     started = time.perf_counter()
     rng = random.Random(cfg.seed * 100_003 + round_seed)
     # Dropout draws from torch's generator: seed it here, so a round depends only on its inputs, not on what
     # the process did before (a warm worker's previous jobs, a model loaded fresh or reused).
     torch.manual_seed(cfg.seed * 100_003 + round_seed)
     order: list[int] = []
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
+    for p in model.parameters():
         p.grad = None  # a job stopped mid-step must not leak gradients into the next
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     model.train()
     total_loss, total_count, tokens = 0.0, 0, 0

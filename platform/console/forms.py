@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 
 from campaigns.models import BaseModel
 from federation.config import NODE_VALIDATION, STRATEGIES, TRANSFER_DTYPES, TrainConfig
+from federation.lora_variants import LORA_VARIANTS
 
 DEFAULTS = TrainConfig()
 # Form field -> run-config key; the service's messages start with the key, which is how they find their field.
@@ -24,6 +25,7 @@ TRAIN_FIELDS = {
     "threads": "threads",
     "node_validation": "node-validation",
     "max_eval_records": "max-eval-records",
+    "lora_variant": "lora-variant",
 }
 
 # One line each: what a choice of transfer precision means for the campaign.
@@ -33,6 +35,13 @@ TRANSFER_CHOICES = {
     "bfloat16": "bfloat16: half the bytes; float32's range but about 2 significant digits",
 }
 assert set(TRANSFER_CHOICES) == set(TRANSFER_DTYPES)
+
+# One line each: how the nodes' adapters are merged under each LoRA variant (federation.lora_variants).
+VARIANT_CHOICES = {
+    "lora": "LoRA: A and B trained and averaged separately, an approximate merge (default)",
+    "ffa": "FFA-LoRA: A frozen at its initialisation, only B trained and sent (half the uplink); an exact merge",
+}
+assert tuple(VARIANT_CHOICES) == LORA_VARIANTS
 
 
 class CampaignForm(forms.Form):
@@ -70,6 +79,13 @@ class CampaignForm(forms.Form):
     lora_r = forms.IntegerField(initial=DEFAULTS.lora_r, label="LoRA r")
     lora_alpha = forms.IntegerField(initial=DEFAULTS.lora_alpha, label="LoRA alpha")
     lora_dropout = forms.FloatField(initial=DEFAULTS.lora_dropout, label="LoRA dropout")
+    lora_variant = forms.ChoiceField(
+        choices=list(VARIANT_CHOICES.items()),
+        initial=DEFAULTS.lora_variant,
+        label="LoRA variant",
+        help_text="How the nodes' adapters are merged: averaging A and B separately is not the average of the nodes' "
+        "updates B·A; freezing A makes it so",
+    )
     target_modules = forms.CharField(initial=DEFAULTS.target_modules)
     local_steps = forms.IntegerField(initial=DEFAULTS.local_steps, label="Local steps per round")
     lr = forms.FloatField(initial=DEFAULTS.lr, label="Learning rate")

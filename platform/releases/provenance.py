@@ -12,7 +12,7 @@ from django.conf import settings
 from campaigns.models import Campaign
 from campaigns.selectors import attempt_record, campaign_attempts, ledger_totals
 from federation.artifacts import ADAPTER_FILES
-from federation.config import AggregationConfig
+from federation.config import AggregationConfig, TrainConfig
 from federation.strategy import DATA_VALUE, describe
 
 
@@ -47,6 +47,8 @@ def campaign_provenance(campaign: Campaign, files: dict[str, str], repo_id: str 
     rest, so `verify` can tell a release of this repository from another's (issue 13.6)."""
     base = campaign.base_model
     aggregation = AggregationConfig.from_run_config(campaign.aggregation)
+    # How the adapter's factors were merged depends on the LoRA variant the nodes trained (TrainConfig's).
+    merging = describe(aggregation, TrainConfig.from_run_config(campaign.train_config).lora_variant)
     rounds = []
     for round_ in campaign.rounds.order_by("number").prefetch_related("participations__node"):
         rounds.append(
@@ -103,8 +105,9 @@ def campaign_provenance(campaign: Campaign, files: dict[str, str], repo_id: str 
             "nodes_per_round": campaign.nodes_per_round,
             "round_timeout_s": campaign.round_timeout,
             "transfer_dtype": campaign.transfer_dtype,  # on the wire; merged in float32 on the server
-            "aggregation": describe(aggregation)["method"],
-            "server_optimizer": describe(aggregation)["server_optimizer"],
+            "aggregation": merging["method"],
+            "lora_merge": merging["lora_merge"],
+            "server_optimizer": merging["server_optimizer"],
             "aggregation_config": aggregation.to_run_config(),
             "train_config": campaign.train_config,
             "flower_run_id": campaign.flwr_run_id,

@@ -6,11 +6,13 @@ from __future__ import annotations
 import sys
 
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from federation.config import AggregationConfig, TrainConfig
 from federation.control import APP_DIR
+from federation.lora_variants import trained_keys
 from federation.packing import LAYOUT_KEY, PACKED_KEY, wire_bytes
 from federation.strategy import build_strategy
 from federation.task import get_adapter_state, lora_model
@@ -81,3 +83,31 @@ def test_an_instruction_that_fails_the_layout_check_gets_an_error_reply_naming_i
         "the global adapter from the server failed its layout check: wire dtype 'float16' instead of the "
         "campaign's 'float32'"
     )
+
+
+def test_an_ffa_round_sends_back_only_lora_b_half_the_adapter_and_the_server_keeps_lora_a(
+    train_round, tiny_checkpoint, tiny_corpus
+):
+    # r=8 on square projections (q_proj, o_proj: 64 -> 64): A is (8, 64) and B (64, 8), so B is half the adapter.
+    cfg = TrainConfig(**{**vars(CFG), "lora_r": 8, "target_modules": "q_proj,o_proj", "lora_variant": "ffa"})
+    start = get_adapter_state(lora_model(str(tiny_checkpoint), cfg))
+    strategy = build_strategy(AggregationConfig(), min_nodes=1, lora_variant=cfg.lora_variant)
+    [msg] = strategy.configure_train(1, ArrayRecord(start), ConfigRecord({}), OneNode())
+    ctx = context(tiny_checkpoint, tiny_corpus, "float32")
+    ctx.run_config.update(cfg.to_run_config())
+    TaskIdentity.node_id = 5
+    reply = train_round(msg, ctx)
+    TaskIdentity.node_id = 0
+    assert not reply.has_error()
+    names = list(reply.content[LAYOUT_KEY]["names"])
+    assert names == trained_keys(start, "ffa") == [k for k in start if "lora_B" in k]
+    b_elements = sum(start[k].numel() for k in names)
+    assert 2 * b_elements == sum(v.numel() for v in start.values())
+    up, down = (m.content["arrays"][PACKED_KEY].numpy() for m in (reply, msg))
+    assert up.nbytes == 4 * b_elements and 2 * up.nbytes == down.nbytes  # float32: half the uplink
+
+    arrays, _ = strategy.aggregate_train(1, [reply])
+    assert [r.rejected for r in strategy.rounds[1].replies] == [""]
+    assert list(arrays) == list(start)
+    assert all(torch.equal(torch.from_numpy(arrays[k].numpy()), start[k]) for k in start if "lora_A" in k)
+    assert all(not torch.equal(torch.from_numpy(arrays[k].numpy()), start[k]) for k in names)

@@ -30,11 +30,19 @@ def test_run_config_round_trip_casts_types():
         ("seq-len", 2, "seq-len"),
         ("node-validation", "sometimes", "node-validation must be one of after, both, none"),
         ("max-eval-records", -1, "max-eval-records"),
+        ("lora-variant", "dora", "lora-variant must be one of lora, ffa"),
     ],
 )
 def test_bad_training_config_names_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_run_config({key: value})
+
+
+def test_the_lora_variant_is_plain_lora_by_default_and_ffa_survives_the_run_config_round_trip():
+    assert TrainConfig().lora_variant == "lora"
+    cfg = TrainConfig.from_run_config({"lora-variant": "ffa", "unrelated": 1})
+    assert cfg.lora_variant == "ffa" and cfg.to_run_config()["lora-variant"] == "ffa"
+    assert TrainConfig.from_run_config(cfg.to_run_config()) == cfg
 
 
 def test_nodes_validate_after_training_only_on_a_bounded_sample_by_default():

@@ -19,7 +19,7 @@ from federation import events
 from federation.attack import apply_attack
 from federation.config import AggregationConfig
 from federation.packing import LAYOUT_KEY, PACKED_KEY, pack_records, unpack_content
-from federation.strategy import GuardedStrategy, build_strategy
+from federation.strategy import GuardedStrategy, build_strategy, describe
 
 STRATEGIES = ["fedavg", "fedmedian", "fedtrimmedavg", "multikrum"]
 
@@ -506,3 +506,109 @@ def per_tensor_reply(node_id: int, arrays: dict[str, np.ndarray]) -> Message:
     del msg.content[LAYOUT_KEY]
     msg.content["arrays"] = ArrayRecord({k: torch.from_numpy(v) for k, v in arrays.items()})
     return msg
+
+
+# --- FFA-LoRA: A frozen at its initialisation, only B trained, sent and merged ------------------------------------
+
+A_KEY, B_KEY = "layer.lora_A.weight", "layer.lora_B.weight"  # one LoRA layer as PEFT names it: A (r, in), B (out, r)
+FFA_GLOBAL = {
+    A_KEY: np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32),  # the shared random initialisation
+    B_KEY: np.zeros((4, 2), dtype=np.float32),
+}
+
+
+def trained_b(seed: int) -> dict[str, np.ndarray]:
+    """What an FFA node sends: its trained B, nothing else."""
+    return {B_KEY: np.random.default_rng(seed).standard_normal((4, 2)).astype(np.float32)}
+
+
+def test_ffa_merges_the_exact_weighted_mean_of_the_nodes_products_b_times_a():
+    strategy = build_strategy(AggregationConfig(), min_nodes=3, lora_variant="ffa")
+    start_round(strategy, FFA_GLOBAL, 3)
+    samples = {1: 10.0, 2: 20.0, 3: 25.0}
+    arrays, _ = strategy.aggregate_train(1, [reply(i, trained_b(i), samples[i]) for i in samples])
+    assert not any(r.rejected for r in strategy.rounds[1].replies)
+    assert list(arrays) == [A_KEY, B_KEY]  # the whole adapter goes on as the next global
+    a = FFA_GLOBAL[A_KEY]
+    np.testing.assert_array_equal(arrays[A_KEY].numpy(), a)  # A is the global's, bitwise
+    expected = sum(w * (trained_b(i)[B_KEY] @ a) for i, w in samples.items()) / sum(samples.values())
+    np.testing.assert_allclose(arrays[B_KEY].numpy() @ a, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_plain_lora_averages_a_and_b_separately_which_is_not_the_mean_of_the_nodes_products():
+    # The counterexample: one 1x1 layer, node 1 sends (A, B) = (1, 1), node 2 (3, 3), equal weights.
+    # The mean of their products is (1*1 + 3*3) / 2 = 5; the product of the means FedAvg builds is 2 * 2 = 4.
+    zero = {A_KEY: np.zeros((1, 1), np.float32), B_KEY: np.zeros((1, 1), np.float32)}
+    strategy = build_strategy(AggregationConfig(), min_nodes=2)
+    start_round(strategy, zero, 2)
+    nodes = {
+        i: {A_KEY: np.full((1, 1), v, np.float32), B_KEY: np.full((1, 1), v, np.float32)} for i, v in [(1, 1), (2, 3)]
+    }
+    arrays, _ = strategy.aggregate_train(1, [reply(i, arrays, 10) for i, arrays in nodes.items()])
+    merged_product = float((arrays[B_KEY].numpy() @ arrays[A_KEY].numpy())[0, 0])
+    mean_of_products = float(np.mean([(n[B_KEY] @ n[A_KEY])[0, 0] for n in nodes.values()]))
+    assert (merged_product, mean_of_products) == (pytest.approx(4.0), pytest.approx(5.0))
+
+
+FFA_RULE = "(lora-variant ffa: a reply carries only the trained lora_B tensors, lora_A stays as the server sent it"
+
+
+@pytest.mark.parametrize(
+    ("sent", "reason"),
+    [
+        (  # a node on plain LoRA (or older code): the whole adapter
+            {A_KEY: FFA_GLOBAL[A_KEY] + 0.1, **trained_b(3)},
+            f"unexpected tensors: {A_KEY} {FFA_RULE}; this reply carries 1 frozen tensor(s), e.g. {A_KEY})",
+        ),
+        (  # A instead of B
+            {A_KEY: FFA_GLOBAL[A_KEY] + 0.1},
+            f"missing tensors: {B_KEY} {FFA_RULE}; this reply carries 1 frozen tensor(s), e.g. {A_KEY})",
+        ),
+    ],
+)
+def test_under_ffa_a_reply_carrying_lora_a_or_lacking_lora_b_is_refused_with_the_reason(sent, reason):
+    strategy = build_strategy(AggregationConfig(), min_nodes=3, lora_variant="ffa")
+    start_round(strategy, FFA_GLOBAL, 3)
+    arrays, _ = strategy.aggregate_train(
+        1, [reply(1, trained_b(1), 10), reply(2, trained_b(2), 10), reply(3, sent, 10)]
+    )
+    assert [r.rejected for r in strategy.rounds[1].replies] == ["", "", f"packed adapter refused: {reason}"]
+    np.testing.assert_array_equal(arrays[A_KEY].numpy(), FFA_GLOBAL[A_KEY])
+    np.testing.assert_allclose(arrays[B_KEY].numpy(), (trained_b(1)[B_KEY] + trained_b(2)[B_KEY]) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", [*STRATEGIES, "dp"])
+def test_every_strategy_under_ffa_checks_and_merges_the_b_half_and_keeps_a(name):
+    dp = AggregationConfig(dp_noise_multiplier=1e-6, dp_clipping_norm=0.5)
+    strategy = build_strategy(dp if name == "dp" else AggregationConfig(strategy=name), min_nodes=4, lora_variant="ffa")
+    start_round(strategy, FFA_GLOBAL, 4)
+    arrays, _ = strategy.aggregate_train(1, [reply(i, trained_b(i), 10) for i in (1, 2, 3, 4)])
+    log = strategy.rounds[1]
+    assert not any(r.rejected for r in log.replies)
+    # The norm rules judge the update the node sent: B alone (the global B is zero).
+    assert [r.update_norm for r in log.replies] == pytest.approx(
+        [np.linalg.norm(trained_b(i)[B_KEY]) for i in (1, 2, 3, 4)]
+    )
+    assert list(arrays) == [A_KEY, B_KEY]
+    np.testing.assert_array_equal(arrays[A_KEY].numpy(), FFA_GLOBAL[A_KEY])
+    assert np.isfinite(arrays[B_KEY].numpy()).all()
+    if name == "dp":  # the wrapper clipped each B update (norms near 2.8) to 0.5 before averaging
+        assert list(strategy.inner.current_arrays) == [B_KEY]
+        assert np.linalg.norm(arrays[B_KEY].numpy()) <= 0.5 + 1e-4
+
+
+def test_under_ffa_instructions_still_carry_the_whole_adapter():
+    strategy = build_strategy(AggregationConfig(), min_nodes=2, lora_variant="ffa")
+    record = ArrayRecord({k: torch.from_numpy(v) for k, v in FFA_GLOBAL.items()})
+    for msg in strategy.configure_train(1, record, ConfigRecord({}), NodesOnlyGrid(2)):
+        got = unpack_content(msg.content, {k: v.shape for k, v in FFA_GLOBAL.items()}, "float32")
+        assert all(np.array_equal(got[k], v) for k, v in FFA_GLOBAL.items())
+
+
+def test_describe_names_how_the_adapter_factors_were_merged():
+    plain, ffa = describe(AggregationConfig()), describe(AggregationConfig(), "ffa")
+    assert plain["lora_merge"].startswith("LoRA: A and B averaged separately (approximate")
+    assert ffa["lora_merge"].startswith("FFA-LoRA: A frozen at its initialisation, only B trained and averaged")
+    assert ffa["method"].startswith("FedAvg weighted by samples") and ffa["method"].endswith(ffa["lora_merge"])
+    with pytest.raises(ValueError, match="lora-variant must be one of lora, ffa"):
+        describe(AggregationConfig(), "dora")

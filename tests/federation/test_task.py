@@ -9,6 +9,7 @@ from flwr.app import RecordDict
 from federation import task
 from federation.config import TrainConfig
 from federation.data import load_records
+from federation.lora_variants import trained_keys
 from federation.packing import ARRAYS_KEY, LAYOUT_KEY, pack_records, unpack_content
 from federation.task import (
     Cancelled,
@@ -112,3 +113,33 @@ def test_an_adapter_state_that_leaves_tensors_out_is_refused(tiny_checkpoint):
     state.pop(next(iter(state)))
     with pytest.raises(ValueError, match="adapter tensors missing"):
         set_adapter_state(model, state)
+
+
+def test_ffa_training_keeps_lora_a_bitwise_and_a_following_lora_job_on_the_same_model_trains_a_again(
+    tiny_checkpoint, tiny_corpus
+):
+    tokenizer = load_tokenizer(str(tiny_checkpoint))
+    examples = encode_all(tokenizer, load_records(tiny_corpus / "node-1")[:8], CFG.seq_len)
+    model = lora_model(str(tiny_checkpoint), CFG)  # one model, as a warm worker keeps it across jobs
+    before = {k: v.clone() for k, v in get_adapter_state(model).items()}  # on CPU the state shares the weights
+    assert trained_keys(before, "lora") == list(before)
+    assert trained_keys(before, "ffa") == [k for k in before if ".lora_B." in k] and trained_keys(before, "ffa")
+
+    train(model, examples, TrainConfig(**{**vars(CFG), "lora_variant": "ffa"}), tokenizer.pad_token_id, 1)
+    after_ffa = {k: v.clone() for k, v in get_adapter_state(model).items()}
+    for key in before:
+        assert torch.equal(after_ffa[key], before[key]) == ("lora_A" in key), key  # A bitwise kept, every B moved
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)  # not left frozen
+
+    train(model, examples, CFG, tokenizer.pad_token_id, 2)  # the next job is plain LoRA
+    after_lora = get_adapter_state(model)
+    assert all(not torch.equal(after_lora[k], after_ffa[k]) for k in after_ffa if "lora_A" in k)
+
+
+def test_an_ffa_job_stopped_between_steps_leaves_the_model_trainable_for_the_next(tiny_checkpoint, tiny_corpus):
+    tokenizer = load_tokenizer(str(tiny_checkpoint))
+    examples = encode_all(tokenizer, load_records(tiny_corpus / "node-1")[:8], CFG.seq_len)
+    model = lora_model(str(tiny_checkpoint), CFG)
+    with pytest.raises(Cancelled), stop_when(lambda: True):
+        train(model, examples, TrainConfig(**{**vars(CFG), "lora_variant": "ffa"}), tokenizer.pad_token_id, 1)
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)

@@ -211,6 +211,32 @@ def test_a_warm_job_equals_a_cold_one_and_the_shim_imports_no_torch(
     assert 0 <= warm.content["metrics"]["startup-seconds"] < 120
 
 
+def test_a_lora_job_after_an_ffa_job_on_the_same_warm_model_trains_a_again_as_a_cold_one_would(
+    home, start_worker, tmp_path, tiny_checkpoint, tiny_corpus, monkeypatch
+):
+    worker = start_worker()
+    data = tiny_corpus / "node-1"
+    ffa = job(tiny_checkpoint, data, 1, TrainConfig(**{**vars(CFG), "lora_variant": "ffa"}))
+    lora = job(tiny_checkpoint, data, 2)  # another campaign, same LoRA shape: the worker reuses its model
+    for name, (message, context) in (("ffa", ffa), ("lora", lora)):
+        shim = run_shim(home, tmp_path, message, context, name)
+        out, _ = shim.communicate(timeout=600)
+        assert shim.returncode == 0, out
+    assert worker.status()["jobs"]["run"] == 2
+    sent = unpacked(lora[0])
+    after_ffa, after_lora = (
+        reply_state((tmp_path / "ffa.out").read_bytes()),
+        reply_state((tmp_path / "lora.out").read_bytes()),
+    )
+    assert after_ffa and all("lora_B" in k for k in after_ffa) and set(after_ffa) < set(after_lora)
+    assert all(not torch.equal(after_lora[k], sent[k]) for k in sent if "lora_A" in k)  # A trained again
+
+    monkeypatch.delenv(wire.ENV_SOCKET, raising=False)
+    monkeypatch.setattr(task, "_warm_model", None)
+    cold = unpacked(node_runtime.run_job(*lora))
+    assert all(torch.equal(cold[k], after_lora[k]) for k in cold)  # nothing of the ffa job stayed in the model
+
+
 def test_a_relaunched_task_attaches_to_the_running_job_and_it_trains_once(
     home, start_worker, tmp_path, tiny_checkpoint, tiny_corpus
 ):

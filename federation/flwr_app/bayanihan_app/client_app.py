@@ -12,6 +12,7 @@ from flwr.common.constant import ErrorCode
 from federation.attack import apply_attack
 from federation.config import TrainConfig, WireConfig
 from federation.events import NodeMetrics
+from federation.lora_variants import trained_keys
 from federation.node_data import node_dataset
 from federation.packing import LAYOUT_KEY, PackingError, pack_records, unpack_content, wire_bytes
 from federation.task import evaluate, get_adapter_state, reusable_lora_model, set_adapter_state, train
@@ -53,7 +54,10 @@ def train_round(msg: Message, context: Context) -> Message:
         validation["after"] = evaluate(model, data.val, data.pad_id)[0]
     evaluated = time.time()
 
-    state = get_adapter_state(model)
+    # The reply carries the tensors this campaign's LoRA variant trains, and only those: the whole adapter for
+    # "lora", the lora_B half for "ffa" (A stayed what the server sent; the server merges it back itself).
+    trained = get_adapter_state(model)
+    state = {k: trained[k] for k in trained_keys(trained, cfg.lora_variant)}
     attack = str(context.node_config.get("attack", ""))
     if attack:  # test/benchmark harness only: `node --attack MODE` sets it, with a loud warning
         state = apply_attack(attack, state, received)

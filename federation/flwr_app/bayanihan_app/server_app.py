@@ -137,8 +137,11 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
     aggregation = AggregationConfig.from_run_config(context.run_config)
     # Adapters travel packed in the campaign's transfer dtype; the strategy unpacks replies to float32 before
     # validating and merging, so evaluation and saving below see float32 per-tensor arrays (federation.packing).
+    # Under FFA-LoRA replies carry lora_B only, and the strategy puts the global's lora_A back into every merge.
     wire = WireConfig.from_run_config(context.run_config)
-    strategy = build_strategy(aggregation, server.min_nodes, server.nodes_per_round, wire.transfer_dtype)
+    strategy = build_strategy(
+        aggregation, server.min_nodes, server.nodes_per_round, wire.transfer_dtype, lora_variant=cfg.lora_variant
+    )
     strategy.owners = {int(k): v for k, v in paths.node_owners.items() if k.isdigit()}
     privacy.replay(strategy.inner, rounds=start)  # DP: the earlier rounds' releases, composed again
     initial = initial_adapter(model, server, reporter, out, strategy)

@@ -144,3 +144,26 @@ def test_dp_epsilon_and_the_ledger_reach_provenance_and_the_model_card(campaign)
     card = render_model_card(campaign, "org/name", provenance)
     assert "ε = 6.250 at δ = 1e-05" in card
     assert "1 update(s) were refused" in card
+
+
+@pytest.mark.parametrize(
+    ("variant", "words"),
+    [
+        ("ffa", "FFA-LoRA: A frozen at its initialisation, only B trained and averaged: the merge is the exact mean"),
+        ("lora", "LoRA: A and B averaged separately (approximate: the mean of products is not the product of means)"),
+    ],
+)
+def test_provenance_and_the_model_card_say_how_the_adapter_factors_were_merged(campaign, variant, words):
+    from releases.model_card import render_model_card
+    from releases.provenance import campaign_provenance
+
+    campaign.train_config = {"lora-r": 8, "lora-variant": variant}
+    campaign.save()
+    report_round(campaign=campaign, event=event(0, []))
+    report_round(campaign=campaign, event=event(1, [node(1, 4), node(2, 6)]))
+
+    provenance = campaign_provenance(campaign, {})
+    assert provenance["campaign"]["lora_merge"].startswith(words)
+    assert provenance["campaign"]["aggregation"].startswith("FedAvg weighted by samples")
+    assert provenance["campaign"]["aggregation"].endswith(provenance["campaign"]["lora_merge"])
+    assert words in render_model_card(campaign, "org/name", provenance)

@@ -26,6 +26,7 @@ def form_data(base, heldout, **overrides):
         "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
         "target_modules": "q_proj,v_proj", "local_steps": 4, "lr": 0.01, "seq_len": 64, "batch_size": 4,
         "threads": 1, "transfer_dtype": "float32", "node_validation": "after", "max_eval_records": 16,
+        "lora_variant": "lora",
         "auto_publish": "on", "card_notes": "",
     }  # fmt: skip
     return {**data, **overrides}
@@ -54,6 +55,17 @@ def test_create_form_sets_node_validation_and_says_what_is_wrong_with_it(client,
     assert (campaign.train_config["node-validation"], campaign.train_config["max-eval-records"]) == ("both", 16)
     page = client.get(f"/console/campaigns/{campaign.pk}/").content.decode()
     assert "node validation both (≤ 16 records)" in page
+
+
+def test_create_form_offers_ffa_lora_and_the_campaign_page_names_it(client, staff, base, heldout):
+    client.force_login(staff)
+    assert "FFA-LoRA: A frozen at its initialisation" in client.get("/console/campaigns/new").content.decode()
+    client.post("/console/campaigns/new", form_data(base, heldout, lora_variant="ffa"))
+    campaign = Campaign.objects.get()
+    assert campaign.train_config["lora-variant"] == "ffa"
+    assert "FFA-LoRA (A frozen) r=8" in client.get(f"/console/campaigns/{campaign.pk}/").content.decode()
+    response = client.post("/console/campaigns/new", form_data(base, heldout, lora_variant="dora"))
+    assert response.status_code == 200 and "lora_variant" in response.context["form"].errors
 
 
 def test_create_form_puts_the_services_messages_on_their_fields(client, staff, base, heldout):
