@@ -8,10 +8,18 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from campaigns.models import BaseModel
-from federation.config import NODE_VALIDATION, STRATEGIES, TRANSFER_DTYPES, TrainConfig
+from federation.config import (
+    NODE_VALIDATION,
+    SERVER_OPTIMIZERS,
+    STRATEGIES,
+    TRANSFER_DTYPES,
+    AggregationConfig,
+    TrainConfig,
+)
 from federation.lora_variants import LORA_VARIANTS
 
 DEFAULTS = TrainConfig()
+MERGING = AggregationConfig()
 # Form field -> run-config key; the service's messages start with the key, which is how they find their field.
 TRAIN_FIELDS = {
     "lora_r": "lora-r",
@@ -43,6 +51,31 @@ VARIANT_CHOICES = {
 }
 assert tuple(VARIANT_CHOICES) == LORA_VARIANTS
 
+# Form field -> AggregationConfig run-config key (the rest of AggregationConfig keeps its defaults here).
+AGGREGATION_FIELDS = {
+    "strategy": "strategy",
+    "server_optimizer": "server-optimizer",
+    "server_lr": "server-lr",
+    "server_momentum": "server-momentum",
+}
+
+# One line each: what a merging strategy does with the round's accepted updates.
+STRATEGY_CHOICES = {
+    "fedavg": "FedAvg: mean weighted by each node's (capped) sample count; best when nodes are honest (default)",
+    "fedmedian": "FedMedian: coordinate-wise median; one vote per contributor, resists a few hostile nodes",
+    "fedtrimmedavg": "FedTrimmedAvg: drops the extremes of each coordinate, then averages",
+    "multikrum": "MultiKrum: averages only the updates closest to each other; for campaigns open to strangers",
+}
+assert tuple(STRATEGY_CHOICES) == STRATEGIES
+
+# One line each: the server's step from the round's global towards what the strategy merged.
+SERVER_OPTIMIZER_CHOICES = {
+    "sgd": "SGD: moves by server learning rate × the merged update, plus momentum × the last move (FedAvgM)",
+    "adam": "Adam: per-coordinate steps scaled by the updates' running size (FedAdam); server learning rate = eta",
+    "yogi": "Yogi: Adam with a more cautious second moment (FedYogi); server learning rate = eta",
+}
+assert tuple(SERVER_OPTIMIZER_CHOICES) == SERVER_OPTIMIZERS
+
 
 class CampaignForm(forms.Form):
     name = forms.CharField(max_length=200)
@@ -68,7 +101,24 @@ class CampaignForm(forms.Form):
         help_text="Flower runs the campaign may use: after an infrastructure failure (SuperLink restart, crash) "
         "it resumes from the last merged round as a new run, up to this many runs in all",
     )
-    strategy = forms.ChoiceField(choices=[(s, s) for s in STRATEGIES], initial="fedavg", label="Aggregation")
+    strategy = forms.ChoiceField(choices=list(STRATEGY_CHOICES.items()), initial=MERGING.strategy, label="Aggregation")
+    server_optimizer = forms.ChoiceField(
+        choices=list(SERVER_OPTIMIZER_CHOICES.items()),
+        initial=MERGING.server_optimizer,
+        label="Server optimizer",
+        help_text="What the server does with the merged update; SGD with learning rate 1 and no momentum applies it "
+        "as it is (plain federated averaging)",
+    )
+    server_lr = forms.FloatField(
+        initial=MERGING.server_lr,
+        label="Server learning rate",
+        help_text="SGD: how far the server moves along the merged update (1 = all the way); Adam/Yogi: eta",
+    )
+    server_momentum = forms.FloatField(
+        initial=MERGING.server_momentum,
+        label="Server momentum",
+        help_text="SGD only: the share of the previous round's move added to this one (0 = none)",
+    )
     transfer_dtype = forms.ChoiceField(
         choices=[(d, TRANSFER_CHOICES[d]) for d in TRANSFER_DTYPES],
         initial="float32",
@@ -125,7 +175,7 @@ class CampaignForm(forms.Form):
             "max_attempts": 3 if data.get("max_attempts") is None else data["max_attempts"],
             "transfer_dtype": data["transfer_dtype"],
             "train_config": {key: data[name] for name, key in TRAIN_FIELDS.items()},
-            "aggregation": {"strategy": data["strategy"]},
+            "aggregation": {key: data[name] for name, key in AGGREGATION_FIELDS.items()},
             "auto_publish": data["auto_publish"],
             "card_notes": data["card_notes"],
         }
@@ -133,14 +183,15 @@ class CampaignForm(forms.Form):
     def add_service_errors(self, exc: ValidationError) -> None:
         """Put campaign_create's messages next to the field they are about; the rest above the form."""
         by_key = {key: name for name, key in TRAIN_FIELDS.items()}
+        by_aggregation_key = {key: name for name, key in AGGREGATION_FIELDS.items()}
         for field, messages in exc.message_dict.items():
             for message in messages:
                 for problem in message.split("; "):
                     key = problem.split(" ", 1)[0]
                     if field in ("train_config", "aggregation") and key in by_key:
                         self.add_error(by_key[key], problem)
-                    elif field == "aggregation" and key == "strategy":
-                        self.add_error("strategy", problem)
+                    elif field == "aggregation" and key in by_aggregation_key:
+                        self.add_error(by_aggregation_key[key], problem)
                     elif field in self.fields:
                         self.add_error(field, problem)
                     else:

@@ -16,7 +16,8 @@ from campaigns.selectors import campaign_attempts, open_flags
 from community.models import Contributor, Node
 from console import charts
 from console.models import AuditEntry
-from federation.config import TrainConfig
+from federation.config import AggregationConfig, TrainConfig
+from federation.strategy import server_optimizer_text
 from releases.models import Release
 
 ACTIVE = (Campaign.Status.QUEUED, Campaign.Status.RUNNING)
@@ -121,6 +122,8 @@ def campaign_live(campaign: Campaign) -> dict[str, Any]:
     return {
         "campaign": campaign,
         "train": TrainConfig.from_run_config(campaign.train_config),
+        # The server's step in words; empty when the merge is applied as it is (plain federated averaging).
+        "server_step": server_optimizer_text(AggregationConfig.from_run_config(campaign.aggregation)),
         "release": release_of(campaign),
         "phase": _phase(campaign, recorded),
         "rounds": recorded,

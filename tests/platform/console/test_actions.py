@@ -26,7 +26,7 @@ def form_data(base, heldout, **overrides):
         "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
         "target_modules": "q_proj,v_proj", "local_steps": 4, "lr": 0.01, "seq_len": 64, "batch_size": 4,
         "threads": 1, "transfer_dtype": "float32", "node_validation": "after", "max_eval_records": 16,
-        "lora_variant": "lora",
+        "lora_variant": "lora", "server_optimizer": "sgd", "server_lr": 1.0, "server_momentum": 0.0,
         "auto_publish": "on", "card_notes": "",
     }  # fmt: skip
     return {**data, **overrides}
@@ -66,6 +66,26 @@ def test_create_form_offers_ffa_lora_and_the_campaign_page_names_it(client, staf
     assert "FFA-LoRA (A frozen) r=8" in client.get(f"/console/campaigns/{campaign.pk}/").content.decode()
     response = client.post("/console/campaigns/new", form_data(base, heldout, lora_variant="dora"))
     assert response.status_code == 200 and "lora_variant" in response.context["form"].errors
+
+
+def test_create_form_explains_each_merging_choice_in_one_line_and_stores_the_server_optimizer(
+    client, staff, base, heldout
+):
+    client.force_login(staff)
+    page = client.get("/console/campaigns/new").content.decode()
+    for line in ("FedMedian: coordinate-wise median", "Adam: per-coordinate steps", "SGD: moves by server learning"):
+        assert line in page
+    client.post("/console/campaigns/new", form_data(base, heldout, server_optimizer="adam", server_lr=0.01))
+    campaign = Campaign.objects.get()
+    assert (campaign.aggregation["server-optimizer"], campaign.aggregation["server-lr"]) == ("adam", 0.01)
+    assert "server Adam (Flower FedAdam" in client.get(f"/console/campaigns/{campaign.pk}/").content.decode()
+    response = client.post(
+        "/console/campaigns/new", form_data(base, heldout, server_optimizer="yogi", server_momentum=0.9, server_lr=-1)
+    )
+    errors = response.context["form"].errors
+    assert errors["server_lr"] == ["server-lr must be a finite number > 0"]
+    assert errors["server_momentum"][0].startswith("server-momentum applies to server-optimizer sgd only")
+    assert Campaign.objects.count() == 1
 
 
 def test_create_form_puts_the_services_messages_on_their_fields(client, staff, base, heldout):
