@@ -42,6 +42,10 @@ class RunConfigMixin:
 # server's held-out evaluation of every merged round.
 NODE_VALIDATION = ("after", "both", "none")
 MAX_EVAL_RECORDS = 10_000
+MAX_LR_SCALE = 64.0
+# The round's instructions carry how many nodes train in it (the server's sampling; see TrainConfig.max_lr_scale).
+NODES_IN_ROUND = "nodes-in-round"
+MAX_NODES_IN_ROUND = 1_000_000
 
 
 @dataclass
@@ -67,6 +71,11 @@ class TrainConfig(RunConfigMixin):
     # One of LORA_VARIANTS (federation.lora_variants): "lora" trains and averages A and B; "ffa" (FFA-LoRA) keeps
     # A at its initialisation and trains, sends and averages B only, which makes the merge exact.
     lora_variant: str = "lora"
+    # The linear scaling rule, bounded: a round that averages K nodes' updates moves about as far as one node's, so
+    # each node trains at lr x min(K, max-lr-scale) (K comes with the round's instructions: NODES_IN_ROUND). 1 turns
+    # it off. `make bench-quality` (3 nodes): lr x 3 beat lr x 1 and lr x 6; above a few nodes the rule is untested
+    # and AdamW diverges somewhere past x 6 there, hence the bound.
+    max_lr_scale: float = 4.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -94,8 +103,25 @@ class TrainConfig(RunConfigMixin):
             problems.append(f"node-validation must be one of {', '.join(NODE_VALIDATION)}")
         if self.lora_variant not in LORA_VARIANTS:
             problems.append(f"lora-variant must be one of {', '.join(LORA_VARIANTS)}")
+        if not 1.0 <= self.max_lr_scale <= MAX_LR_SCALE:
+            problems.append(f"max-lr-scale must be in [1, {MAX_LR_SCALE:g}] (1: no scaling)")
+        elif 0.0 < self.lr < 1.0 and not self.lr * self.max_lr_scale < 1.0:
+            problems.append("max-lr-scale x lr must stay below 1")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def round_lr(self, round_config: Mapping[str, Any]) -> float:
+        """This round's learning rate on a node: lr x min(nodes in the round, max-lr-scale).
+
+        The count comes from the server; a missing or out-of-bounds one (an older server, a garbled message) counts
+        as 1, so nothing in a message can push a node's learning rate past lr x max-lr-scale."""
+        try:
+            nodes = int(round_config.get(NODES_IN_ROUND, 1))
+        except (TypeError, ValueError):
+            nodes = 1
+        if not 1 <= nodes <= MAX_NODES_IN_ROUND:
+            nodes = 1
+        return self.lr * min(float(nodes), self.max_lr_scale)
 
     @property
     def modules(self) -> list[str]:

@@ -29,7 +29,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum, Strategy
 
 from federation import events, privacy
-from federation.config import AggregationConfig
+from federation.config import NODES_IN_ROUND, AggregationConfig
 from federation.lora_variants import LORA_MERGE, check_variant, is_frozen, trained_keys
 from federation.packing import LAYOUT_KEY, PackingError, pack_records, unpack_content
 from federation.server_optimizer import ServerOptimizer
@@ -221,6 +221,8 @@ class GuardedStrategy(Strategy):
                 for key in list(msg.content.array_records):
                     del msg.content[key]
                 msg.content["arrays"], msg.content[LAYOUT_KEY] = packed, layout
+                # How many nodes this round averages: each scales its learning rate by it (TrainConfig.round_lr).
+                msg.content["config"][NODES_IN_ROUND] = len(self._sent)
         return self._sent
 
     def configure_evaluate(

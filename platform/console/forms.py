@@ -34,6 +34,7 @@ TRAIN_FIELDS = {
     "node_validation": "node-validation",
     "max_eval_records": "max-eval-records",
     "lora_variant": "lora-variant",
+    "max_lr_scale": "max-lr-scale",
 }
 
 # One line each: what a choice of transfer precision means for the campaign.
@@ -139,6 +140,12 @@ class CampaignForm(forms.Form):
     target_modules = forms.CharField(initial=DEFAULTS.target_modules)
     local_steps = forms.IntegerField(initial=DEFAULTS.local_steps, label="Local steps per round")
     lr = forms.FloatField(initial=DEFAULTS.lr, label="Learning rate")
+    max_lr_scale = forms.FloatField(
+        initial=DEFAULTS.max_lr_scale,
+        label="Learning-rate scaling limit",
+        help_text="Each node trains at the learning rate × the number of nodes in its round, at most this many "
+        "times (averaging K updates moves about as far as one); 1 = no scaling",
+    )
     seq_len = forms.IntegerField(initial=DEFAULTS.seq_len, label="Sequence length")
     batch_size = forms.IntegerField(initial=DEFAULTS.batch_size)
     threads = forms.IntegerField(initial=DEFAULTS.threads, help_text="torch threads per node process; 0 = default")

@@ -106,3 +106,28 @@ def test_transfer_dtype_defaults_to_float32_and_refuses_other_names():
     assert WireConfig.from_run_config({"transfer-dtype": "bfloat16"}).transfer_dtype == "bfloat16"
     with pytest.raises(ValueError, match="transfer-dtype must be one of float32, float16, bfloat16"):
         WireConfig.from_run_config({"transfer-dtype": "int8"})
+
+
+@pytest.mark.parametrize(
+    ("round_config", "factor"),
+    [
+        ({"nodes-in-round": 3}, 3.0),
+        ({"nodes-in-round": 1}, 1.0),
+        ({"nodes-in-round": 50}, 4.0),  # bounded by max-lr-scale
+        ({}, 1.0),  # an older server sends no count
+        ({"nodes-in-round": 0}, 1.0),
+        ({"nodes-in-round": -7}, 1.0),
+        ({"nodes-in-round": 10**12}, 1.0),
+        ({"nodes-in-round": "many"}, 1.0),
+    ],
+)
+def test_a_nodes_learning_rate_scales_with_the_nodes_in_its_round_within_max_lr_scale(round_config, factor):
+    assert TrainConfig(lr=1e-3).round_lr(round_config) == pytest.approx(1e-3 * factor)
+
+
+def test_max_lr_scale_one_turns_scaling_off_and_bad_bounds_name_the_key():
+    assert TrainConfig(lr=1e-3, max_lr_scale=1.0).round_lr({"nodes-in-round": 8}) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match=r"max-lr-scale must be in \[1, 64\]"):
+        TrainConfig(max_lr_scale=0.5)
+    with pytest.raises(ValueError, match="max-lr-scale x lr must stay below 1"):
+        TrainConfig(lr=0.5, max_lr_scale=4.0)

@@ -17,7 +17,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from federation import events
 from federation.attack import apply_attack
-from federation.config import AggregationConfig
+from federation.config import NODES_IN_ROUND, AggregationConfig, TrainConfig
 from federation.packing import LAYOUT_KEY, PACKED_KEY, pack_records, unpack_content
 from federation.strategy import GuardedStrategy, build_strategy, describe
 
@@ -157,6 +157,16 @@ def test_nodes_per_round_draws_that_many_of_the_connected_nodes(aggregation):
     drawn = build_strategy(aggregation, min_nodes=2, nodes_per_round=3)
     messages = list(drawn.configure_train(1, record, ConfigRecord({}), NodesOnlyGrid(10)))
     assert len({m.metadata.dst_node_id for m in messages}) == len(messages) == 3
+
+
+def test_instructions_tell_each_node_how_many_nodes_the_round_averages_and_its_layout_stays_intact():
+    record = ArrayRecord({k: torch.from_numpy(v) for k, v in ZERO.items()})
+    drawn = build_strategy(AggregationConfig(), min_nodes=2, nodes_per_round=3)
+    messages = list(drawn.configure_train(1, record, ConfigRecord({}), NodesOnlyGrid(10)))
+    assert [m.content["config"][NODES_IN_ROUND] for m in messages] == [3, 3, 3]
+    assert TrainConfig(lr=1e-3).round_lr(messages[0].content["config"]) == pytest.approx(3e-3)
+    got = unpack_content(messages[0].content, {k: v.shape for k, v in ZERO.items()}, "float32")
+    assert all(np.array_equal(got[k], v) for k, v in ZERO.items())
 
 
 def test_without_nodes_per_round_every_connected_node_trains():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -49,7 +50,9 @@ def train_round(msg: Message, context: Context) -> Message:
         validation["before"] = evaluate(model, data.val, data.pad_id)[0]
     # A resumed campaign is a new Flower run counting from 1 again: seed by the campaign's round, not Flower's.
     campaign_round = int(msg.content["config"]["server-round"]) + int(context.run_config.get("start-round", 0))
-    result = train(model, data.train, cfg, data.pad_id, round_seed=campaign_round)
+    # The round's learning rate: lr scaled by how many nodes this round averages, within max-lr-scale.
+    round_cfg = replace(cfg, lr=cfg.round_lr(msg.content["config"]))
+    result = train(model, data.train, round_cfg, data.pad_id, round_seed=campaign_round)
     if cfg.node_validation != "none":
         validation["after"] = evaluate(model, data.val, data.pad_id)[0]
     evaluated = time.time()

@@ -27,7 +27,7 @@ def form_data(base, heldout, **overrides):
         "target_modules": "q_proj,v_proj", "local_steps": 4, "lr": 0.01, "seq_len": 64, "batch_size": 4,
         "threads": 1, "transfer_dtype": "float32", "node_validation": "after", "max_eval_records": 16,
         "lora_variant": "lora", "server_optimizer": "sgd", "server_lr": 1.0, "server_momentum": 0.0,
-        "auto_publish": "on", "card_notes": "",
+        "max_lr_scale": 4.0, "auto_publish": "on", "card_notes": "",
     }  # fmt: skip
     return {**data, **overrides}
 
