@@ -6,15 +6,16 @@ the same budget: S = N x rounds x local-steps optimizer steps of `batch-size` sa
 - base: no training.
 - node-K alone: S steps on contributor K's own data only (what a contributor gets without the platform).
 - centralized: S steps on everyone's data pooled in one place (what the platform exists to avoid).
-- federated FedAvg: the product's real path without the web site: one SuperLink, N real SuperNodes, the real
-  ServerApp/ClientApp; each node does local-steps per round, the server averages (weighted by samples).
-- federated FedAvg, float16 transfer: the same, with the adapter on the wire in half precision (transfer-dtype).
-- federated FedAvg, node learning rate x N: the large-batch scaling rule applied to the nodes (see below).
-- with --merge-often, federated merged twice as often: same S, 2 x rounds of local-steps / 2 (less drift).
-- centralized, large batch (a diagnostic, not the same step count): the same samples as every arm, in
-  rounds x local-steps optimizer steps of N x batch-size samples. Averaging N nodes' updates moves the model about as
-  far as one step on their pooled batch, so FedAvg's S steps buy only this many steps of progress; if this arm
-  lands where FedAvg does, that depth (not the topic split) is what separates federated from the other arms.
+- federated FedAvg (plain): the product's real path without the web site: one SuperLink, N real SuperNodes, the real
+  ServerApp/ClientApp; each node does local-steps per round at the campaign's lr, the server averages (weighted by
+  samples) and the average is the new global.
+- default: the same, with every setting the platform's default campaign has (federation.config's defaults: the
+  learning-rate scaling rule, the server optimizer, the LoRA variant); its row is in bold.
+- each option alone on top of plain FedAvg: node lr x N (the large-batch scaling rule), server momentum (FedAvgM),
+  server Adam (FedAdam), exact LoRA merge (FFA-LoRA).
+- default, equal compute per contributor: N x rounds rounds, so every node does as many steps as it did alone.
+- with --diagnose, centralized in large batches (not the same step count): the same samples as every arm, in
+  rounds x local-steps optimizer steps of N x batch-size samples: about what averaging N nodes' updates buys.
 
 Each arm's adapter is evaluated here, with one function, on the whole held-out set (drawn from every topic) and on
 each contributor's own topics within it. Losses are token-weighted means; perplexity = exp(loss).
@@ -40,16 +41,18 @@ from flower_cluster import journal, run_to_end, start_cluster  # noqa: E402
 from report import Timer, write_section  # noqa: E402
 from site_stack import stop_on_signals  # noqa: E402
 
-from federation import procs  # noqa: E402
+from federation import events, procs  # noqa: E402
 from federation.artifacts import ADAPTER_WEIGHTS, round_folder  # noqa: E402
 from federation.basemodel import prepare_smollm2  # noqa: E402
-from federation.config import ServerConfig, TrainConfig, WireConfig  # noqa: E402
+from federation.config import AggregationConfig, ServerConfig, TrainConfig, WireConfig  # noqa: E402
 from federation.corpus import build_demo_corpus, grouped_chunks  # noqa: E402
 from federation.data import load_records  # noqa: E402
 from federation.node_data import node_dataset  # noqa: E402
+from federation.strategy import server_optimizer_text  # noqa: E402
 from federation.task import Example, collate, encode_all, load_tokenizer, lora_model, set_adapter_state, train  # noqa: E402
 
 COMMAND = "make bench-quality"
+POOLED = "centralized (pooled data)"
 
 
 @dataclass
@@ -61,6 +64,8 @@ class Arm:
     by_topic: dict[str, float] = field(default_factory=dict)  # contributor name -> loss on that contributor's topics
     seconds: float = 0.0
     note: str = ""
+    kind: str = ""  # federated arms: "plain", "default", "option" or "equal compute" (see Plan)
+    wire: str = ""  # federated arms: bytes per node per round each way, and the merged adapter's dtype
 
 
 @dataclass
@@ -122,64 +127,148 @@ def in_process_arm(arm: Arm, model_path: Path, cfg: TrainConfig, data: list[Exam
     arm.seconds = time.monotonic() - started
 
 
-def federated_arm(arm: Arm, address: str, cfg: TrainConfig, server: ServerConfig, wire: WireConfig, out: Path,
-                  held: Heldout, model_path: Path, pad: int, check) -> None:  # fmt: skip
+@dataclass
+class Plan:
+    """One federated arm: the campaign settings it changes from plain FedAvg, and its rounds x local steps."""
+
+    label: str
+    rounds: int
+    steps: int
+    train: dict = field(default_factory=dict)  # TrainConfig fields (lr, lora_variant, max_lr_scale)
+    aggregation: AggregationConfig = field(default_factory=lambda: PLAIN)
+    kind: str = "option"  # "plain", "default", "option" or "equal compute"
+
+
+# Plain FedAvg: the merge is the new global, every node at the campaign's learning rate (no scaling).
+PLAIN = AggregationConfig(server_optimizer="sgd", server_lr=1.0, server_momentum=0.0)
+PLAIN_TRAIN = {"max_lr_scale": 1.0, "lora_variant": "lora"}
+
+
+def default_label() -> str:
+    """The platform's default campaign, in the words of its own settings (federation.config defaults)."""
+    train, merging = TrainConfig(), AggregationConfig()
+    parts = [merging.strategy if merging.strategy != "fedavg" else "FedAvg"]
+    if train.max_lr_scale > 1:
+        parts.append(f"node lr × nodes (≤ {train.max_lr_scale:g})")
+    if merging.server_step:
+        parts.append(server_optimizer_text(merging).split(" (")[0])
+    if train.lora_variant != "lora":
+        parts.append(train.lora_variant.upper() + "-LoRA")
+    return "default: " + ", ".join(parts)
+
+
+def plans(args: argparse.Namespace) -> list[Plan]:
+    """Plain FedAvg, the platform's default campaign, each option alone on top of plain FedAvg, and the default
+    campaign at equal compute per contributor (every node does as many steps as a contributor alone did)."""
+    r, s, n = args.rounds, args.local_steps, args.nodes
+    defaults = TrainConfig()
+    default_train = {"max_lr_scale": defaults.max_lr_scale, "lora_variant": defaults.lora_variant}
+    return [
+        Plan(f"federated FedAvg ({r} rounds × {s} steps)", r, s, dict(PLAIN_TRAIN), PLAIN, "plain"),
+        Plan(default_label(), r, s, default_train, AggregationConfig(), "default"),
+        Plan(f"node lr × {n} (scaling rule)", r, s, {**PLAIN_TRAIN, "max_lr_scale": float(n)}),
+        Plan(f"server momentum {args.momentum:g} (FedAvgM)", r, s, dict(PLAIN_TRAIN),
+             replace(PLAIN, server_momentum=args.momentum)),
+        Plan(f"server Adam, eta {args.adam_eta:g} (FedAdam)", r, s, dict(PLAIN_TRAIN),
+             replace(PLAIN, server_optimizer="adam", server_lr=args.adam_eta)),
+        Plan("exact LoRA merge (FFA-LoRA)", r, s, {**PLAIN_TRAIN, "lora_variant": "ffa"}),
+        Plan(f"default, equal compute per contributor ({n * r} rounds × {s} steps)", n * r, s, default_train,
+             AggregationConfig(), "equal compute"),
+    ]  # fmt: skip
+
+
+def federated(plan: Plan, args, address: str, check, node_cfg: TrainConfig, server: ServerConfig, root: Path,
+              held: Heldout, model_path: Path, pad: int) -> Arm:  # fmt: skip
+    total = args.nodes * plan.rounds * plan.steps
+    arm = Arm(plan.label, total, total * args.batch_size, kind=plan.kind)
+    cfg = replace(node_cfg, local_steps=plan.steps, **plan.train)
+    out = root / f"federated-{len(list(root.glob('federated-*')))}"
+    federated_arm(arm, address, cfg, replace(server, num_rounds=plan.rounds), plan.aggregation, out, held,
+                  model_path, pad, check)  # fmt: skip
+    print(f"  {arm.label:30s} loss {arm.loss:.4f}  ({arm.seconds:.0f}s)", flush=True)
+    return arm
+
+
+def federated_arm(arm: Arm, address: str, cfg: TrainConfig, server: ServerConfig, merging: AggregationConfig,
+                  out: Path, held: Heldout, model_path: Path, pad: int, check) -> None:  # fmt: skip
     heldout = out.parent / "corpus" / "heldout.jsonl"
-    run_config = {**cfg.to_run_config(), **server.to_run_config(), **wire.to_run_config(), "output-dir": str(out),
-                  "base-model-path": str(model_path), "heldout-path": str(heldout)}  # fmt: skip
+    run_config = {**cfg.to_run_config(), **server.to_run_config(), **merging.to_run_config(),
+                  **WireConfig().to_run_config(), "output-dir": str(out), "base-model-path": str(model_path),
+                  "heldout-path": str(heldout)}  # fmt: skip
     arm.seconds = run_to_end(address, run_config, arm.label, timeout=1800, check=check)
     rounds = [e for e in journal(out) if e["type"] == "round"]
     model = lora_model(str(model_path), cfg)
     last = round_folder(out, server.num_rounds) / ADAPTER_WEIGHTS
     from safetensors.torch import load_file
 
-    set_adapter_state(model, load_file(str(last)))
+    state = load_file(str(last))
+    set_adapter_state(model, state)
     score(arm, model, held, pad)
+    # No arm's adapter may grow on the wire: what each node received and sent in the last round, and the dtype the
+    # server saved the merged adapter in (a server optimizer must not leave it in float64).
+    reports = [n for n in rounds[-1]["nodes"] if not n["error"]]
+    down = max(int(n["metrics"][events.BYTES_DOWN]) for n in reports)
+    up = max(int(n["metrics"][events.BYTES_UP]) for n in reports)
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})
+    arm.wire = f"{down / 1e6:.2f} / {up / 1e6:.2f} MB, {'/'.join(dtypes)}"
     arm.note = f"{server.num_rounds} rounds x {cfg.local_steps} steps x {server.min_nodes} nodes"
     arm.note += f"; server's own eval (first {server.max_heldout_records} held-out) {rounds[-1]['eval_loss']:.3f}"
 
 
-def table(arms: list[Arm], owners: list[str], base: float, held: Heldout) -> str:
+def gain(arm: Arm, base: Arm, pooled: Arm) -> float:
+    """The share of pooled training's improvement over the base model that `arm` reaches, in percent."""
+    return (base.loss - arm.loss) / (base.loss - pooled.loss) * 100
+
+
+def table(arms: list[Arm], owners: list[str], held: Heldout) -> str:
+    by = {a.label: a for a in arms}
+    base, pooled = by["base model"], by[POOLED]
     counts = {o: sum(t in held.owners[o] for t in held.topic_of) for o in owners}
-    head = "| arm | optimizer steps | samples | held-out loss | perplexity | vs base |"
-    head += "".join(f" on {o}'s topics ({counts[o]}) |" for o in owners) + " wall s |"
-    lines = [head, "|---" * (7 + len(owners)) + "|"]
+    head = "| arm | optimizer steps | samples | held-out loss | perplexity | % of pooled gain |"
+    head += "".join(f" on {o}'s topics ({counts[o]}) |" for o in owners)
+    head += " wire per node per round (down / up), merged dtype | wall s |"
+    lines = [head, "|---" * (8 + len(owners)) + "|"]
     for a in arms:
-        row = f"| {a.label} | {a.steps} | {a.samples} | {a.loss:.4f} | {math.exp(a.loss):.2f} | "
-        row += f"{(a.loss - base) / base * 100:+.2f}% |"
-        row += "".join(f" {a.by_topic[o]:.4f} |" for o in owners) + f" {a.seconds:.0f} |"
+        label = f"**{a.label}**" if a.kind == "default" else a.label
+        row = f"| {label} | {a.steps} | {a.samples} | {a.loss:.4f} | {math.exp(a.loss):.2f} | "
+        row += f"{gain(a, base, pooled):.0f}% |"
+        row += "".join(f" {a.by_topic[o]:.4f} |" for o in owners) + f" {a.wire or '–'} | {a.seconds:.0f} |"
         lines.append(row)
     return "\n".join(lines)
 
 
-def _verdict(fed: Arm, alone: list[Arm], base: Arm, central: Arm) -> str:
-    gain = base.loss - central.loss
-    beats = all(fed.loss < a.loss for a in alone)
-    kept = f"keeps {(base.loss - fed.loss) / gain * 100:.0f}% of centralized training's improvement over the base model"
-    return f"{fed.loss:.4f}: {'beats' if beats else 'does NOT beat'} every contributor alone and {kept}"
+def _verdict(arm: Arm, alone: list[Arm], base: Arm, pooled: Arm) -> str:
+    beats = all(arm.loss < a.loss for a in alone)
+    return (
+        f"{arm.loss:.4f}: {'beats' if beats else 'does NOT beat'} every contributor alone and reaches "
+        f"{gain(arm, base, pooled):.0f}% of pooled training's gain over the base model"
+    )
 
 
 def findings(arms: list[Arm], owners: list[str]) -> str:
     by = {a.label: a for a in arms}
-    base, central = by["base model"], by["centralized (pooled data)"]
-    federated = [a for a in arms if a.label.startswith("federated")]
-    half = next(a for a in federated if "float16" in a.label)
-    plain, scaled, *_ = [a for a in federated if a is not half]
+    base, pooled = by["base model"], by[POOLED]
+    plain = next(a for a in arms if a.kind == "plain")
+    default = next(a for a in arms if a.kind == "default")
+    equal = next(a for a in arms if a.kind == "equal compute")
+    options = [a for a in arms if a.kind == "option"]
     alone = [by[f"{o} alone"] for o in owners]
     best_alone = min(alone, key=lambda a: a.loss)
-    large = next(a for a in arms if a.label.startswith("centralized, large"))
-    gap, explained = plain.loss - central.loss, large.loss - central.loss
+    targets = [
+        ("the default campaign beats every contributor alone", all(default.loss < a.loss for a in alone)),
+        ("it reaches ≥ 95% of pooled training's gain", gain(default, base, pooled) >= 95),
+        ("at equal compute per contributor it beats pooled training", equal.loss < pooled.loss),
+    ]
     lines = [
-        f"- Plain FedAvg ({plain.label}) reaches {_verdict(plain, alone, base, central)} (best contributor alone: "
-        f"{best_alone.label}, {best_alone.loss:.4f}; centralized {central.loss:.4f}).",
-        f"- Why: averaging {len(owners)} nodes' updates moves the adapter about as far as one step on their pooled "
-        f"batch, so FedAvg's {plain.steps} steps give {large.steps} steps of progress. Pooled data in {large.steps} "
-        f"steps of {large.samples // large.steps} samples reaches {large.loss:.4f}: that accounts for "
-        f"{explained / gap * 100 if gap else float('nan'):.0f}% of the gap between FedAvg and centralized training "
-        f"(the rest: the topic split, and each node's optimizer starting afresh every round).",
-        f"- Remedy tried ({scaled.label}, the large-batch scaling rule): {_verdict(scaled, alone, base, central)}.",
-        f"- Half precision on the wire ({half.label}): {half.loss:.4f} against {plain.loss:.4f} with float32 "
-        f"({half.loss - plain.loss:+.4f}); the nodes' updates travel as float16, the server averages in float32.",
+        f"- **The default campaign** ({default.label}) at equal total steps: {_verdict(default, alone, base, pooled)} "
+        f"(best contributor alone: {best_alone.label}, {best_alone.loss:.4f}; pooled {pooled.loss:.4f}).",
+        f"- Plain FedAvg: {_verdict(plain, alone, base, pooled)}.",
+        *[f"- {a.label}, alone on top of plain FedAvg: {_verdict(a, alone, base, pooled)}." for a in options],
+        f"- Equal compute per contributor ({equal.label}; {equal.steps} steps in all, {equal.steps // len(owners)} "
+        f"per node, as many as each did alone): {equal.loss:.4f}, "
+        f"{'better' if equal.loss < pooled.loss else 'NOT better'} than pooled training at {pooled.steps} steps "
+        f"({pooled.loss:.4f}).",
+        "- Targets (issue 15): " + "; ".join(f"{t}: {'met' if ok else 'NOT met'}" for t, ok in targets) + ".",
     ]
     for o, a in zip(owners, alone, strict=True):
         others = [x for x in owners if x != o]
@@ -188,9 +277,9 @@ def findings(arms: list[Arm], owners: list[str]) -> str:
             return sum(arm.by_topic[x] for x in others) / len(others)
 
         lines.append(
-            f"- {o} alone: {a.by_topic[o]:.4f} on its own topics (FedAvg {plain.by_topic[o]:.4f}, "
-            f"lr-scaled {scaled.by_topic[o]:.4f}); {mean_others(a):.4f} on the others' topics "
-            f"(FedAvg {mean_others(plain):.4f}, lr-scaled {mean_others(scaled):.4f})."
+            f"- {o} alone: {a.by_topic[o]:.4f} on its own topics (plain FedAvg {plain.by_topic[o]:.4f}, default "
+            f"{default.by_topic[o]:.4f}); {mean_others(a):.4f} on the others' topics (plain FedAvg "
+            f"{mean_others(plain):.4f}, default {mean_others(default):.4f})."
         )
     return "\n".join(lines)
 
@@ -208,7 +297,9 @@ def main() -> int:
     parser.add_argument("--max-chunks", type=int, default=120, help="records per contributor (as in the demo)")
     parser.add_argument("--heldout", type=int, default=0, help="cap on held-out records (0: all, ~10%% of corpus)")
     parser.add_argument("--out", default=str(REPO / "var" / "bench" / "quality"))
-    parser.add_argument("--merge-often", action="store_true", help="also FedAvg with 2x rounds of half the steps")
+    parser.add_argument("--momentum", type=float, default=0.9, help="the server momentum arm's momentum")
+    parser.add_argument("--adam-eta", type=float, default=0.01, help="the server Adam arm's eta")
+    parser.add_argument("--diagnose", action="store_true", help="also pooled data in large batches (see above)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     timer = Timer()
@@ -235,9 +326,10 @@ def main() -> int:
 
     arms = [Arm("base model", 0, 0)]
     arms += [Arm(f"{o} alone", budget, samples) for o in owners]
-    arms += [Arm("centralized (pooled data)", budget, samples)]
+    arms += [Arm(POOLED, budget, samples)]
     depth = args.rounds * args.local_steps
-    arms += [Arm(f"centralized, large batch ({depth} steps × {args.nodes * args.batch_size})", depth, samples)]
+    if args.diagnose:
+        arms += [Arm(f"centralized, large batch ({depth} steps × {args.nodes * args.batch_size})", depth, samples)]
     for arm in arms:
         owner = arm.label.removesuffix(" alone")
         examples = data[owner].train if owner in data else [e for o in owners for e in data[o].train]
@@ -245,40 +337,23 @@ def main() -> int:
         in_process_arm(arm, model, replace(cfg, batch_size=batch), examples, held, pad)
         print(f"  {arm.label:30s} loss {arm.loss:.4f}  ({arm.seconds:.0f}s)", flush=True)
 
-    # The nodes share this machine's cores: one torch thread each, as in the demo. Their own validation (before
-    # and after training) and the server's evaluation only feed the console; every arm is scored here, on the
-    # whole held-out set, so those run on a few records to spend the time on training.
+    # The nodes share this machine's cores: one torch thread each, as in the demo. Their own validation and the
+    # server's evaluation only feed the console; every arm is scored here, on the whole held-out set, so those run
+    # on a few records to spend the time on training.
     node_cfg = replace(cfg, threads=1, max_eval_records=4)
     server = ServerConfig(num_rounds=args.rounds, min_nodes=args.nodes, max_heldout_records=8)
-    scaled_lr = args.lr * args.nodes
-    plans = [
-        (f"federated FedAvg ({args.rounds} rounds × {args.local_steps} steps)", args.rounds, args.local_steps, args.lr,
-         "float32"),
-        # The same arm with the adapter on the wire in half precision (campaign setting transfer-dtype): half the
-        # bytes; the server still aggregates in fp32.
-        ("federated FedAvg, float16 transfer", args.rounds, args.local_steps, args.lr, "float16"),
-        (f"federated FedAvg, node lr × {args.nodes} ({scaled_lr:g})", args.rounds, args.local_steps, scaled_lr,
-         "float32"),
-    ]  # fmt: skip
-    if args.merge_often:
-        label = f"federated FedAvg, merged 2x as often ({2 * args.rounds} rounds)"
-        plans.append((label, 2 * args.rounds, args.local_steps // 2, args.lr, "float32"))
     with procs.Supervisor(out / "logs") as sup:
         address = start_cluster(sup, out, {o: out / "corpus" / o for o in owners}, model)
-        for i, (label, rounds, steps, lr, dtype) in enumerate(plans):
-            arm = Arm(label, args.nodes * rounds * steps, args.nodes * rounds * steps * args.batch_size)
-            federated_arm(arm, address, replace(node_cfg, local_steps=steps, lr=lr),
-                          replace(server, num_rounds=rounds), WireConfig(transfer_dtype=dtype),
-                          out / f"federated-{i}", held, model, pad, sup.check)  # fmt: skip
-            arms.append(arm)
-            print(f"  {arm.label:30s} loss {arm.loss:.4f}  ({arm.seconds:.0f}s)", flush=True)
+        for plan in plans(args):
+            arms.append(federated(plan, args, address, sup.check, node_cfg, server, out, held, model, pad))
 
     body = (
         f"Base model `{model.name}`, LoRA r {cfg.lora_r} on {cfg.target_modules}, lr {cfg.lr}, "
         f"batch {cfg.batch_size}, seq-len {cfg.seq_len}; {args.nodes} contributors with {args.max_chunks} records "
         f"each on 2 topic groups of their own (non-IID); held-out: {len(held.examples)} records from every topic. "
-        f"Every arm: {budget} optimizer steps, {samples} samples, from the same initial adapter.\n\n"
-        f"{table(arms, owners, arms[0].loss, held)}\n\n"
+        f"Every arm but the equal-compute one: {budget} optimizer steps, {samples} samples; all from the same "
+        "initial adapter.\n\n"
+        f"{table(arms, owners, held)}\n\n"
         "Notes: " + "; ".join(f"{a.label}: {a.note}" for a in arms if a.note) + ".\n\n" + findings(arms, owners)
     )
     title = "Refinement quality: federated vs alone vs pooled"
