@@ -66,6 +66,7 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
     before, after = rounds[0]["eval_loss"], rounds[-1]["eval_loss"]
     nodes = sorted({n["node"] for r in rounds for n in r["nodes"] if not n["error"] and not n.get("rejected")})
     cfg = campaign.train_config
+    merging = provenance["campaign"]
     lines = [
         "---",
         f"base_model: {base.hf_id}",
@@ -83,7 +84,7 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
         "",
         f"A LoRA adapter for `{base.hf_id}`, refined federatedly by the Bayanihan community campaign "
         f"**{campaign.name}** (data task: `{campaign.data_task}`). Each contributor's data stayed on their own "
-        "machine; only adapter tensors travelled, and were merged with FedAvg weighted by sample counts.",
+        "machine; only adapter tensors travelled, and the server merged them (see Aggregation).",
         "",
         *_notes(campaign),
         "## Intended use",
@@ -131,9 +132,18 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
         "## Aggregation",
         "",
         "Each round the server sent the current adapter to the nodes, each node trained it on its own data, and the "
-        "server averaged the returned LoRA tensors weighted by each node's sample count (FedAvg, Flower's "
-        "`flwr.serverapp.strategy.FedAvg`), then evaluated the result on its held-out set. The sha256 of every "
+        "server merged the returned LoRA tensors, then evaluated the result on its held-out set. The sha256 of every "
         "round's merged adapter is in `provenance.json`.",
+        "",
+        f"- Aggregation method: {merging['aggregation']}.",
+        f"- Server optimizer: {merging.get('server_optimizer') or 'none (the merge is the new global)'}.",
+        f"- LoRA merge: {merging.get('lora_merge') or 'LoRA: A and B averaged separately'}.",
+        f"- Node learning rate: {cfg.get('lr')}"
+        + (
+            f", scaled by the number of nodes in each round up to {cfg.get('max-lr-scale'):g}x."
+            if float(cfg.get("max-lr-scale") or 1) > 1
+            else ", unscaled."
+        ),
         "",
         *_trust(provenance),
         "## Limitations",

@@ -167,3 +167,26 @@ def test_provenance_and_the_model_card_say_how_the_adapter_factors_were_merged(c
     assert provenance["campaign"]["aggregation"].startswith("FedAvg weighted by samples")
     assert provenance["campaign"]["aggregation"].endswith(provenance["campaign"]["lora_merge"])
     assert words in render_model_card(campaign, "org/name", provenance)
+
+
+def test_the_model_card_names_the_aggregation_method_server_optimizer_lora_merge_and_lr_scaling(campaign):
+    from releases.model_card import render_model_card
+    from releases.provenance import campaign_provenance
+
+    campaign.aggregation = {"strategy": "fedavg", "server-optimizer": "sgd", "server-momentum": 0.9}
+    campaign.train_config = {"lora-r": 8, "lr": 0.002, "max-lr-scale": 4.0}
+    campaign.save()
+    report_round(campaign=campaign, event=event(0, []))
+    report_round(campaign=campaign, event=event(1, [node(1, 4), node(2, 6)]))
+    card = render_model_card(campaign, "org/name", campaign_provenance(campaign, {}))
+    assert "- Aggregation method: FedAvg weighted by samples" in card
+    assert "- Server optimizer: server SGD with learning rate 1 and momentum 0.9 (Flower FedAvgM's rule)." in card
+    assert "- LoRA merge: LoRA: A and B averaged separately (approximate" in card
+    assert "- Node learning rate: 0.002, scaled by the number of nodes in each round up to 4x." in card
+    assert "merged with FedAvg weighted by sample counts" not in card  # the card no longer assumes the method
+
+    campaign.aggregation = {"server-optimizer": "sgd", "server-lr": 1.0, "server-momentum": 0.0}
+    campaign.train_config = {"lora-r": 8, "lr": 0.002, "max-lr-scale": 1.0}
+    campaign.save()
+    card = render_model_card(campaign, "org/name", campaign_provenance(campaign, {}))
+    assert "- Server optimizer: none (the merge is the new global)." in card and "0.002, unscaled." in card
