@@ -110,7 +110,7 @@ class ServerOptimizer:
         return cls(
             cfg.server_optimizer,
             lr=cfg.server_lr,
-            momentum=cfg.server_momentum,
+            momentum=cfg.server_momentum if cfg.server_optimizer == "sgd" else 0.0,  # adam/yogi: server-beta1
             beta1=cfg.server_beta1,
             beta2=cfg.server_beta2,
             tau=cfg.server_tau,

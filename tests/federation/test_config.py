@@ -80,13 +80,16 @@ def test_bad_aggregation_config_names_the_key(key, value, message):
         AggregationConfig.from_run_config({key: value})
 
 
-def test_server_momentum_is_refused_for_adam_and_yogi():
-    with pytest.raises(ValueError, match="server-momentum applies to server-optimizer sgd only"):
-        AggregationConfig(server_optimizer="adam", server_momentum=0.9)
+def test_adam_and_yogi_ignore_the_sgd_momentum_so_choosing_them_needs_no_other_change():
+    from federation.server_optimizer import ServerOptimizer
+
+    optimizer = ServerOptimizer.from_config(AggregationConfig(server_optimizer="adam"))
+    assert AggregationConfig().server_momentum == 0.5 and optimizer is not None and optimizer.momentum == 0.0
 
 
-def test_the_server_optimizer_defaults_apply_the_merge_as_it_is_and_round_trip_as_run_config():
-    assert not AggregationConfig().server_step  # plain sgd, learning rate 1, no momentum: today's behaviour
+def test_the_default_server_step_is_sgd_momentum_and_the_settings_round_trip_as_run_config():
+    assert AggregationConfig().server_step and AggregationConfig().server_optimizer == "sgd"
+    assert not AggregationConfig(server_momentum=0.0).server_step  # plain sgd, lr 1, no momentum: the merge as is
     cfg = AggregationConfig.from_run_config(
         {"server-optimizer": "yogi", "server-lr": "0.01", "server-beta1": 0.5, "server-beta2": 0.9, "server-tau": 1}
     )

@@ -112,8 +112,9 @@ def test_every_optimizer_returns_float32_with_the_globals_names_and_shapes(name)
 
 
 def test_plain_sgd_is_no_optimizer_and_leaves_the_merge_bitwise_unchanged():
-    assert ServerOptimizer.from_config(AggregationConfig()) is None
-    assert build_strategy(AggregationConfig(), min_nodes=2).optimizer is None
+    plain = AggregationConfig(server_momentum=0.0)
+    assert ServerOptimizer.from_config(plain) is None
+    assert build_strategy(plain, min_nodes=2).optimizer is None
     # Even if built, Flower's FedAvgM with learning rate 1 and no momentum hands the merge back as it is.
     new = ServerOptimizer("sgd").step(record(GLOBALS[0]), record(MERGES[0]))
     assert all(np.array_equal(new[k].numpy(), MERGES[0][k]) for k in MERGES[0])
@@ -193,7 +194,7 @@ def test_under_dp_the_server_step_post_processes_the_noised_mean_and_the_account
 
 
 def test_describe_names_the_server_optimizer_and_its_numbers():
-    plain = describe(AggregationConfig())
+    plain = describe(AggregationConfig(server_momentum=0.0))
     assert "then server" not in plain["method"] and plain["server_optimizer"].startswith("none")
     sgd = describe(AggregationConfig(server_lr=3.0, server_momentum=0.9))
     assert ", then server SGD with learning rate 3 and momentum 0.9 (Flower FedAvgM's rule); " in sgd["method"]

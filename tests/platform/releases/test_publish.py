@@ -142,4 +142,4 @@ def test_a_release_never_includes_the_server_optimizer_state(finished_campaign, 
     assert "server_optimizer.safetensors" not in {f.path for f in release.files.all()}
     provenance = json.loads((Path(release.path) / "provenance.json").read_text())
     assert all("server_optimizer.safetensors" not in r["merged_adapter_sha256"] for r in provenance["rounds"])
-    assert provenance["campaign"]["server_optimizer"].startswith("none")
+    assert provenance["campaign"]["server_optimizer"].startswith("server SGD with learning rate 1 and momentum 0.5")
