@@ -16,6 +16,9 @@ the sha256 of every file) and, only if they match, calls the installed `federati
 Any other app gets an Error reply (`app refused: ...`, Flower's INVALID_FAB code) and a log line `join` shows.
 Under `join` the ClientApp does not run in this process but in the node's warm worker (`run_job`,
 federation.warm_worker): this process then imports no torch and only waits for the reply, heartbeating the task.
+Every message pays this process's start-up, so it keeps its imports light (issue 14: 50 nodes on one small machine
+start at once and must heartbeat within Flower's claim deadline): it reads its command line with its own copy of
+Flower's `flwr-clientapp` parser (`cli_parser`) rather than importing Flower's SuperNode CLI.
 
 Flower has no public hook for this, so the runtime plumbing comes from Flower 1.42 internals
 (`flwr.supernode.runtime.run_clientapp` and friends). flwr is pinned to 1.42.0; `self_test()` checks at start-up
@@ -24,6 +27,7 @@ that every internal used here still exists with the expected signature and fails
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import inspect
 import io
@@ -60,7 +64,9 @@ _INTERNALS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "flwr_exit": ("flwr.supercore.exit:flwr_exit", ("code", "event_type")),
     "start_parent_process_monitor": ("flwr.supercore.app_utils:start_parent_process_monitor", ("parent_pid",)),
-    "flwr-clientapp arguments": ("flwr.supernode.cli.flwr_clientapp:_parse_args_run_flwr_clientapp", ()),
+    # Our own copy of Flower's flwr-clientapp command line (cli_parser) reads these defaults from Flower.
+    "SUPERNODE_DEFAULT_CLIENT_ADDRESS": ("flwr.supercore.constant:SUPERNODE_DEFAULT_CLIENT_ADDRESS", ()),
+    "RUNTIME_DEPENDENCY_INSTALL": ("flwr.common.constant:RUNTIME_DEPENDENCY_INSTALL", ()),
     "try_obtain_flwr_app_token": ("flwr.common.args:try_obtain_flwr_app_token", ("args",)),
     "validate_and_resolve_root_certificates": (
         "flwr.supercore.tls:validate_and_resolve_root_certificates", ()
@@ -77,6 +83,10 @@ _INTERNALS: dict[str, tuple[str, tuple[str, ...]]] = {
     "message_pb2.Message": ("flwr.proto.message_pb2:Message", ()),
     "message_pb2.Context": ("flwr.proto.message_pb2:Context", ()),
 }  # fmt: skip
+
+# Flower's own flwr-clientapp parser: the reference cli_parser must match (self_test(compare_cli=True)). Importing
+# it imports Flower's whole SuperNode package (SQL object store, alembic, uvicorn), so never on the per-message path.
+FLOWER_CLI_PARSER = "flwr.supernode.cli.flwr_clientapp:_parse_args_run_flwr_clientapp"
 
 
 class InternalsChanged(RuntimeError):
@@ -97,8 +107,13 @@ def _resolve(target: str) -> Any:
     return obj
 
 
-def self_test() -> None:
-    """Raise InternalsChanged naming every Flower internal that moved, vanished or changed its parameters."""
+def self_test(*, compare_cli: bool = True) -> None:
+    """Raise InternalsChanged naming every Flower internal that moved, vanished or changed its parameters.
+
+    `compare_cli` also checks that cli_parser() defines exactly the flags of Flower's own flwr-clientapp parser.
+    `join` runs the full check at start-up; main() (once per message) skips that part, because building Flower's
+    parser costs about 0.5 CPU-s of imports (see cli_parser).
+    """
     import flwr
 
     problems = []
@@ -118,6 +133,13 @@ def self_test() -> None:
 
         if TASK_TYPE_TO_COMMAND.get(TaskType.CLIENT_APP) != "flwr-clientapp":
             problems.append("SuperExec no longer launches `flwr-clientapp` for ClientApp tasks")
+    if compare_cli:
+        try:
+            flowers = _resolve(FLOWER_CLI_PARSER)()
+        except (ImportError, AttributeError) as exc:
+            problems.append(f"flwr-clientapp arguments ({FLOWER_CLI_PARSER}) are missing: {exc}")
+        else:
+            problems += [f"flwr-clientapp arguments: {d}" for d in cli_differences(cli_parser(), flowers)]
     if problems:
         raise InternalsChanged(
             f"federation.node_runtime was written against flwr {FLWR_VERSION} internals (no public hook exists "
@@ -125,6 +147,69 @@ def self_test() -> None:
             + "\n  ".join(problems)
             + f"\nInstall flwr=={FLWR_VERSION} (requirements.txt) or update federation/node_runtime.py."
         )
+
+
+# --- The command line SuperExec gives flwr-clientapp ---------------------------------------------------------------
+
+
+def cli_parser() -> argparse.ArgumentParser:
+    """Flower 1.42's `flwr-clientapp` command line (flwr/supernode/cli/flwr_clientapp.py), flag for flag.
+
+    A copy rather than Flower's `_parse_args_run_flwr_clientapp`: importing that module imports Flower's whole
+    SuperNode package (SQL object store, alembic, uvicorn), about 0.5 of the shim's 1.4 CPU-s per message, which
+    50 nodes on one small machine pay at once (issue 14). self_test(compare_cli=True) — run by `join` at
+    start-up — and the tests fail if Flower's parser and this one ever differ in a flag, default or type.
+    """
+    from flwr.common.constant import RUNTIME_DEPENDENCY_INSTALL
+    from flwr.supercore.constant import SUPERNODE_DEFAULT_CLIENT_ADDRESS
+
+    parser = argparse.ArgumentParser(description="Run the installed Bayanihan ClientApp (as `flwr-clientapp`)")
+    parser.add_argument(
+        "--runtime-api-address", dest="runtime_api_address", default=SUPERNODE_DEFAULT_CLIENT_ADDRESS, type=str,
+        help=f"Address of SuperNode's Runtime API (default {SUPERNODE_DEFAULT_CLIENT_ADDRESS}).",
+    )  # fmt: skip
+    token = parser.add_mutually_exclusive_group(required=True)
+    token.add_argument("--token", type=str, help="Unique token generated by the Runtime API for this task")
+    token.add_argument("--token-file", type=str, help="Path to a file containing that token")
+    parser.add_argument("--insecure", action="store_true", help="Talk to the Runtime API without TLS.")
+    parser.add_argument(
+        "--root-certificates", metavar="ROOT_CERT", type=str, help="PEM root CA certificate(s) to verify it with."
+    )
+    parser.add_argument(
+        "--parent-pid", type=int, default=None, help="Exit when the process with this PID (the SuperExec) exits."
+    )
+    parser.add_argument(
+        "--allow-runtime-dependency-installation", action="store_true", dest="runtime_dependency_install",
+        default=RUNTIME_DEPENDENCY_INSTALL, help="Accepted and ignored: this runtime never installs anything.",
+    )  # fmt: skip
+    return parser
+
+
+def cli_differences(ours: argparse.ArgumentParser, flowers: argparse.ArgumentParser) -> list[str]:
+    """How two parsers differ in what they accept and how they read it (help texts aside), one line each."""
+
+    def actions(parser: argparse.ArgumentParser) -> dict[str, tuple[Any, ...]]:
+        return {
+            "/".join(a.option_strings) or a.dest: (
+                type(a).__name__, a.dest, a.nargs, a.const, a.default, a.type, a.required, a.choices
+            )
+            for a in parser._actions  # noqa: SLF001 - argparse has no public list of its actions
+        }  # fmt: skip
+
+    def exclusive(parser: argparse.ArgumentParser) -> set[tuple[Any, ...]]:
+        return {
+            (tuple(sorted(o for a in g._group_actions for o in a.option_strings)), g.required)  # noqa: SLF001
+            for g in parser._mutually_exclusive_groups  # noqa: SLF001
+        }
+
+    mine, theirs = actions(ours), actions(flowers)
+    out = [f"Flower's {flag} is missing here" for flag in sorted(theirs.keys() - mine.keys())]
+    out += [f"{flag} is not in Flower's parser" for flag in sorted(mine.keys() - theirs.keys())]
+    out += [f"{flag} reads differently: ours {mine[flag]}, Flower's {theirs[flag]}"
+            for flag in sorted(mine.keys() & theirs.keys()) if mine[flag] != theirs[flag]]  # fmt: skip
+    if exclusive(ours) != exclusive(flowers):
+        out.append(f"mutually exclusive flags differ: ours {exclusive(ours)}, Flower's {exclusive(flowers)}")
+    return out
 
 
 # --- The app this node agrees to run -----------------------------------------------------------------------------
@@ -214,7 +299,8 @@ def run_job(message: Any, context: Any) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """`flwr-clientapp` as Flower 1.42's `run_clientapp`, with the FAB check in place of installing the FAB."""
     try:
-        self_test()
+        # Flower's own parser is compared with ours by `join` at start-up, not here: building it costs ~0.5 CPU-s.
+        self_test(compare_cli=False)
     except InternalsChanged as exc:
         print(f"federation.node_runtime: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -235,12 +321,11 @@ def main(argv: list[str] | None = None) -> None:
     from flwr.supercore.runtime.tracing import RuntimeTracingInterceptor
     from flwr.supercore.telemetry import EventType
     from flwr.supercore.tls import validate_and_resolve_root_certificates
-    from flwr.supernode.cli.flwr_clientapp import _parse_args_run_flwr_clientapp
     from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
     # The same arguments SuperExec gives Flower's flwr-clientapp; --allow-runtime-dependency-installation is
     # accepted and ignored: nothing is ever installed here.
-    args = _parse_args_run_flwr_clientapp().parse_args(argv)
+    args = cli_parser().parse_args(argv)
     token = try_obtain_flwr_app_token(args)
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)  # exit if the SuperExec is gone (even after SIGKILL)
