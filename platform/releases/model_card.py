@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 
 from campaigns.models import Campaign
+from federation.config import TrainConfig
 
 
 def _fmt(value: float | None) -> str:
@@ -67,6 +68,8 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
     nodes = sorted({n["node"] for r in rounds for n in r["nodes"] if not n["error"] and not n.get("rejected")})
     cfg = campaign.train_config
     merging = provenance["campaign"]
+    # Read as the launch reads it (defaults filled in), so a key the stored config lacks is described as it ran.
+    train = TrainConfig.from_run_config(cfg)
     lines = [
         "---",
         f"base_model: {base.hf_id}",
@@ -136,12 +139,12 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
         "round's merged adapter is in `provenance.json`.",
         "",
         f"- Aggregation method: {merging['aggregation']}.",
-        f"- Server optimizer: {merging.get('server_optimizer') or 'none (the merge is the new global)'}.",
-        f"- LoRA merge: {merging.get('lora_merge') or 'LoRA: A and B averaged separately'}.",
-        f"- Node learning rate: {cfg.get('lr')}"
+        f"- Server optimizer: {merging['server_optimizer']}.",
+        f"- LoRA merge: {merging['lora_merge']}.",
+        f"- Node learning rate: {train.lr:g}"
         + (
-            f", scaled by the number of nodes in each round up to {cfg.get('max-lr-scale'):g}x."
-            if float(cfg.get("max-lr-scale") or 1) > 1
+            f", scaled by the number of nodes in each round up to {train.max_lr_scale:g}x."
+            if train.max_lr_scale > 1
             else ", unscaled."
         ),
         "",
