@@ -62,10 +62,12 @@ def flower_env(
 CLIENTAPP_WRAPPER = """#!/bin/sh
 # Written by `python -m federation join|node`. Flower's SuperExec launches `flwr-clientapp` by PATH lookup; this
 # node-private copy comes first on the SuperNode's PATH so that the node runs only the installed Bayanihan
-# ClientApp, never app code from the wire (federation/node_runtime.py says why and how).
+# ClientApp, never app code from the wire (federation/node_runtime.py says why and how). Where a warm worker runs,
+# its task launcher forks node_runtime for this message (`python -S`: a stdlib-only client, federation/task_launcher.py
+# says why); otherwise that client execs node_runtime here.
 PYTHONPATH={repo}${{PYTHONPATH:+:$PYTHONPATH}}
 export PYTHONPATH
-exec {python} -m federation.node_runtime "$@"
+exec {python} -S -m federation.task_launcher "$@"
 """
 
 

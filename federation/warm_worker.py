@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from federation import task_launcher
 from federation import warm_protocol as wire
 
 STATUS_FILE = "warm-worker.json"
@@ -329,6 +330,33 @@ def preload(model: str | None, data: str | None) -> None:
             node_dataset(data, model, cfg)
 
 
+class LauncherKeeper:
+    """The task launcher (federation.task_launcher) beside this worker, started again when it exits; meanwhile
+    tasks start cold (slower, nothing lost)."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self.proc = task_launcher.spawn(socket_path)  # call before any thread starts and before torch is imported
+        self.stopping = threading.Event()
+
+    def keep_forever(self) -> None:
+        while True:
+            code = self.proc.wait()
+            if self.stopping.wait(1.0):
+                return
+            _say(f"task launcher exited with code {code}; starting it again")
+            self.proc = task_launcher.spawn(self.socket_path)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.proc.poll() is None:
+            self.proc.terminate()  # it would go anyway (PR_SET_PDEATHSIG); this is the orderly way
+            try:
+                self.proc.wait(10)
+            except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired; it still has its death signal
+                self.proc.kill()
+
+
 def _stop(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -346,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
         default=MAX_WAITING,
         help="jobs that may wait at once (a worker shared by many nodes: at least their number)",
     )
+    parser.add_argument(
+        "--no-launcher",
+        dest="launcher",
+        action="store_false",
+        help="no task launcher: each message's flwr-clientapp imports Flower itself (slower task starts)",
+    )
     args = parser.parse_args(argv)
     if args.max_waiting < 1:
         parser.error(f"--max-waiting must be at least 1, not {args.max_waiting}")
@@ -353,10 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(args.home).expanduser().resolve()
     worker = Worker(home, grace=args.grace, max_waiting=args.max_waiting)
     path = worker.bind()
+    launcher = None
     try:
         worker._write_status()
+        if args.launcher:
+            launcher = LauncherKeeper(path)
         threading.Thread(target=worker.accept_forever, daemon=True).start()
         threading.Thread(target=worker.reap_forever, daemon=True).start()
+        if launcher is not None:
+            threading.Thread(target=launcher.keep_forever, daemon=True).start()
         _say(f"warm worker {os.getpid()} listening on {path} (code {worker.code[:12]})")
         loading = time.perf_counter()
         try:
@@ -369,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         if worker.listener is not None:
             worker.listener.close()
         path.unlink(missing_ok=True)
+        if launcher is not None:
+            launcher.stop()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_pl
     for name in ("node-1", "node-2"):
         worker = json.loads((live_platform.stack.state_dir / "nodes" / name / "warm-worker.json").read_text())
         assert worker["jobs"]["run"] == 2 and worker["jobs"]["failed"] == 0, worker
+        # ... and every message's task process was a fork of the node's task launcher, not a fresh Python.
+        launcher = json.loads((live_platform.stack.state_dir / "nodes" / name / "task-launcher.json").read_text())
+        assert launcher["tasks"]["launched"] >= 2 and launcher["tasks"]["fallback"] == 0, launcher
 
     # Where each round's time went (bench/overhead.py reads these): in order, and the nodes' parts fit their total.
     journal = campaign_output_dir(campaign) / "server" / "events.jsonl"
