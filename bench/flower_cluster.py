@@ -39,8 +39,14 @@ def server_side(run_config: dict) -> dict:
 
 
 def start_cluster(sup: procs.Supervisor, root: Path, data: dict[str, Path], model: Path, attack: str = "",
-                  hostile: str = "") -> str:  # fmt: skip
-    """SuperLink plus one node per entry of `data` (name -> data path); returns the SuperLink address."""
+                  hostile: str = "", warm: bool = True) -> str:  # fmt: skip
+    """SuperLink plus one node per entry of `data` (name -> data path); returns the SuperLink address.
+
+    With `warm` each node has its own warm worker and task launcher, as `join` gives a contributor: rounds start in
+    milliseconds instead of loading torch and the model again (the learning is the same: warm equals cold, tested).
+    """
+    from federation import warm_protocol
+
     port = procs.free_port()
     address = f"127.0.0.1:{port}"
     link_dir = root / "superlink"
@@ -55,11 +61,25 @@ def start_cluster(sup: procs.Supervisor, root: Path, data: dict[str, Path], mode
     for name, path in data.items():
         home = root / "nodes" / name
         home.mkdir(parents=True, exist_ok=True)
+        env = procs.flower_env(home / "flwr-home")
+        if warm:
+            worker_home = home / "warm"
+            worker_home.mkdir(mode=0o700, exist_ok=True)
+            worker = sup.start(f"{name}-warm", [sys.executable, "-m", "federation.warm_worker", "--home",
+                                                str(worker_home), "--model", str(model), "--data", str(path)],
+                               env=env, cwd=home)  # fmt: skip
+            socket = warm_protocol.socket_path(worker_home)
+            deadline = time.monotonic() + 120
+            while not socket.exists():
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{name}'s warm worker did not start: {sup.tail(f'{name}-warm')}")
+                time.sleep(0.2)
+            env[warm_protocol.ENV_SOCKET] = str(socket)
         command = [sys.executable, "-m", "federation", "node", "--superlink", address, "--data", str(path),
                    "--name", name, "--model", str(model), "--home", str(home / "flwr-home")]  # fmt: skip
         if attack and name == hostile:
             command += ["--attack", attack]
-        sup.start(name, command, env=procs.flower_env(home / "flwr-home"), cwd=home)
+        sup.start(name, command, env=env, cwd=home)
     return address
 
 

@@ -199,7 +199,8 @@ def federated_arm(arm: Arm, address: str, cfg: TrainConfig, server: ServerConfig
                   "heldout-path": str(heldout)}  # fmt: skip
     arm.seconds = run_to_end(address, run_config, arm.label, timeout=1800, check=check)
     rounds = [e for e in journal(out) if e["type"] == "round"]
-    model = lora_model(str(model_path), cfg)
+    # Scored here with every core (the nodes are idle now); their config's one thread is for training side by side.
+    model = lora_model(str(model_path), replace(cfg, threads=len(os.sched_getaffinity(0))))
     last = round_folder(out, server.num_rounds) / ADAPTER_WEIGHTS
     from safetensors.torch import load_file
 
