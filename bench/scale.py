@@ -95,7 +95,9 @@ def mem_available() -> int:
 
 def process_table() -> dict[int, tuple[int, str]]:
     """pid -> (ppid, comm) of every process, from one pass over /proc/*/stat. A node's own `flwr-clientapp` is a
-    script that execs `python -m federation.node_runtime`: those count as CLIENTAPP too."""
+    script that execs `python -S -m federation.task_launcher` (the client that has the warm worker's task launcher
+    fork the task) or, without a launcher, `python -m federation.node_runtime`: those count as CLIENTAPP too. The
+    forked task processes live in the warm worker's tree (its launcher's children) and count there."""
     table: dict[int, tuple[int, str]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -116,9 +118,12 @@ def process_table() -> dict[int, tuple[int, str]]:
 def _is_node_runtime(pid: str) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"federation.node_runtime" in fh.read()
+            argv = fh.read().split(b"\0")
     except OSError:
         return False
+    if b"federation.node_runtime" in argv:
+        return True
+    return b"federation.task_launcher" in argv and b"serve" not in argv  # the client, not the launcher
 
 
 def children_map(table: dict[int, tuple[int, str]]) -> dict[int, list[int]]:
