@@ -56,7 +56,7 @@ def unavailable() -> str | None:
     """Why this machine cannot run the multi-host test, or None. Tries the real thing (a namespace and a TAP)."""
     if os.geteuid() != 0:
         return f"network namespaces need root (ip netns add); running as uid {os.geteuid()}"
-    for tool in ("ip", "setpriv", "redis-server"):
+    for tool in ("ip", "setpriv", "redis-server", "curl"):
         if not shutil.which(tool):
             return f"`{tool}` is not installed"
     if postgres_bin() is None:
@@ -342,8 +342,10 @@ def build_contributor_venvs(repo: Path, folder: Path, count: int) -> Contributor
     shutil.copy2(repo / "pyproject.toml", src)
     shutil.copytree(repo / "federation", src / "federation", ignore=shutil.ignore_patterns("__pycache__"))
     wheels = folder / "wheels"
-    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(src),
-         timeout=600)  # fmt: skip
+    # --no-build-isolation: this environment's setuptools builds it (pyproject's build requirement) without a fresh
+    # build environment being installed first.
+    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir",
+         str(wheels), str(src), timeout=600)  # fmt: skip
     (wheel,) = wheels.glob("bayanihan_federation-*.whl")
     installs = []
     pythons = []
@@ -352,7 +354,8 @@ def build_contributor_venvs(repo: Path, folder: Path, count: int) -> Contributor
         _run(sys.executable, "-m", "venv", str(venv), timeout=120)  # no system site-packages
         python = venv / "bin" / "python"
         pythons.append(python)
-        installs.append(subprocess.Popen([str(python), "-m", "pip", "install", "--quiet", str(wheel)],
+        # --no-compile: Python compiles what the node imports on first use instead of all of torch up front.
+        installs.append(subprocess.Popen([str(python), "-m", "pip", "install", "--quiet", "--no-compile", str(wheel)],
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
     for proc in installs:
         output, _ = proc.communicate(timeout=1800)
