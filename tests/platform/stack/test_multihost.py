@@ -51,8 +51,13 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[3]
 CUT_SECONDS = float(os.environ.get("MULTIHOST_CUT_SECONDS", "120"))
-# Longer than a tiny round and shorter than the cut: the cut node cannot come back inside the round it misses.
+# Shorter than the cut, so the cut node cannot come back inside the round it misses; longer than half the cut, so a
+# next round that still counts it as connected (the SuperLink sees a node online for 60 s after its last heartbeat)
+# lasts until its line is back and it can answer; longer than a tiny round on 2 busy cores. Hence cuts of at least
+# 45 s (run here: 120 s, where the round with the dead node ends once the SuperLink sees it offline).
 ROUND_TIMEOUT = int(min(90, max(20, CUT_SECONDS * 0.75)))
+if CUT_SECONDS < 45:
+    raise ValueError(f"MULTIHOST_CUT_SECONDS={CUT_SECONDS:g}: use at least 45 (the comment above says why)")
 NUM_ROUNDS = 4  # the cut falls in round 2 or 3; a round after it shows the node back
 WEB_PORT, SUPERLINK_PORT, FLEET_PORT = 8443, 9091, 9093
 NODES = ("node-1", "node-2")
