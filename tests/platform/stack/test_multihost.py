@@ -251,12 +251,11 @@ def multihost(contributor_venvs, tiny_checkpoint, tiny_corpus) -> Iterator[Multi
         assert not left and hosts.tag not in listed, f"namespaces left behind: {listed}"
 
 
-def _is_local_superexec(command: list[str]) -> bool:
-    """A SuperNode's own flower-superexec, dialling its SuperNode on the node host's loopback."""
-    if not command or not any(Path(a).name == "flower-superexec" for a in command[:2]):
+def _dials_loopback_runtime(command: list[str]) -> bool:
+    """A process of Flower's in-host app runtime (a SuperNode's SuperExec or ClientApp) dialling loopback."""
+    if "--runtime-api-address" not in command:
         return False
-    address = command[command.index("--runtime-api-address") + 1] if "--runtime-api-address" in command else ""
-    return address.startswith("127.0.0.1:")
+    return command[command.index("--runtime-api-address") + 1].startswith("127.0.0.1:")
 
 
 def _rounds(mh: MultiHost, campaign_id: int) -> tuple[list[int], str]:
@@ -268,7 +267,7 @@ def _rounds(mh: MultiHost, campaign_id: int) -> tuple[list[int], str]:
     return [r[0] for r in recorded or []], status[0]
 
 
-def test_a_campaign_across_hosts_over_home_links_survives_a_cut_line(multihost, tiny_corpus, record_property):
+def test_a_campaign_across_hosts_over_home_links_survives_a_cut_line(multihost, tiny_corpus, record_testsuite_property):
     mh, hosts = multihost, multihost.hosts
     campaign_id = mh.site_python(
         "from campaigns.models import BaseModel\n"
@@ -335,8 +334,8 @@ def test_a_campaign_across_hosts_over_home_links_survives_a_cut_line(multihost, 
                  f"{summary['rounds'][str(n)].get(node, {}).get('bytes_up', 0):,}/"
                  f"{summary['rounds'][str(n)].get(node, {}).get('bytes_down', 0):,})" for node in NODES]  # fmt: skip
         print(f"  round {n}: " + " · ".join(cells))
-    record_property("multihost_bytes_per_node_per_round", json.dumps(table))
-    record_property("multihost_campaign_seconds", round(elapsed))
+    record_testsuite_property("multihost_bytes_per_node_per_round", json.dumps(table))
+    record_testsuite_property("multihost_campaign_seconds", round(elapsed))
 
     assert summary["status"] == "completed", summary
     rounds = {int(k): v for k, v in summary["rounds"].items()}
@@ -373,11 +372,12 @@ def test_a_campaign_across_hosts_over_home_links_survives_a_cut_line(multihost, 
     for command in supernodes:
         assert command[command.index("--superlink") + 1] == f"{hosts.link}:{FLEET_PORT}"
         assert "--root-certificates" in command
-    # One exception, inside a host and not configurable in Flower 1.42: a SuperNode starts its own flower-superexec
-    # with `--insecure` towards its app-runtime API on the node's loopback (flwr/supernode/start_client_internal.py).
-    # It must dial loopback and nothing else may say "insecure".
-    local = [c for c in commands_seen if _is_local_superexec(c)]
-    assert len(local) == len(NODES), commands_seen
+    # One exception, inside each node host and not configurable in Flower 1.42: a SuperNode starts its own
+    # flower-superexec, which starts each ClientApp, both with `--insecure` towards the SuperNode's app-runtime API on
+    # the node's loopback (flwr/supernode/start_client_internal.py). They must dial loopback; nothing else may say
+    # "insecure".
+    local = [c for c in commands_seen if _dials_loopback_runtime(c)]
+    assert sum(1 for c in local if any(Path(a).name == "flower-superexec" for a in c[:2])) == len(NODES), local
     everything = [" ".join(c) for c in commands_seen + mh.commands if c not in local]
     config_files = [mh.root / "link" / "proxy" / "caddy.json", *(home / "node.json" for home in mh.node_homes.values())]
     config_files += [p for home in mh.node_homes.values() for p in home.rglob("*.toml")]
