@@ -194,7 +194,7 @@ class EvaluationConfig(RunConfigMixin):
         problems = []
         unknown = [m for m in self.metrics if m not in TASK_METRICS]
         if unknown:
-            problems.append(f"task-metrics: {', '.join(unknown)} unknown; choose from {', '.join(TASK_METRICS)}")
+            problems.append(f"task-metrics: {', '.join(unknown)} unknown (choose from {', '.join(TASK_METRICS)})")
         if not 1 <= self.task_max_records <= MAX_TASK_RECORDS:
             problems.append(f"task-max-records must be in [1, {MAX_TASK_RECORDS}]")
         if not 1 <= self.task_max_new_tokens <= MAX_TASK_NEW_TOKENS:
