@@ -263,13 +263,12 @@ class Command(BaseCommand):
 
 
 def _change(before: float | None, after: float | None, digits: int, lower_is_better: bool) -> str:
-    if before is None or after is None:
-        return (
-            f"{'-' if before is None else f'{before:.{digits}f}'} → {'-' if after is None else f'{after:.{digits}f}'}"
-        )
+    """ "before → after", the after value green when it improved (kept short: the table fits 80 columns)."""
+    text = lambda v: "-" if v is None else f"{v:.{digits}f}"  # noqa: E731
+    if before is None or after is None or after == before:
+        return f"{text(before)} → {text(after)}"
     better = after < before if lower_is_better else after > before
-    colour = "green" if better else "red" if after != before else "white"
-    return f"{before:.{digits}f} → {after:.{digits}f} ([{colour}]{after - before:+.{digits}f}[/])"
+    return f"{text(before)} → [{'green' if better else 'red'}]{text(after)}[/]"
 
 
 def group_table(first, last) -> Table:
