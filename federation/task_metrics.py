@@ -99,6 +99,10 @@ def generate(model, tokenizer, targets: Sequence[Target], max_new_tokens: int, b
             pad_token_id=pad,
             eos_token_id=eos,
             use_cache=True,  # the training model switches the cache off; generation needs it to stay cheap
+            # A model that goes on to the prompt format's next section has answered: stop it there rather than
+            # spend the rest of the token bound (the answer is cut at the mark below either way).
+            stop_strings=[SECTION_MARK],
+            tokenizer=tokenizer,
         )
         for row in range(len(batch)):
             text = tokenizer.decode(out[row, width:], skip_special_tokens=True)
