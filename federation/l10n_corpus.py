@@ -6,7 +6,7 @@ one instruction record, `{"instruction": "Translate to Indonesian: Save", "outpu
 the group (the language code) lets the server report its held-out metrics per language.
 
 It lives in the contributor package, beside `federation.corpus`, because a language community builds its *own*
-data with it: `python -m federation l10n-corpus --catalogs path/to/their/project/locale --languages tl` turns the
+data with it: `python -m federation l10n-corpus --catalogs path/to/their/locale --nodes "mine=tl"` turns the
 catalogs they already maintain into records that pass `python -m federation validate`. The platform's demo uses it
 on the installed Django's catalogs. Nothing here imports Django: the catalogs are files, read with our own parser.
 
