@@ -162,6 +162,16 @@ STATIC_ROOT = VAR_DIR / "static"
 # Campaign artifacts and releases; served only through views that check what may be served.
 DATA_DIR = VAR_DIR / "data"
 
+# Behind the site's front proxy (`make serve`: Caddy, stack/web_proxy.py) a file download is answered with an
+# X-Accel-Redirect header naming the file under DATA_DIR, and the proxy sends the bytes itself (sendfile) after
+# Django has checked access, ETag and Range and counted the download. Only for a server that sits behind such a proxy:
+# a client talking to Django directly would get the headers and an empty body. Off: Django streams the file itself.
+DOWNLOADS_X_ACCEL = env_bool("DOWNLOADS_X_ACCEL", False)
+# Web worker processes `make serve` starts (0: 2 per core, at most 8); the front proxy's trusted upstream proxies
+# (comma-separated CIDRs, e.g. a TLS load balancer's address) whose X-Forwarded-* headers it passes on.
+WEB_WORKERS = env_int("WEB_WORKERS", 0)
+WEB_TRUSTED_PROXIES = [c for c in os.environ.get("WEB_TRUSTED_PROXIES", "").split(",") if c.strip()]
+
 # Request size limits: JSON/form bodies stay small; adapter uploads have their own, larger cap.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 MAX_ADAPTER_UPLOAD_BYTES = env_int("MAX_ADAPTER_UPLOAD_BYTES", 256 * 1024 * 1024)
