@@ -54,6 +54,7 @@ class Stack:
     _proxy_args: tuple[str, str] | None = field(default=None, init=False)
     _worker_env: dict[str, str] | None = field(default=None, init=False)
     web_socket: Path | None = field(default=None, init=False)  # where the web workers listen (the proxy's upstream)
+    web_workers: int = field(default=0, init=False)
     _socket_tmp: Path | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -195,7 +196,7 @@ class Stack:
             socket_path = self._socket_tmp / "web.sock"
         socket_path.unlink(missing_ok=True)
         self.web_socket = socket_path
-        count = workers or settings.WEB_WORKERS or min(2 * (os.cpu_count() or 1), 8)
+        count = self.web_workers = workers or settings.WEB_WORKERS or min(2 * (os.cpu_count() or 1), 8)
         proc = self.supervisor.start(
             "web",
             [sys.executable, "-m", "uvicorn", "bayanihan_site.asgi:application", "--uds", str(socket_path),
