@@ -424,8 +424,13 @@ def rate(size: int, seconds: float) -> float:
     return size / seconds / MB if seconds > 0 else float("nan")
 
 
+def median_rate(series: Series, size: int) -> float:
+    """The median of the per-repetition rates (what every table and sentence quotes)."""
+    return statistics.median(rate(size, t) for t in series.seconds)
+
+
 def single_table(series: list[Series], size: int) -> str:
-    copy_rate = rate(size, statistics.median(series[0].seconds))
+    copy_rate = median_rate(series[0], size)
     lines = [
         "| Path | MB/s (median) | MB/s p25–p75 | MB/s min–max | ms (median) | ÷ plain copy |",
         "|---|---:|---:|---:|---:|---:|",
@@ -466,7 +471,7 @@ def burst_table(bursts: list[Burst]) -> str:
 def findings(target: Target, series: list[Series]) -> str:
     """Plain sentences computed from one file's single-stream figures."""
     size = target.size
-    med = {s.label: rate(size, statistics.median(s.seconds)) for s in series}
+    med = {s.label: median_rate(s, size) for s in series}
     copy, sha, curl, site, resolve, hub = (med[s.label] for s in series)
     hub_extra = statistics.median(series[5].seconds) - statistics.median(series[4].seconds)
     return (
@@ -512,8 +517,8 @@ def burst_findings(bursts: list[Burst], target: Target, single: float, copy: flo
 def targets_line(results: list[tuple[Target, list[Series], int]], bursts: list[Burst]) -> str:
     parts = []
     for target, series, rank in results:
-        copy = rate(target.size, statistics.median(series[0].seconds))
-        curl = rate(target.size, statistics.median(series[2].seconds))
+        copy = median_rate(series[0], target.size)
+        curl = median_rate(series[2], target.size)
         goal = TARGETS[rank]
         parts.append(
             f"{target.label} ≥ {goal}× a copy: {curl / copy:.2f}× ({'met' if curl / copy >= goal else 'NOT met'})"
@@ -553,8 +558,8 @@ def body(
         for t, series, rank in results
     )
     small_series = results[0][1]
-    copy = rate(small.size, statistics.median(small_series[0].seconds))
-    single = rate(small.size, statistics.median(small_series[3].seconds))
+    copy = median_rate(small_series[0], small.size)
+    single = median_rate(small_series[3], small.size)
     return (
         f"Files (LoRA on q/k/v/o, SmolLM2-135M shapes): {files}. Served as `make serve` serves them: Caddy in front "
         f"of {workers} uvicorn workers (Unix socket); Django checks access, ETag and Range and counts the download, "
