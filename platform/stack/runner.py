@@ -200,7 +200,8 @@ class Stack:
         proc = self.supervisor.start(
             "web",
             [sys.executable, "-m", "uvicorn", "bayanihan_site.asgi:application", "--uds", str(socket_path),
-             "--workers", str(count), "--no-access-log", "--proxy-headers", "--forwarded-allow-ips", "*"],
+             "--workers", str(count), "--no-access-log", "--no-server-header", "--proxy-headers",
+             "--forwarded-allow-ips", "*"],
             env={**env, "DOWNLOADS_X_ACCEL": "1"},
             cwd=PLATFORM_DIR,
         )  # fmt: skip
