@@ -18,6 +18,7 @@ from django.conf import settings
 
 from federation import pki, procs
 from stack import proxy, web_proxy
+from stack.broker import cache_url
 
 PLATFORM_DIR = Path(settings.REPO_ROOT) / "platform"
 LOOPBACK = "127.0.0.1"
@@ -202,7 +203,8 @@ class Stack:
             [sys.executable, "-m", "uvicorn", "bayanihan_site.asgi:application", "--uds", str(socket_path),
              "--workers", str(count), "--no-access-log", "--no-server-header", "--proxy-headers",
              "--forwarded-allow-ips", "*"],
-            env={**env, "DOWNLOADS_X_ACCEL": "1"},
+            env={**env, "DOWNLOADS_X_ACCEL": "1", "CACHE_REDIS_URL": env.get("CACHE_REDIS_URL") or cache_url(
+                env.get("CELERY_BROKER_URL") or settings.CELERY_BROKER_URL)},
             cwd=PLATFORM_DIR,
         )  # fmt: skip
         config = web_proxy.write_site_proxy_config(

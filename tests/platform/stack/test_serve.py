@@ -67,6 +67,8 @@ def test_serve_runs_several_web_workers_behind_the_proxy_and_stops_everything(tm
         workers = [p for p in web.children() if "spawn_main" in " ".join(p.cmdline())]
         assert len(workers) == 3, programs  # WEB_WORKERS
         assert any("celery" in c and "worker" in c for c in programs) and any("flower-superlink" in c for c in programs)
+        # They share one cache (the login limits count across workers) and hand files to the proxy.
+        assert web.environ().get("CACHE_REDIS_URL") and web.environ().get("DOWNLOADS_X_ACCEL") == "1"
         # The workers are behind the proxy only: nothing of theirs listens on a TCP port.
         for worker in [web, *workers]:
             assert not [c for c in worker.net_connections("inet") if c.status == psutil.CONN_LISTEN]
