@@ -207,9 +207,10 @@ class Stack:
                 env.get("CELERY_BROKER_URL") or settings.CELERY_BROKER_URL)},
             cwd=PLATFORM_DIR,
         )  # fmt: skip
+        bind = os.environ.get("WEB_BIND", LOOPBACK)
         config = web_proxy.write_site_proxy_config(
             folder / "proxy",
-            listen=f"{os.environ.get('WEB_BIND', LOOPBACK)}:{port}",
+            listen=f"{bind}:{port}",
             upstream_socket=socket_path,
             data_dir=Path(settings.DATA_DIR),
             trusted_proxies=settings.WEB_TRUSTED_PROXIES,
@@ -218,18 +219,20 @@ class Stack:
         proxy_proc = self.supervisor.start(
             "web-proxy", proxy.caddy_command(config), env=proxy.caddy_env(folder / "proxy"), cwd=folder / "proxy"
         )
+        probe = LOOPBACK if bind in ("0.0.0.0", "::", "[::]", "") else bind
+        url = f"http://{probe}:{port}/releases/"
         deadline = time.monotonic() + 60
-        procs.wait_http(f"http://127.0.0.1:{port}/releases/", 60, proxy_proc)  # Caddy answers 502 until then
-        while True:  # /releases/ through the proxy: the workers answer
-            if proc.poll() is not None:
-                raise RuntimeError(f"web exited with code {proc.returncode}:\n{self.supervisor.tail('web')}")
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/releases/", timeout=5).status_code < 500:
+        while True:
+            for name, child in (("web", proc), ("web-proxy", proxy_proc)):
+                if child.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {child.returncode}:\n{self.supervisor.tail(name)}")
+            try:  # Caddy answers 502 until the workers listen
+                if requests.get(url, timeout=5).status_code < 500:
                     return
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the web workers did not answer within 60 s:\n{self.supervisor.tail('web')}")
+                raise TimeoutError(f"{url} did not answer within 60 s:\n{self.supervisor.tail('web')}")
             time.sleep(0.3)
 
     def stop_web(self) -> None:
