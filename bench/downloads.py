@@ -18,6 +18,7 @@ own SQLite database under var/bench/downloads/.
    - GET of the site's download URL (`release-file`), streamed with `requests`, written to disk, sha256 checked,
    - GET of the Hugging Face-compatible `/<org>/<name>/resolve/main/<file>`, the same way,
    - `huggingface_hub.hf_hub_download` with HF_ENDPOINT at the site, a fresh cache folder every time,
+   - the same plain GET of the blob from a bare Caddy file_server (no Django: the ceiling of client and loopback),
    - the same plain GET of the same URL on one uvicorn process that streams the file itself (the layout before,
      started beside the new one so both see the same machine load).
    Ratio = download MB/s / copy MB/s (MB = 10^6 bytes).
@@ -63,6 +64,7 @@ CHUNK = 1 << 20
 MB = 1e6
 PLAIN_LABEL = "site download URL (`http.client`, to disk, no hashing)"
 BEFORE_LABEL = "the same on one uvicorn process streaming the file (the layout before)"
+STATIC_LABEL = "the same client, the blob from a bare Caddy file_server (no Django: this machine's ceiling)"
 # (LoRA rank, label): the product's adapter and one of ≈100 MB (issue 16: 100 MB ≥ 0.8× a copy, 3.7 MB ≥ 0.5×).
 FILES = ((8, "3.7 MB adapter (r=8)"), (216, "100 MB adapter (r=216)"))
 TARGETS = {8: 0.5, 216: 0.8}
@@ -84,6 +86,7 @@ class Target:
     resolve_url: str
     endpoint: str
     before_url: str = ""  # the same download URL on one uvicorn process that streams the file itself (before)
+    static_url: str = ""  # the blob from a bare Caddy file_server, no Django (the machine's ceiling)
 
 
 @dataclass
@@ -283,6 +286,11 @@ def single_stream(target: Target, repeat: int, scratch: Path) -> list[Series]:
         if out.stat().st_size != target.size:
             raise RuntimeError("the download wrote a file of the wrong size")
 
+    def static_plain() -> None:
+        plain_download(target.static_url, out)
+        if out.stat().st_size != target.size:
+            raise RuntimeError("the download wrote a file of the wrong size")
+
     def before_plain() -> None:
         plain_download(target.before_url, out)
         if out.stat().st_size != target.size:
@@ -306,6 +314,7 @@ def single_stream(target: Target, repeat: int, scratch: Path) -> list[Series]:
         ("HF API `resolve/main` (`requests`, streamed, sha256 checked)", resolve),
         ("`huggingface_hub.hf_hub_download`, fresh cache", hub),
         (BEFORE_LABEL, before_plain),
+        (STATIC_LABEL, static_plain),
     ]
     series = [Series(label) for label, _ in paths]
     for _, action in paths:  # warm-up: page cache, imports, the web server's first requests
@@ -442,6 +451,32 @@ def start_before(site: Any, target_urls: list[str]) -> tuple[dict[str, str], int
     return {url: url.replace(f":{site.port}/", f":{port}/", 1) for url in target_urls}, proc.pid
 
 
+def blob_root_of(target: Target) -> Path:
+    return target.blob.parent.parent
+
+
+def start_static(site: Any, blob_root: Path) -> tuple[str, int]:
+    """The ceiling on this machine: a bare Caddy file_server over the blob store, no Django in the path. Returns
+    its base URL and pid."""
+    import json
+
+    from federation import procs
+    from stack.proxy import caddy_command, caddy_env
+
+    port = procs.free_port()
+    folder = site.var / "static-caddy"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "caddy.json"
+    server = {
+        "listen": [f"127.0.0.1:{port}"],
+        "routes": [{"handle": [{"handler": "file_server", "root": str(blob_root)}]}],
+    }
+    config.write_text(json.dumps({"admin": {"disabled": True}, "apps": {"http": {"servers": {"static": server}}}}))
+    proc = site.stack.supervisor.start("static-caddy", caddy_command(config), env=caddy_env(folder), cwd=folder)
+    procs.wait_http(f"http://127.0.0.1:{port}/", 60, proc)
+    return f"http://127.0.0.1:{port}", proc.pid
+
+
 def reset_peak_rss(pid: int) -> None:
     """Linux: writing 5 to clear_refs resets VmHWM (the peak) to the current RSS; ignored where not allowed."""
     try:
@@ -562,7 +597,7 @@ def findings(target: Target, series: list[Series]) -> str:
     """Plain sentences computed from one file's single-stream figures."""
     size = target.size
     med = {s.label: median_rate(s, size) for s in series}
-    copy, sha, plain, site, resolve, hub, before = (med[s.label] for s in series)
+    copy, sha, plain, site, resolve, hub, before, static = (med[s.label] for s in series)
     hub_extra = statistics.median(series[5].seconds) - statistics.median(series[4].seconds)
     return (
         f"{target.label}: a plain client (no hashing) downloads it at {plain:,.0f} MB/s, {plain / copy:.2f}× copying "
@@ -574,7 +609,9 @@ def findings(target: Target, series: list[Series]) -> str:
         f"`hf_hub_download` reaches {hub:,.0f} MB/s ({hub / copy:.2f}×); its HEAD request, cache folder and rename "
         f"cost {hub_extra * 1e3:+.0f} ms per file over a bare GET of the same URL. The layout before (one uvicorn "
         f"process, Django streaming) moved it at {before:,.0f} MB/s to the same client in the same run: the proxy's "
-        f"sendfile is {plain / before:.1f}× that."
+        f"sendfile is {plain / before:.2f}× that. A bare Caddy file_server with no Django at all gives the same "
+        f"client {static:,.0f} MB/s ({static / copy:.2f}× the copy): the site reaches {plain / static:.2f}× of what "
+        f"this client and loopback can take here."
     )
 
 
@@ -593,6 +630,8 @@ def burst_findings(bursts: list[Burst], target: Target, single: float, copy: flo
             if b.counter_delta == b.ok
             else f"moved by {b.counter_delta} for {b.ok} successful downloads"
         )
+        if b.route.startswith("ceiling"):
+            counter = "did not move (no Django: this route only measures the machine)"
         growth = b.rss_peak_mb - b.rss_before_mb
         verdict = "met" if fb99 <= FIRST_BYTE_P99_TARGET and not failed else "NOT met"
         target_note = f" (target ≤ {FIRST_BYTE_P99_TARGET:g} s: {verdict})" if _is_target_burst(b) else ""
@@ -609,7 +648,7 @@ def burst_findings(bursts: list[Burst], target: Target, single: float, copy: flo
 
 def _is_target_burst(burst: Burst) -> bool:
     """The bursts the first-byte target is about: the new layout, measured by a client that is not the bottleneck."""
-    return "(curl)" in burst.route and not burst.route.startswith("before")
+    return "(curl)" in burst.route and not burst.route.startswith(("before", "ceiling"))
 
 
 def targets_line(results: list[tuple[Target, list[Series], int]], bursts: list[Burst]) -> str:
@@ -719,8 +758,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"release {target.repo_id}@{target.revision[:12]}: {target.size:,} bytes", file=sys.stderr)
             targets.append((rank, target))
         before_urls, before_pid = start_before(site, [t.site_url for _, t in targets])
+        static_base, static_pid = start_static(site, blob_root_of(targets[0][1]))
         for _, target in targets:
             target.before_url = before_urls[target.site_url]
+            target.static_url = f"{static_base}/{target.sha256[:2]}/{target.sha256}"
         load_before = load()
         results = []
         for rank, target in targets:
@@ -740,6 +781,9 @@ def main(argv: list[str] | None = None) -> int:
         route = "before: one uvicorn process streaming (curl)"
         print(f"  {args.concurrency} concurrent downloads: {route}…", file=sys.stderr)
         bursts.append(concurrent(small, route, small.before_url, args.concurrency, args.timeout, [before_pid], scratch))
+        route = "ceiling: bare Caddy file_server, no Django (curl)"
+        print(f"  {args.concurrency} concurrent downloads: {route}…", file=sys.stderr)
+        bursts.append(concurrent(small, route, small.static_url, args.concurrency, args.timeout, [static_pid], scratch))
         site.stack.check()  # the web server and worker must have survived the load
         text = body(results, bursts, site.stack.web_workers, args, load_before)
     title = "Downloads: site and HF API vs a plain copy; concurrent downloads"
