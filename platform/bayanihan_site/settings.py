@@ -141,6 +141,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         private_file(Path(DATABASES["default"]["NAME"]))
     # Tests run a real Celery worker in another process: it needs a test database on disk too.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+elif env_int("DB_POOL_SIZE", 0) > 0:
+    # The web workers `make serve` starts (stack.runner.Stack.start_web): under ASGI Django runs each request's sync
+    # code in a thread of its own, so persistent connections (CONN_MAX_AGE) meant one PostgreSQL connection per
+    # concurrent request: 200 simultaneous downloads hit "too many clients" (HTTP 500). A pool per process caps them;
+    # a request waits for a free connection instead. With CONN_HEALTH_CHECKS the pool checks a connection before
+    # handing it out, so a database restart costs no request (issue 12.6).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # required with a pool
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("DB_POOL_SIZE", 0),
+        "timeout": 30,
+    }
 else:
     # Connections are kept for CONN_MAX_AGE: after a database restart every kept one is dead. Without a health check
     # the first request (or task) on each answers 500 (OperationalError) before Django drops it; with one, Django

@@ -203,7 +203,8 @@ class Stack:
             [sys.executable, "-m", "uvicorn", "bayanihan_site.asgi:application", "--uds", str(socket_path),
              "--workers", str(count), "--no-access-log", "--no-server-header", "--proxy-headers",
              "--forwarded-allow-ips", "*"],
-            env={**env, "DOWNLOADS_X_ACCEL": "1", "CACHE_REDIS_URL": env.get("CACHE_REDIS_URL") or cache_url(
+            env={**env, "DOWNLOADS_X_ACCEL": "1", "DB_POOL_SIZE": env.get("DB_POOL_SIZE") or "8",
+                 "CACHE_REDIS_URL": env.get("CACHE_REDIS_URL") or cache_url(
                 env.get("CELERY_BROKER_URL") or settings.CELERY_BROKER_URL)},
             cwd=PLATFORM_DIR,
         )  # fmt: skip
