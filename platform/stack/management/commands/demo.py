@@ -143,7 +143,7 @@ class Command(BaseCommand):
         try:
             with console.status("Starting SuperLink, web, worker and SuperNodes…"):
                 stack.start_federation(superlink, public, site_url)
-                stack.start_web(port, env)
+                stack.start_web(port, env, workers=2)  # the demo's nodes train on these same cores
                 stack.start_worker(env)
                 # Each node enrolls with a one-time token and runs `python -m federation join`.
                 start_local_nodes(stack, nodes, site_url, corpus_dir, Path(base.path))
