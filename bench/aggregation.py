@@ -1,6 +1,6 @@
 """Benchmark: robust aggregation and central DP on real Flower processes (not a test; run `make bench-aggregation`).
 
-4 real SuperNodes (`python -m federation node`) on the tiny random Llama (federation/tiny.py), one SuperLink, the
+4 real SuperNodes (`python -m federation node`) on the tiny random Llama (testbed/tiny.py), one SuperLink, the
 real ServerApp, runs submitted through the Control API. No web site: the ServerApp journals each round to
 events.jsonl (its report URL is empty) and this script reads the journal.
 
@@ -25,7 +25,7 @@ from flower_cluster import journal, run_to_end, start_cluster  # noqa: E402
 from federation import procs  # noqa: E402
 from federation.config import AggregationConfig, ServerConfig, TrainConfig  # noqa: E402
 from federation.corpus import build_demo_corpus  # noqa: E402
-from federation.tiny import build_tiny_checkpoint  # noqa: E402
+from testbed.tiny import build_tiny_checkpoint  # noqa: E402
 
 NODES = ["node-1", "node-2", "node-3", "node-4"]
 HOSTILE = "node-4"

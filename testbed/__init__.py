@@ -1,0 +1,8 @@
+"""Test, benchmark and demo tooling that contributors never install.
+
+`pip install .` packages `federation*` only (pyproject.toml), so nothing here reaches a contributor's machine. It is
+importable from a checkout: the repository root is on sys.path for pytest (pyproject's `pythonpath`), manage.py, the
+bench scripts and every Flower process started through `federation.procs.flower_env`.
+
+- `tiny`: a tiny random Llama (and its GGUF), built in seconds with no download.
+"""
