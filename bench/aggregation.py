@@ -5,8 +5,9 @@ real ServerApp, runs submitted through the Control API. No web site: the ServerA
 events.jsonl (its report URL is empty) and this script reads the journal.
 
 Phase 1 (clean): 4 honest nodes. FedAvg (the reference), then FedAvg under central DP at two noise levels.
-Phase 2 (hostile): node-4 restarted with `--attack scale` (sends its update x50). FedAvg, FedAvg + norm-ratio
-bound, FedMedian, FedTrimmedAvg, MultiKrum. Prints one table of held-out loss after N rounds.
+Phase 2 (hostile): node-4 restarted as `python -m testbed.hostile_node --attack scale` (sends its update x50).
+FedAvg, FedAvg + norm-ratio bound, FedMedian, FedTrimmedAvg, MultiKrum. Prints one table of held-out loss after N
+rounds.
 """
 
 from __future__ import annotations
