@@ -18,7 +18,7 @@ What runs, per size N (each size in a fresh child process, so Django, the SuperL
   time in arrival order. `--warm off` runs every job cold in its own ClientApp process, as before issue 14;
 * one campaign of 1 round with min_nodes = N through campaign_create + campaign_launch (the console's path:
   Celery submits the run through the Control API, the ServerApp reports rounds to the site over HTTP), on the
-  tiny random Llama (federation/tiny.py), 4 records per node, 1 local step, seq-len 32, 1 thread per app
+  tiny random Llama (testbed/tiny.py), 4 records per node, 1 local step, seq-len 32, 1 thread per app
   process: the round's cost is the platform's and Flower's, not training.
 
 Timed: enrollment; first node started -> N nodes `online` in the SuperLink's ListNodes; launch -> run submitted
@@ -555,7 +555,7 @@ class SizeRun:
     def exercise(self) -> None:
         from campaigns.services import base_model_register, campaign_create, campaign_launch
         from federation.corpus import build_demo_corpus
-        from federation.tiny import build_tiny_checkpoint
+        from testbed.tiny import build_tiny_checkpoint
 
         n, result = self.n, self.result
         model = build_tiny_checkpoint(MODEL_DIR)
