@@ -75,23 +75,33 @@ def fleet_proxy_config(
         },
     }
     if access_log is not None:
-        config["logging"] = {
-            "logs": {
-                "access": {
-                    "writer": {"output": "file", "filename": str(access_log)},
-                    "include": ["http.log.access.access"],
-                }
-            }
-        }
+        config["logging"] = access_logging(access_log)
     return config
 
 
-def write_fleet_proxy_config(folder: Path, **kwargs: object) -> Path:
+def access_logging(access_log: Path) -> dict:
+    """Caddy's `logging` block: the server's access log (its logger named "access") to `access_log`."""
+    return {
+        "logs": {
+            "access": {
+                "writer": {"output": "file", "filename": str(access_log)},
+                "include": ["http.log.access.access"],
+            }
+        }
+    }
+
+
+def write_config(folder: Path, config: dict) -> Path:
+    """`config` as `folder`/caddy.json; the folder (Caddy's storage is under it) private to us."""
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
     path = folder / "caddy.json"
-    path.write_text(json.dumps(fleet_proxy_config(storage=folder / "data", **kwargs), indent=2))  # type: ignore[arg-type]
+    path.write_text(json.dumps(config, indent=2))
     return path
+
+
+def write_fleet_proxy_config(folder: Path, **kwargs: object) -> Path:
+    return write_config(folder, fleet_proxy_config(storage=folder / "data", **kwargs))  # type: ignore[arg-type]
 
 
 def caddy_command(config: Path) -> list[str]:

@@ -11,10 +11,10 @@ The same routes as a Caddyfile are in docker/Caddyfile (the container `proxy` se
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from bayanihan_site.accel import ACCEL_RANGE, ACCEL_REDIRECT
+from stack.proxy import access_logging, write_config
 
 # Request headers by which a client could make the file_server decide something Django already decided (a 304, a
 # different range): removed before the file is sent, so the file_server sends exactly what Django chose.
@@ -95,20 +95,9 @@ def site_proxy_config(
         "apps": {"http": {"servers": {"site": server}}},
     }
     if access_log is not None:
-        config["logging"] = {
-            "logs": {
-                "access": {
-                    "writer": {"output": "file", "filename": str(access_log)},
-                    "include": ["http.log.access.access"],
-                }
-            }
-        }
+        config["logging"] = access_logging(access_log)
     return config
 
 
 def write_site_proxy_config(folder: Path, **kwargs: object) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o700)
-    path = folder / "caddy.json"
-    path.write_text(json.dumps(site_proxy_config(storage=folder / "data", **kwargs), indent=2))  # type: ignore[arg-type]
-    return path
+    return write_config(folder, site_proxy_config(storage=folder / "data", **kwargs))  # type: ignore[arg-type]
