@@ -53,6 +53,20 @@ def base_model_register(*, path: Path, name: str, hf_id: str = "", note: str = "
     return base
 
 
+def _run_config_section(kind: Any, values: dict[str, Any] | None, field: str, errors: dict[str, Any]) -> Any:
+    """`values` read as `kind` (a run-config dataclass); its problems and any key it does not know go to
+    errors[field], one message each, and its defaults stand in meanwhile."""
+    unknown = sorted(set(values or {}) - set(kind().to_run_config()))
+    try:
+        section = kind.from_run_config(values or {})
+    except ValueError as exc:
+        section = kind()
+        errors[field] = str(exc).split("; ")
+    if unknown:
+        errors.setdefault(field, []).append(f"unknown keys: {', '.join(unknown)}")
+    return section
+
+
 def campaign_create(
     *,
     name: str,
@@ -78,22 +92,9 @@ def campaign_create(
         config = TrainConfig.from_run_config(train_config or {})
     except ValueError as exc:
         raise ValidationError({"train_config": str(exc)}) from exc
-    errors = {}
-    unknown = sorted(set(aggregation or {}) - set(AggregationConfig().to_run_config()))
-    try:
-        merging = AggregationConfig.from_run_config(aggregation or {})
-    except ValueError as exc:
-        errors["aggregation"] = str(exc).split("; ")
-    if unknown:
-        errors.setdefault("aggregation", []).append(f"unknown keys: {', '.join(unknown)}")
-    scoring = EvaluationConfig()
-    unknown = sorted(set(evaluation or {}) - set(scoring.to_run_config()))
-    try:
-        scoring = EvaluationConfig.from_run_config(evaluation or {})
-    except ValueError as exc:
-        errors["evaluation"] = str(exc).split("; ")
-    if unknown:
-        errors.setdefault("evaluation", []).append(f"unknown keys: {', '.join(unknown)}")
+    errors: dict[str, Any] = {}
+    merging = _run_config_section(AggregationConfig, aggregation, "aggregation", errors)
+    scoring = _run_config_section(EvaluationConfig, evaluation, "evaluation", errors)
     if not 1 <= num_rounds <= 1000:
         errors["num_rounds"] = "must be between 1 and 1000"
     if min_nodes < 1:
