@@ -251,7 +251,7 @@ def _sample(items: list[str], k: int | None, rng: random.Random) -> list[str]:
     return [items[i] for i in keep]
 
 
-def _write_if_changed(path: Path, content: str) -> None:
+def write_if_changed(path: Path, content: str) -> None:
     # Rewriting identical bytes would still bump mtimes; skipping keeps reruns a true no-op.
     data = content.encode("utf-8")
     if path.is_file() and path.read_bytes() == data:
@@ -321,9 +321,9 @@ def build_demo_corpus(
         }
 
     for node, items in contents.items():
-        _write_if_changed(out_dir / node / "train.jsonl", _jsonl(items))
-    _write_if_changed(out_dir / "heldout.jsonl", _jsonl(heldout))
-    _remove_stale_nodes(out_dir, n_contributors)
+        write_if_changed(out_dir / node / "train.jsonl", _jsonl(items))
+    write_if_changed(out_dir / "heldout.jsonl", _jsonl(heldout))
+    remove_stale_nodes(out_dir, n_contributors)
 
     manifest = {
         "format": "bayanihan-demo-corpus/1",
@@ -346,7 +346,7 @@ def build_demo_corpus(
             **_summary(heldout),
         },
     }
-    _write_if_changed(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    write_if_changed(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
 
 
@@ -363,7 +363,7 @@ def _cap_heldout(by_group: dict[str, list[str]], cap: int | None, rng: random.Ra
     return [c for g in sorted(by_group) for c in by_group[g] if c in picked]
 
 
-def _remove_stale_nodes(out_dir: Path, n_contributors: int) -> None:
+def remove_stale_nodes(out_dir: Path, n_contributors: int) -> None:
     # A rerun with fewer contributors must not leave an old node's data looking current.
     for path in out_dir.glob("node-*/train.jsonl"):
         number = path.parent.name.removeprefix("node-")

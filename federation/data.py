@@ -390,7 +390,7 @@ def _render_fallback(tokenizer: Any, messages: list[dict], add_generation_prompt
     return "".join(parts)
 
 
-def _render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
+def render_chat(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     return _render_fallback(tokenizer, messages, add_generation_prompt)
@@ -409,8 +409,8 @@ def _encode_chat(tokenizer: Any, record: Record) -> tuple[list[int], list[int]]:
     for i, (role, _) in enumerate(record.messages):
         if role != "assistant":
             continue
-        shown = _render(tokenizer, messages[:i], add_generation_prompt=True)
-        full = _render(tokenizer, messages[: i + 1])
+        shown = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
+        full = render_chat(tokenizer, messages[: i + 1])
         shown_ids, full_ids = _ids(tokenizer, shown), _ids(tokenizer, full)
         if full_ids[: len(shown_ids)] == shown_ids and shown_ids[: len(ids)] == ids:
             new_prompt, new_answer = shown_ids[len(ids) :], full_ids[len(shown_ids) :]

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from federation.corpus import _remove_stale_nodes, _write_if_changed
+from federation.corpus import remove_stale_nodes, write_if_changed
 from federation.data import fingerprint, load_records
 
 FORMAT = "bayanihan-l10n-corpus/1"
@@ -332,11 +332,11 @@ def build_l10n_corpus(
         }
 
     for name, rows in train.items():
-        _write_if_changed(out_dir / name / "train.jsonl", _jsonl(rows))
+        write_if_changed(out_dir / name / "train.jsonl", _jsonl(rows))
     held_rows = _interleave(heldout)
-    _write_if_changed(out_dir / "heldout.jsonl", _jsonl(held_rows))
+    write_if_changed(out_dir / "heldout.jsonl", _jsonl(held_rows))
     if all(re.fullmatch(r"node-\d+", n) for n in nodes):
-        _remove_stale_nodes(out_dir, len(nodes))
+        remove_stale_nodes(out_dir, len(nodes))
     manifest = {
         "format": FORMAT,
         "source": "gettext .mo catalogs: " + ", ".join(sorted({str(p) for p in search})),
@@ -360,7 +360,7 @@ def build_l10n_corpus(
             **_summary(out_dir / "heldout.jsonl", held_rows),
         },
     }
-    _write_if_changed(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    write_if_changed(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
 
 

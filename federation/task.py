@@ -42,7 +42,7 @@ def stop_when(check: Callable[[], bool]) -> Iterator[None]:
         _should_stop.reset(token)
 
 
-def _check_stop() -> None:
+def check_stop() -> None:
     check = _should_stop.get()
     if check is not None and check():
         raise Cancelled("stopped between steps")
@@ -220,7 +220,7 @@ def _train(model: PeftModel, examples: list[Example], cfg: TrainConfig, pad_id: 
     model.train()
     total_loss, total_count, tokens = 0.0, 0, 0
     for _ in range(cfg.local_steps):
-        _check_stop()
+        check_stop()
         if len(order) < cfg.batch_size:
             fresh = list(range(len(examples)))
             rng.shuffle(fresh)
@@ -253,7 +253,7 @@ def evaluate(model: torch.nn.Module, examples: list[Example], pad_id: int, batch
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        _check_stop()
+        check_stop()
         loss_sum, n = _sum_loss(model, collate(examples[start : start + batch_size], pad_id))
         total += float(loss_sum)
         count += n

@@ -18,8 +18,8 @@ import torch
 from sacrebleu.metrics import CHRF
 
 from federation import events
-from federation.data import Record, _render
-from federation.task import Example, _check_stop, encode_all, evaluate
+from federation.data import Record, render_chat
+from federation.task import Example, check_stop, encode_all, evaluate
 
 # The instruction format's section marker (federation.data's Alpaca prompts): a model that goes on to write the
 # next "### Instruction" has finished its answer.
@@ -66,7 +66,7 @@ def generation_targets(
             reference = record.response
         else:
             messages = [{"role": role, "content": content} for role, content in record.messages]
-            prompt = _render(tokenizer, messages[:-1], add_generation_prompt=True)
+            prompt = render_chat(tokenizer, messages[:-1], add_generation_prompt=True)
             prompt_ids = list(tokenizer.encode(prompt, add_special_tokens=False))
             reference = record.messages[-1][1]
         if 0 < len(prompt_ids) <= max_prompt_tokens:
@@ -82,7 +82,7 @@ def generate(model, tokenizer, targets: Sequence[Target], max_new_tokens: int, b
     eos = tokenizer.eos_token_id
     answers: list[str] = []
     for start in range(0, len(targets), batch_size):
-        _check_stop()
+        check_stop()
         batch = targets[start : start + batch_size]
         width = max(len(t.prompt_ids) for t in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
