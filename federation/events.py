@@ -272,6 +272,33 @@ class RoundEvent:
     scores: HeldoutScores = field(default_factory=HeldoutScores)
 
 
+@dataclass
+class RoundReport:
+    """The ServerApp's side of a round event: what it sends (`payload()`), which `parse_round` reads back into a
+    RoundEvent on the site. The fields the site does not store (eval_tokens, timings) are for the journal and the
+    benchmarks. `nodes` are the strategy's per-node reports as plain dicts (federation.strategy.NodeReport)."""
+
+    round: int
+    adapter_files: dict[str, str]
+    eval_loss: float | None
+    eval_perplexity: float | None
+    eval_tokens: int
+    seconds: float
+    timings: dict[str, float | None]  # epoch seconds on the SuperLink host: where the round's wall time went
+    train: dict[str, float | None] = field(default_factory=dict)  # the merged training metrics (TRAIN_LOSS, ...)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    epsilon: float | None = None
+    delta: float | None = None
+    scores: HeldoutScores = field(default_factory=HeldoutScores)
+
+    def payload(self) -> dict[str, Any]:
+        body = {name: getattr(self, name) for name in (
+            "round", "adapter_files", "eval_loss", "eval_perplexity", "eval_tokens", "seconds", "timings", "train",
+            "nodes", "epsilon", "delta",
+        )}  # fmt: skip
+        return body | self.scores.fields()
+
+
 class EventError(ValueError):
     """The round event itself (not one node's row) is unusable; the message names every bad field."""
 

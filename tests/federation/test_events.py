@@ -97,3 +97,41 @@ def test_held_out_scores_out_of_bounds_or_unknown_name_the_field():
             raise AssertionError(f"{bad} was accepted")
     # A diverged score is "not known", as a diverged loss is.
     assert events.parse_round({**base, "task_metrics": {"chrf": float("nan")}}).scores.metrics == {"chrf": None}
+
+
+def test_the_servers_round_report_reads_back_on_the_site_field_for_field_through_json():
+    """The sending side (RoundReport, as the ServerApp fills it from the strategy's NodeReports) and the reading
+    side (parse_round) agree on every field the site stores."""
+    import json
+
+    from federation.artifacts import ADAPTER_FILES, SERVER_STATE
+    from federation.strategy import NodeReport
+
+    honest = NodeReport(
+        node_id=7, name="node-1", fingerprint="c" * 64, weight=12.0, update_norm=0.5, data_value=0.25,
+        metrics={events.NUM_EXAMPLES: 12, events.TRAIN_LOSS: 2.5, events.TOKENS: 900, events.BYTES_UP: 3_700_000},
+    )  # fmt: skip
+    failed = NodeReport(node_id=2**63, name="node-2", fingerprint="", metrics={}, error="Node Unavailable")
+    rejected = NodeReport(node_id=9, name="node-3", fingerprint="d" * 64, metrics={events.NUM_EXAMPLES: 3},
+                          rejected="non-finite values (NaN/inf)")  # fmt: skip
+    files = {**dict.fromkeys(ADAPTER_FILES, "a" * 64), SERVER_STATE: "b" * 64}
+    scores = events.HeldoutScores(metrics={events.CHRF: 20.5}, records=4,
+                                  groups={"sw": {events.GROUP_LOSS: 2.0, events.GROUP_TOKENS: 40}})  # fmt: skip
+    sent = events.RoundReport(
+        round=3, adapter_files=files, eval_loss=2.75, eval_perplexity=15.64, eval_tokens=512, seconds=41.5,
+        timings={"started": 1.0, "sent": 2.0}, train={events.TRAIN_LOSS: 2.6}, epsilon=1.5, delta=1e-5,
+        nodes=[dataclasses.asdict(n) for n in (honest, failed, rejected)], scores=scores,
+    )  # fmt: skip
+    got = events.parse_round(json.loads(json.dumps(sent.payload())))
+    assert (got.round, got.adapter_files, got.scores) == (3, files, scores)
+    assert (got.eval_loss, got.eval_perplexity, got.train_loss, got.seconds) == (2.75, 15.64, 2.6, 41.5)
+    assert (got.epsilon, got.delta) == (1.5, 1e-5)
+    rows = {row.node_id: row for row in got.nodes}
+    assert all(not row.problems for row in got.nodes), [row.problems for row in got.nodes]
+    assert rows[7].metrics[events.TRAIN_LOSS] == 2.5 and rows[7].fingerprint == "c" * 64
+    assert (rows[7].update_norm, rows[7].data_value) == (0.5, 0.25)
+    assert rows[2**63].error == "Node Unavailable" and rows[9].rejected == "non-finite values (NaN/inf)"
+    # Every field of the report reaches the wire: a field added on one side only fails here.
+    assert set(sent.payload()) == {f.name for f in dataclasses.fields(events.RoundReport)} - {"scores"} | set(
+        scores.fields()
+    )

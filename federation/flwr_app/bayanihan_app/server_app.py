@@ -173,18 +173,18 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
             names.append(SERVER_STATE)  # kept beside the adapter: a resume from this round restores it
         # The event pins the files by sha256 before they are uploaded: the site takes only those bytes, once.
         files = {name: sha256_file(folder / name) for name in names}
-        reporter.event(
-            events.EVENT_ROUND,
+        report = events.RoundReport(
             round=job.campaign_round,
             adapter_files=files,
             eval_loss=loss,
             eval_perplexity=perplexity(loss),
             eval_tokens=tokens,
             seconds=time.time() - job.timings["started"],
-            timings=timings,  # epoch seconds on this host: where the round's wall time went
-            **scores.fields(),  # per-group loss and the campaign's generation metrics (empty when neither)
+            timings=timings,
+            scores=scores,  # per-group loss and the campaign's generation metrics (empty when neither)
             **job.log,
         )
+        reporter.event(events.EVENT_ROUND, **report.payload())
         for name in files:
             reporter.upload(job.campaign_round, folder / name)
 
