@@ -156,14 +156,14 @@ def publish_release(site: Any, rank: int, label: str) -> Target:
     from django.conf import settings
     from django.urls import reverse
 
-    from campaigns.models import BaseModel, Campaign, Participation, Round
+    from campaigns.models import BaseCheckpoint, Campaign, Participation, Round
     from community.models import Node
     from federation.config import TrainConfig
     from releases.models import ReleaseFile
     from releases.selectors import entry_file, release_entry
     from releases.services import release_publish
 
-    base = BaseModel.objects.filter(hf_id=HF_ID).first() or BaseModel.objects.create(
+    base = BaseCheckpoint.objects.filter(hf_id=HF_ID).first() or BaseCheckpoint.objects.create(
         name="smollm2-135m", hf_id=HF_ID, path=str(site.var / "no-base-weights"), files={"config.json": "ab" * 32},
         license="apache-2.0", note="benchmark: only the adapter's shapes matter",
     )  # fmt: skip

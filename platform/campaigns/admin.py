@@ -4,13 +4,13 @@ from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from campaigns.models import BaseModel, Campaign, NodeFlag, Participation, Round
+from campaigns.models import BaseCheckpoint, Campaign, NodeFlag, Participation, Round
 from campaigns.selectors import ledger_entries, ledger_totals
 from federation.strategy import DATA_VALUE
 
 
-@admin.register(BaseModel)
-class BaseModelAdmin(admin.ModelAdmin):
+@admin.register(BaseCheckpoint)
+class BaseCheckpointAdmin(admin.ModelAdmin):
     list_display = ("name", "hf_id", "path", "parameters", "created_at")
 
 

@@ -9,8 +9,8 @@ from community.models import Node
 from federation.config import TRANSFER_DTYPES
 
 
-class BaseModel(models.Model):
-    """A local HF checkpoint registered for campaigns; `files` pins it by sha256."""
+class BaseCheckpoint(models.Model):
+    """A base model: a local HF checkpoint registered for campaigns; `files` pins it by sha256."""
 
     name = models.SlugField(max_length=100, unique=True)
     hf_id = models.CharField(max_length=200, help_text="Upstream id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -20,6 +20,9 @@ class BaseModel(models.Model):
     note = models.TextField(blank=True, help_text="Honest notes on where the weights came from")
     parameters = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "base model"  # what staff and contributors call it; the class name says what it is
 
     def __str__(self) -> str:
         return self.name
@@ -35,7 +38,7 @@ class Campaign(models.Model):
         CANCELLED = "cancelled"  # stopped by staff (campaign_cancel); campaign_resume relaunches it
 
     name = models.CharField(max_length=200)
-    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="campaigns")
+    base_model = models.ForeignKey(BaseCheckpoint, on_delete=models.PROTECT, related_name="campaigns")
     data_task = models.CharField(max_length=100, help_text="What the contributed data is about, e.g. python-docs")
     heldout_path = models.CharField(max_length=500, help_text="Server held-out evaluation data (jsonl/txt)")
     train_config = models.JSONField(default=dict, help_text="federation.config.TrainConfig in run-config keys")

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db.models import Avg, Count, Q, Sum
 
-from campaigns.models import BaseModel, Campaign, CampaignAttempt, NodeFlag, Participation
+from campaigns.models import BaseCheckpoint, Campaign, CampaignAttempt, NodeFlag, Participation
 
 # Contributions count only when the server aggregated them: a failed or refused reply gave nothing.
 ACCEPTED = Q(error="", rejected_reason="")
@@ -71,7 +71,7 @@ def base_models_public() -> list[dict]:
     """What a contributor's `join` compares its checkpoint with: ids and file hashes, never the server's paths."""
     return [
         {"name": m.name, "hf_id": m.hf_id, "files": m.files}
-        for m in BaseModel.objects.order_by("name").only("name", "hf_id", "files")
+        for m in BaseCheckpoint.objects.order_by("name").only("name", "hf_id", "files")
     ]
 
 

@@ -17,7 +17,7 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from bayanihan_site.superlink import superlink_client
-from campaigns.models import BaseModel, Campaign, CampaignAttempt, NodeFlag, Participation, Round
+from campaigns.models import BaseCheckpoint, Campaign, CampaignAttempt, NodeFlag, Participation, Round
 from campaigns.signals import attempt_recorded, campaign_completing
 from community.models import Node
 from federation import control, events, pki
@@ -33,13 +33,13 @@ ROUND_TIMEOUT_MIN, ROUND_TIMEOUT_MAX = 30, 7 * 24 * 3600
 MAX_ATTEMPTS_CAP = 20
 
 
-def base_model_register(*, path: Path, name: str, hf_id: str = "", note: str = "") -> BaseModel:
+def base_model_register(*, path: Path, name: str, hf_id: str = "", note: str = "") -> BaseCheckpoint:
     """Register (or refresh) a local HF checkpoint directory, pinning each file by sha256."""
     try:
         described = describe_checkpoint(Path(path), model_id=hf_id or None)
     except ValueError as exc:
         raise ValidationError({"path": str(exc)}) from exc
-    base, _ = BaseModel.objects.update_or_create(
+    base, _ = BaseCheckpoint.objects.update_or_create(
         name=name,
         defaults={
             "hf_id": described["id"],
@@ -70,7 +70,7 @@ def _run_config_section(kind: Any, values: dict[str, Any] | None, field: str, er
 def campaign_create(
     *,
     name: str,
-    base_model: BaseModel,
+    base_model: BaseCheckpoint,
     data_task: str,
     heldout_path: str,
     train_config: dict[str, Any] | None = None,

@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from campaigns.models import BaseModel
+from campaigns.models import BaseCheckpoint
 from federation.config import (
     NODE_VALIDATION,
     SERVER_OPTIMIZERS,
@@ -96,7 +96,7 @@ assert tuple(SERVER_OPTIMIZER_CHOICES) == SERVER_OPTIMIZERS
 
 class CampaignForm(forms.Form):
     name = forms.CharField(max_length=200)
-    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.order_by("name"), empty_label=None)
+    base_model = forms.ModelChoiceField(queryset=BaseCheckpoint.objects.order_by("name"), empty_label=None)
     data_task = forms.CharField(max_length=100, help_text="What the contributed data is about, e.g. python-docs")
     heldout_path = forms.CharField(
         max_length=500,

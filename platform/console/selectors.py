@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db.models import Case, Count, Q, QuerySet, Sum, Value, When
 from django.utils import timezone
 
-from campaigns.models import BaseModel, Campaign, Participation, Round
+from campaigns.models import BaseCheckpoint, Campaign, Participation, Round
 from campaigns.selectors import campaign_attempts, open_flags
 from community.models import Contributor, Node
 from console import charts
@@ -57,8 +57,8 @@ def campaign_list() -> QuerySet[Campaign]:
     )
 
 
-def base_models() -> QuerySet[BaseModel]:
-    return BaseModel.objects.order_by("name")
+def base_models() -> QuerySet[BaseCheckpoint]:
+    return BaseCheckpoint.objects.order_by("name")
 
 
 def unpublished_campaigns() -> QuerySet[Campaign]:

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from django.conf import settings
 
-from campaigns.models import BaseModel
+from campaigns.models import BaseCheckpoint
 from campaigns.services import base_model_register
 from federation.basemodel import SMOLLM2_ID, prepare_smollm2
 
 
 def ensure_base_model(
     *, model_path: str | None = None, tiny: bool = False, progress: Callable[[str], None] = print
-) -> BaseModel:
+) -> BaseCheckpoint:
     models = Path(settings.VAR_DIR) / "models"
     if model_path:
         path = Path(model_path).expanduser().resolve()

@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.test import Client
 
-from campaigns.models import BaseModel, Campaign
+from campaigns.models import BaseCheckpoint, Campaign
 from community.models import Contributor, Node
 from community.services import enrollment_token_create, node_enroll
 from console import charts
@@ -76,7 +76,7 @@ def test_an_exact_duplicate_key_is_refused():
 
 @pytest.fixture
 def campaign(tmp_path) -> Campaign:
-    base = BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
+    base = BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
     return Campaign.objects.create(
         name="c", base_model=base, data_task="t", heldout_path="h", status=Campaign.Status.RUNNING
     )

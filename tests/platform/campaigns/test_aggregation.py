@@ -7,7 +7,7 @@ import json
 import pytest
 from django.core.exceptions import ValidationError
 
-from campaigns.models import BaseModel, Campaign, NodeFlag, Round
+from campaigns.models import BaseCheckpoint, Campaign, NodeFlag, Round
 from campaigns.selectors import ledger_entries, ledger_totals, open_flags
 from campaigns.services import campaign_create, report_round
 from community.models import Node
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def base(tmp_path) -> BaseModel:
-    return BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
+def base(tmp_path) -> BaseCheckpoint:
+    return BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from campaigns.models import BaseModel, Campaign, CampaignAttempt, Round
+from campaigns.models import BaseCheckpoint, Campaign, CampaignAttempt, Round
 from campaigns.services import (
     campaign_output_dir,
     campaign_resume_point,
@@ -30,7 +30,7 @@ def campaign(tmp_path, settings) -> Campaign:
     settings.DATA_DIR = tmp_path / "data"
     settings.LINK_SECRET_FILE, settings.LINK_SECRET_SHA256 = tmp_path / "link-secret", ""
     settings.LINK_SECRET_FILE.write_text(TOKEN + "\n")  # the ServerApp's credential (the link secret)
-    base = BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
+    base = BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
     campaign = Campaign.objects.create(
         name="c", base_model=base, data_task="t", heldout_path="h", num_rounds=3, auto_publish=False,
         status=Campaign.Status.RUNNING, flwr_run_id="7",

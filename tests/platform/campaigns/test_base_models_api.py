@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from campaigns.models import BaseModel
+from campaigns.models import BaseCheckpoint
 
 pytestmark = pytest.mark.django_db
 
 
 def test_lists_each_base_model_with_its_file_hashes_and_no_server_path(client, tmp_path):
-    BaseModel.objects.create(name="smol", hf_id="org/smol", path=str(tmp_path / "secret"), files={"a.json": "ab"})
+    BaseCheckpoint.objects.create(name="smol", hf_id="org/smol", path=str(tmp_path / "secret"), files={"a.json": "ab"})
     response = client.get("/api/v1/base-models")
     assert response.status_code == 200
     assert response.json() == {"base_models": [{"name": "smol", "hf_id": "org/smol", "files": {"a.json": "ab"}}]}

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 
-from campaigns.models import BaseModel, Campaign
+from campaigns.models import BaseCheckpoint, Campaign
 from campaigns.services import campaign_create, campaign_launch, campaign_submit
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def base(tmp_path) -> BaseModel:
-    return BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
+def base(tmp_path) -> BaseCheckpoint:
+    return BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
 
 
 @pytest.fixture

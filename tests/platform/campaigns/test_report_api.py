@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from campaigns.models import BaseModel, Campaign, Round
+from campaigns.models import BaseCheckpoint, Campaign, Round
 from community.models import Node
 
 pytestmark = pytest.mark.django_db
@@ -22,7 +22,7 @@ def campaign(tmp_path, settings) -> Campaign:
     settings.LINK_SECRET_SHA256 = ""
     settings.LINK_SECRET_FILE.parent.mkdir()
     settings.LINK_SECRET_FILE.write_text(TOKEN + "\n")
-    base = BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path / "base"))
+    base = BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path / "base"))
     return Campaign.objects.create(
         name="c",
         base_model=base,

@@ -17,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from campaigns.models import BaseModel, Campaign, Round
+from campaigns.models import BaseCheckpoint, Campaign, Round
 from community.models import Node
 from federation.artifacts import ADAPTER_FILES
 from federation.config import AggregationConfig
@@ -71,7 +71,7 @@ def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, tmp
     settings.DATA_DIR = tmp_path
     settings.LINK_SECRET_FILE, settings.LINK_SECRET_SHA256 = tmp_path / "link-secret", ""
     settings.LINK_SECRET_FILE.write_text(TOKEN + "\n")
-    base = BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
+    base = BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
     campaign = Campaign.objects.create(
         name="c", base_model=base, data_task="t", heldout_path="h", num_rounds=1, status=Campaign.Status.RUNNING,
         flwr_run_id="7",
@@ -123,7 +123,7 @@ def test_the_held_out_scores_of_a_round_are_stored_per_group_and_bad_ones_refuse
     settings.DATA_DIR = tmp_path
     settings.LINK_SECRET_FILE, settings.LINK_SECRET_SHA256 = tmp_path / "link-secret", ""
     settings.LINK_SECRET_FILE.write_text(TOKEN + "\n")
-    base = BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
+    base = BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
     campaign = Campaign.objects.create(
         name="c", base_model=base, data_task="t", heldout_path="h", num_rounds=1, status=Campaign.Status.RUNNING,
         flwr_run_id="7",

@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from campaigns.models import BaseModel, Campaign
+from campaigns.models import BaseCheckpoint, Campaign
 from campaigns.services import campaign_create, campaign_output_dir, campaign_run_config, campaign_submit
 from federation.control import APP_DIR
 
@@ -20,7 +20,7 @@ def campaign(tmp_path, settings) -> Campaign:
     heldout = tmp_path / "secret-place" / "heldout.jsonl"
     heldout.parent.mkdir()
     heldout.write_text('{"text": "x"}\n')
-    base = BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path / "models" / "base"))
+    base = BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path / "models" / "base"))
     return campaign_create(name="c", base_model=base, data_task="t", heldout_path=str(heldout), num_rounds=1)
 
 

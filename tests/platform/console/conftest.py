@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import get_user_model
 
-from campaigns.models import BaseModel
+from campaigns.models import BaseCheckpoint
 from community.models import Contributor
 
 PASSWORD = "a-long-pass-phrase-42"
@@ -23,8 +23,8 @@ def contributor(db) -> Contributor:
 
 
 @pytest.fixture
-def base(db, tmp_path) -> BaseModel:
-    return BaseModel.objects.create(name="tiny", hf_id="test/tiny", path=str(tmp_path))
+def base(db, tmp_path) -> BaseCheckpoint:
+    return BaseCheckpoint.objects.create(name="tiny", hf_id="test/tiny", path=str(tmp_path))
 
 
 @pytest.fixture

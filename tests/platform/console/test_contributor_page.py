@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from django.contrib.auth import get_user_model
 
-from campaigns.models import BaseModel, Campaign, Participation, Round
+from campaigns.models import BaseCheckpoint, Campaign, Participation, Round
 from community.models import Contributor, EnrollmentToken, Node
 from community.services import contributor_set_status, contributor_signup
 from releases.models import Release
@@ -93,7 +93,7 @@ def test_the_page_counts_only_the_contributors_completed_rounds_and_lists_their_
     laptop = Node.objects.create(contributor=ana, name="laptop")
     server = Node.objects.create(contributor=ana, name="pc")
     other = Node.objects.create(contributor=bob, name="bobs")
-    base = BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
+    base = BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
 
     def campaign(name: str) -> Campaign:
         return Campaign.objects.create(name=name, base_model=base, data_task="t", heldout_path="h")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from campaigns.models import BaseModel, Campaign, Participation, Round
+from campaigns.models import BaseCheckpoint, Campaign, Participation, Round
 from community.models import Node
 from federation.config import TrainConfig
 from federation.task import lora_model
@@ -26,7 +26,7 @@ def signing_key_in_tmp(tmp_path, settings) -> Path:
 @pytest.fixture
 def finished_campaign(tmp_path, settings, tiny_checkpoint) -> Campaign:
     settings.DATA_DIR = tmp_path / "data"
-    base = BaseModel.objects.create(
+    base = BaseCheckpoint.objects.create(
         name="tiny", hf_id="org/tiny", path=str(tiny_checkpoint), files={"config.json": "ab" * 32}, license="apache-2.0"
     )
     campaign = Campaign.objects.create(

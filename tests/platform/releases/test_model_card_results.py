@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from huggingface_hub import ModelCard
 
-from campaigns.models import BaseModel, Campaign
+from campaigns.models import BaseCheckpoint, Campaign
 from campaigns.services import report_round
 from federation.artifacts import ADAPTER_FILES
 from federation.events import CHRF, EXACT_MATCH, HeldoutScores
@@ -32,7 +32,7 @@ def scored_event(number: int, loss: float, chrf: dict[str, float]) -> dict:
 
 @pytest.fixture
 def campaign(tmp_path) -> Campaign:
-    base = BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path), license="apache-2.0")
+    base = BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path), license="apache-2.0")
     campaign = Campaign.objects.create(
         name="Localization", base_model=base, data_task="l10n", heldout_path="h", num_rounds=2,
         evaluation={"task-metrics": "chrf,exact-match", "task-max-records": 16, "task-max-new-tokens": 40},
@@ -77,7 +77,7 @@ def test_the_model_index_is_read_back_by_huggingface_hub_per_group(campaign):
 
 
 def test_a_campaign_without_metrics_or_groups_gets_its_loss_only(tmp_path):
-    base = BaseModel.objects.create(name="p", hf_id="org/p", path=str(tmp_path))
+    base = BaseCheckpoint.objects.create(name="p", hf_id="org/p", path=str(tmp_path))
     campaign = Campaign.objects.create(name="c", base_model=base, data_task="python-docs", heldout_path="h")
     for number, loss in ((0, 3.0), (1, 2.0)):
         report_round(campaign=campaign, event={

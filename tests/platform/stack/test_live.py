@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from campaigns.models import BaseModel, Campaign, Participation, Round
+from campaigns.models import BaseCheckpoint, Campaign, Participation, Round
 from community.models import Node
 from stack.live import _round_table
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_a_missing_validation_loss_before_shows_as_a_dash_beside_the_loss_after(tmp_path):
-    base = BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
+    base = BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
     campaign = Campaign.objects.create(name="c", base_model=base, data_task="t", heldout_path="h", num_rounds=1)
     round_ = Round.objects.create(campaign=campaign, number=1, eval_loss=2.0, eval_perplexity=7.4)
     for name, before in (("after-only", None), ("both", 1.5)):

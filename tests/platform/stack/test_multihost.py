@@ -270,9 +270,10 @@ def _rounds(mh: MultiHost, campaign_id: int) -> tuple[list[int], str]:
 def test_a_campaign_across_hosts_over_home_links_survives_a_cut_line(multihost, tiny_corpus, record_testsuite_property):
     mh, hosts = multihost, multihost.hosts
     campaign_id = mh.site_python(
-        "from campaigns.models import BaseModel\n"
+        "from campaigns.models import BaseCheckpoint\n"
         "from campaigns.services import campaign_create, campaign_launch\n"
-        "c = campaign_create(name='multi-host', base_model=BaseModel.objects.get(name='tiny'), data_task='python-docs',"
+        "c = campaign_create(name='multi-host', base_model=BaseCheckpoint.objects.get(name='tiny'),"
+        " data_task='python-docs',"
         f" heldout_path={str(tiny_corpus / 'heldout.jsonl')!r},"
         " train_config={'local-steps': 2, 'seq-len': 32, 'batch-size': 2, 'threads': 1},"
         f" num_rounds={NUM_ROUNDS}, min_nodes=2, round_timeout={ROUND_TIMEOUT})\n"
