@@ -134,6 +134,14 @@ done
 campaign=$(site launch "$NODES")
 echo "campaign #$campaign launched; nodes: ${#JOIN_PIDS[@]} joining from the host"
 site wait "$campaign" | tee "$RUN_DIR/campaign.txt"
+# The release, downloaded from the published web port, byte for byte what the site recorded.
+grep -q '^file ' "$RUN_DIR/campaign.txt" || { echo "!! no release file listed"; exit 1; }
+while read -r _ url sha size; do
+    curl -sf -o "$RUN_DIR/download" "$SITE$url" || { echo "!! GET $url failed"; exit 1; }
+    got=$(sha256sum "$RUN_DIR/download" | cut -d' ' -f1)
+    [ "$got" = "$sha" ] || { echo "!! $url: sha256 $got, recorded $sha"; exit 1; }
+    echo "downloaded $url: $size B, sha256 matches"
+done < <(grep '^file ' "$RUN_DIR/campaign.txt")
 for f in "$RUN_DIR"/join-*.log; do
     grep -q "insecure" "$f" && { echo "!! $f mentions 'insecure'"; exit 1; }
     echo "$(basename "$f"): $(grep -c . "$f") lines, last: $(tail -n 1 "$f")"

@@ -5,7 +5,8 @@ container → ServerApp → nodes on the host, and back to the site.
   setup N   tiny base model, a demo corpus split over N contributors, one approved contributor and one enrollment
             token per node: prints JSON {"model", "corpus", "tokens": {name: token}}
   launch N  a 1-round campaign for N nodes: prints its id
-  wait ID   follows it until it ends; prints each round; exits 0 only when it completed with every node in every round
+  wait ID   follows it until it ends; prints each round and the release's files (URL path, sha256, size); exits 0
+            only when it completed with every node in every round
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def wait(pk: int, timeout: float = 900) -> int:
     release = getattr(campaign, "release", None)
     if release is not None:
         print(f"release {release.repo_id} revision {release.revision}: {release.files.count()} files")
+        for f in release.files.order_by("path"):  # the host downloads each through the published web port
+            print(f"file /releases/{release.repo_id}/{release.revision}/{f.path} {f.sha256} {f.size}")
     if campaign.status != Campaign.Status.COMPLETED or not campaign.rounds.filter(number__gt=0).exists():
         return 1
     return 0 if complete else 1
