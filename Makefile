@@ -64,8 +64,8 @@ bench-aggregation: setup
 	$(PY) bench/aggregation.py
 
 # docker/compose.yaml for real: images built without a registry (debootstrap + podman import), the stack up under
-# podman-compose, a 1-round campaign with 2 nodes joining from this host, everything torn down (root; ~15 min the
-# first time on 2 cores, mostly the image build; not in `make test`).
+# podman-compose, a 1-round campaign with 2 nodes joining from this host, everything torn down (root; 7-14 min the
+# first time on 2 busy cores, mostly the image build, then 1-2.5 min; not in `make test`).
 compose-check: setup
 	PYTHON=$(abspath $(PY)) bash docker/compose-check.sh
 

@@ -60,7 +60,7 @@ cleanup() {
     podman volume rm -f "${PROJECT}_bayanihan-var" "${PROJECT}_pgdata" >/dev/null 2>&1
     left=$(podman ps -aq --filter "label=io.podman.compose.project=$PROJECT"; podman pod ps -q --filter "name=$PROJECT";
            podman network ls -q --filter "name=$PROJECT"; podman volume ls -q --filter "name=$PROJECT")
-    if [ -n "$left" ]; then echo "!! left behind: $left"; rc=1; else echo "== torn down (containers, pod, network, volumes)"; fi
+    if [ -n "$left" ]; then echo "!! left behind: $left"; rc=1; else echo "== torn down (containers, network, volumes)"; fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -121,7 +121,7 @@ lap "up"
 
 # 4. The campaign: the site makes the tiny model, corpus and tokens; the nodes join from this host.
 site() { podman exec "$(container web)" python docker/compose_check_site.py "$@"; }
-site setup "$NODES" >"$RUN_DIR/setup.json"
+site setup "$NODES" >"$RUN_DIR/setup.json" 2>"$RUN_DIR/setup.log" || { cat "$RUN_DIR/setup.log"; exit 1; }
 podman cp "$(container web):$("$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["model"])' <"$RUN_DIR/setup.json")" \
     "$RUN_DIR/model"
 podman cp "$(container web):/app/var/compose-check/corpus" "$RUN_DIR/corpus"
