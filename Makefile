@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .PHONY: setup demo demo-tiny serve test test-fast lint clean bench bench-aggregation bench-quality bench-overhead \
-	bench-communication bench-scale bench-downloads bench-faults compose-check
+	bench-communication bench-scale bench-downloads bench-faults bench-languages compose-check
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ bench: bench-quality bench-overhead bench-communication bench-scale bench-downlo
 # Federated vs each contributor alone vs pooled data, same optimizer steps (SmolLM2-135M).
 bench-quality: setup
 	$(PY) bench/quality.py
+
+# Many languages, one model: base vs each region's community alone vs pooled vs the federated default campaign,
+# per-language chrF and loss on Django's gettext catalogs (SmolLM2-135M; not in `make bench`).
+bench-languages: setup
+	$(PY) bench/languages.py
 
 # One round through the whole platform vs the same steps in a bare PEFT loop, and where the difference goes.
 bench-overhead: setup

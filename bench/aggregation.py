@@ -1,12 +1,13 @@
 """Benchmark: robust aggregation and central DP on real Flower processes (not a test; run `make bench-aggregation`).
 
-4 real SuperNodes (`python -m federation node`) on the tiny random Llama (federation/tiny.py), one SuperLink, the
+4 real SuperNodes (`python -m federation node`) on the tiny random Llama (testbed/tiny.py), one SuperLink, the
 real ServerApp, runs submitted through the Control API. No web site: the ServerApp journals each round to
 events.jsonl (its report URL is empty) and this script reads the journal.
 
 Phase 1 (clean): 4 honest nodes. FedAvg (the reference), then FedAvg under central DP at two noise levels.
-Phase 2 (hostile): node-4 restarted with `--attack scale` (sends its update x50). FedAvg, FedAvg + norm-ratio
-bound, FedMedian, FedTrimmedAvg, MultiKrum. Prints one table of held-out loss after N rounds.
+Phase 2 (hostile): node-4 restarted as `python -m testbed.hostile_node --attack scale` (sends its update x50).
+FedAvg, FedAvg + norm-ratio bound, FedMedian, FedTrimmedAvg, MultiKrum. Prints one table of held-out loss after N
+rounds.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from flower_cluster import journal, run_to_end, start_cluster  # noqa: E402
 from federation import procs  # noqa: E402
 from federation.config import AggregationConfig, ServerConfig, TrainConfig  # noqa: E402
 from federation.corpus import build_demo_corpus  # noqa: E402
-from federation.tiny import build_tiny_checkpoint  # noqa: E402
+from testbed.tiny import build_tiny_checkpoint  # noqa: E402
 
 NODES = ["node-1", "node-2", "node-3", "node-4"]
 HOSTILE = "node-4"

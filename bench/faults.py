@@ -387,7 +387,7 @@ def prepare_model(args: argparse.Namespace) -> tuple[Path, str]:
         return path, path.name
     models = REPO / "var" / "models"
     if args.tiny:
-        from federation.tiny import build_tiny_checkpoint
+        from testbed.tiny import build_tiny_checkpoint
 
         return build_tiny_checkpoint(models / "tiny-llama"), "tiny random Llama"
     from federation.basemodel import prepare_smollm2

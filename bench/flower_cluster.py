@@ -1,4 +1,5 @@
-"""A bare Flower federation for benchmarks: one SuperLink and real `python -m federation node` SuperNodes.
+"""A bare Flower federation for benchmarks: one SuperLink and real `python -m federation node` SuperNodes (one of
+them, if asked, a `python -m testbed.hostile_node`).
 
 No web site and no node authentication: these benchmarks measure learning, not admission. The ServerApp journals
 each round to events.jsonl in its output dir (there is no site to report to) and the benchmark reads that journal.
@@ -42,6 +43,8 @@ def start_cluster(sup: procs.Supervisor, root: Path, data: dict[str, Path], mode
                   hostile: str = "", warm: bool = True) -> str:  # fmt: skip
     """SuperLink plus one node per entry of `data` (name -> data path); returns the SuperLink address.
 
+    With `attack` (a testbed.attack mode) the node named `hostile` is a testbed.hostile_node sending that attack.
+
     With `warm` each node has its own warm worker and task launcher, as `join` gives a contributor: rounds start in
     milliseconds instead of loading torch and the model again (the learning is the same: warm equals cold, tested).
     """
@@ -75,10 +78,11 @@ def start_cluster(sup: procs.Supervisor, root: Path, data: dict[str, Path], mode
                     raise RuntimeError(f"{name}'s warm worker did not start: {sup.tail(f'{name}-warm')}")
                 time.sleep(0.2)
             env[warm_protocol.ENV_SOCKET] = str(socket)
-        command = [sys.executable, "-m", "federation", "node", "--superlink", address, "--data", str(path),
-                   "--name", name, "--model", str(model), "--home", str(home / "flwr-home")]  # fmt: skip
-        if attack and name == hostile:
-            command += ["--attack", attack]
+        # The hostile node is a real SuperNode too, whose replies testbed.hostile_runtime turns hostile after the
+        # installed ClientApp (in its warm worker, like the others) made them.
+        runner = ["testbed.hostile_node", "--attack", attack] if attack and name == hostile else ["federation", "node"]
+        command = [sys.executable, "-m", *runner, "--superlink", address, "--data", str(path), "--name", name,
+                   "--model", str(model), "--home", str(home / "flwr-home")]  # fmt: skip
         sup.start(name, command, env=env, cwd=home)
     return address
 

@@ -18,7 +18,7 @@ What runs, per size N (each size in a fresh child process, so Django, the SuperL
   time in arrival order. `--warm off` runs every job cold in its own ClientApp process, as before issue 14;
 * one campaign of 1 round with min_nodes = N through campaign_create + campaign_launch (the console's path:
   Celery submits the run through the Control API, the ServerApp reports rounds to the site over HTTP), on the
-  tiny random Llama (federation/tiny.py), 4 records per node, 1 local step, seq-len 32, 1 thread per app
+  tiny random Llama (testbed/tiny.py), 4 records per node, 1 local step, seq-len 32, 1 thread per app
   process: the round's cost is the platform's and Flower's, not training.
 
 Timed: enrollment; first node started -> N nodes `online` in the SuperLink's ListNodes; launch -> run submitted
@@ -95,7 +95,9 @@ def mem_available() -> int:
 
 def process_table() -> dict[int, tuple[int, str]]:
     """pid -> (ppid, comm) of every process, from one pass over /proc/*/stat. A node's own `flwr-clientapp` is a
-    script that execs `python -m federation.node_runtime`: those count as CLIENTAPP too."""
+    script that execs `python -S -m federation.task_launcher` (the client that has the warm worker's task launcher
+    fork the task) or, without a launcher, `python -m federation.node_runtime`: those count as CLIENTAPP too. The
+    forked task processes live in the warm worker's tree (its launcher's children) and count there."""
     table: dict[int, tuple[int, str]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -116,9 +118,12 @@ def process_table() -> dict[int, tuple[int, str]]:
 def _is_node_runtime(pid: str) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"federation.node_runtime" in fh.read()
+            argv = fh.read().split(b"\0")
     except OSError:
         return False
+    if b"federation.node_runtime" in argv:
+        return True
+    return b"federation.task_launcher" in argv and b"serve" not in argv  # the client, not the launcher
 
 
 def children_map(table: dict[int, tuple[int, str]]) -> dict[int, list[int]]:
@@ -550,7 +555,7 @@ class SizeRun:
     def exercise(self) -> None:
         from campaigns.services import base_model_register, campaign_create, campaign_launch
         from federation.corpus import build_demo_corpus
-        from federation.tiny import build_tiny_checkpoint
+        from testbed.tiny import build_tiny_checkpoint
 
         n, result = self.n, self.result
         model = build_tiny_checkpoint(MODEL_DIR)

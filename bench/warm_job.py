@@ -78,7 +78,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="warm-job-"))
     tmp.chmod(0o700)
     from federation.corpus import build_demo_corpus
-    from federation.tiny import build_tiny_checkpoint
+    from testbed.tiny import build_tiny_checkpoint
 
     model = Path(args.model).resolve() if args.model else build_tiny_checkpoint(tmp / "model")
     if args.data:

@@ -9,7 +9,7 @@ own, so those two counts per node per round are the requests per message on that
 
 `--repo` picks the code to measure (default: this checkout), e.g. a worktree of an older commit for "before".
 It must come first on sys.path: the SuperLink, SuperNodes and app processes import `federation` from there too.
-The model is the tiny random Llama (federation/tiny.py) unless `--model` names a checkpoint.
+The model is the tiny random Llama (testbed/tiny.py) unless `--model` names a checkpoint.
 Prints a table; writes nothing into docs/.
 """
 
@@ -46,7 +46,7 @@ from federation import config as fconfig  # noqa: E402
 from federation import procs  # noqa: E402
 from federation.artifacts import ADAPTER_WEIGHTS, round_folder  # noqa: E402
 from federation.corpus import build_demo_corpus  # noqa: E402
-from federation.tiny import build_tiny_checkpoint  # noqa: E402
+from testbed.tiny import build_tiny_checkpoint  # noqa: E402
 
 # After federation, which it would otherwise import from this checkout (it puts its own repo first on sys.path).
 flower_cluster = importlib.import_module("flower_cluster")

@@ -5,6 +5,9 @@ docstrings of a fixed list of standard-library modules), so it is made on the ma
 needs no download, and nobody here wrote it. Each contributor gets different *topics*,
 which is the realistic federated case (non-IID): no single node sees everything, and
 the shared held-out set shows whether the federation learned more than any one node.
+
+It ships to contributors, unlike the test-only tooling: `python -m federation demo-corpus` is their command when
+they have no data yet (README, "No data of your own yet?").
 """
 
 from __future__ import annotations

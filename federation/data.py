@@ -9,7 +9,10 @@ Accepted input, one record per line in `.jsonl`:
     {"text": "..."}
     {"instruction": "...", "input": "... (optional)", "output": "..."}     (Alpaca)
     {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
-and `.txt`, where each blank-line-separated paragraph is one text record.
+and `.txt`, where each blank-line-separated paragraph is one text record. Any JSON record may carry a
+`"group"` (a language code, a topic: letters, digits and `_.@+-`, at most 64): the server reports its held-out
+metrics per group; on a node it is only part of the fingerprint.
+ `.txt`, where each blank-line-separated paragraph is one text record.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,8 @@ MAX_REPORTED_PROBLEMS = 20
 IGNORE_INDEX = -100  # label value PyTorch's cross-entropy skips
 SUFFIXES = (".jsonl", ".txt")
 ROLES = ("system", "user", "assistant")
+# A record's group label: it becomes a metric name on the site and in the model card's YAML, hence plain ASCII.
+GROUP_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}")
 
 ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides "
@@ -49,6 +55,7 @@ class Record:
     response: str = ""
     messages: tuple[tuple[str, str], ...] = ()  # (role, content) pairs
     source: str = ""  # "file.jsonl:12"; for error messages only, not part of the fingerprint
+    group: str = ""  # "group" of a JSON record (e.g. a language code): held-out metrics are reported per group
 
 
 @dataclass(frozen=True)
@@ -215,15 +222,25 @@ def _parse_object(obj: Any, spot: _Spot, source: str) -> Record | None:
         return None
     # The most specific shape wins, so extra keys such as "text" beside "messages" are
     # tolerated rather than ambiguous.
+    group = obj.get("group", "")
+    if not (isinstance(group, str) and (group == "" or GROUP_PATTERN.fullmatch(group))):
+        spot.report(
+            f"field 'group' must be up to 64 letters, digits or _.@+- (e.g. a language code), not {group!r:.80}"
+        )
+        return None
+    record = None
     if "messages" in obj:
-        return _parse_chat(obj, spot, source)
-    if "instruction" in obj or "output" in obj:
-        return _parse_instruction(obj, spot, source)
-    if "text" in obj:
-        return _parse_text(obj, spot, source)
-    keys = ", ".join(sorted(map(str, obj))) or "none"
-    spot.report(f"unknown record shape: expected 'text', 'instruction'+'output', or 'messages' (got fields: {keys})")
-    return None
+        record = _parse_chat(obj, spot, source)
+    elif "instruction" in obj or "output" in obj:
+        record = _parse_instruction(obj, spot, source)
+    elif "text" in obj:
+        record = _parse_text(obj, spot, source)
+    else:
+        keys = ", ".join(sorted(map(str, obj))) or "none"
+        spot.report(
+            f"unknown record shape: expected 'text', 'instruction'+'output', or 'messages' (got fields: {keys})"
+        )
+    return replace(record, group=group) if record is not None and group else record
 
 
 def _load_jsonl(path: Path, lines: list[str], label: str, problems: list[Problem]) -> list[Record]:
@@ -313,6 +330,8 @@ def _canonical(record: Record) -> str:
         body["response"] = _norm(record.response)
     else:
         body["text"] = _norm(record.text)
+    if record.group:  # only when set: data without groups keeps the fingerprint it always had
+        body["group"] = record.group
     return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from federation.artifacts import ADAPTER_FILES, ROUND_FILES, SERVER_STATE
+from federation.data import GROUP_PATTERN
 
 # Event types: the "type" of each event the ServerApp sends the site (federation.report.Reporter.event). The site
 # records ROUND and FAILED and answers any other type with OK (the rest are for the ServerApp's journal and the
@@ -89,6 +90,77 @@ class Bound:
 
 
 _LOSS = Bound(0.0, MAX_LOSS, optional=True)
+
+# The server's held-out evaluation beyond its overall loss (federation.task_metrics, EvaluationConfig): the
+# campaign's generation metrics, overall and per group of held-out records (a language, a topic), and each group's
+# loss. Both scores are percentages: chrF as sacrebleu reports it, exact match as % of records.
+CHRF = "chrf"
+EXACT_MATCH = "exact-match"
+TASK_METRICS = (CHRF, EXACT_MATCH)
+GROUP_LOSS = "loss"
+GROUP_TOKENS = "tokens"  # held-out tokens the group's loss is over
+GROUP_RECORDS = "records"  # held-out records the group's generation metrics are over
+MAX_TASK_RECORDS = 1000
+MAX_GROUPS = 200
+_SCORE = Bound(0.0, 100.0, optional=True)
+GROUP_FIELDS: dict[str, Bound] = {
+    GROUP_LOSS: _LOSS,
+    GROUP_TOKENS: Bound(0, MAX_TOKENS, integer=True),
+    GROUP_RECORDS: Bound(0, MAX_TASK_RECORDS, integer=True),
+    **{metric: _SCORE for metric in TASK_METRICS},
+}
+
+
+@dataclass
+class HeldoutScores:
+    """A round's held-out evaluation beyond the overall loss, as the round event carries it (`fields()`).
+
+    `metrics`: task metric -> score over all `records` generated for; `groups`: group -> GROUP_FIELDS values.
+    Empty when the campaign names no metric and its held-out records carry no group."""
+
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    records: int = 0
+    groups: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        return {"task_metrics": dict(self.metrics), "task_records": self.records, "groups": dict(self.groups)}
+
+
+def _parse_scores(event: Mapping[str, Any], problems: list[str]) -> HeldoutScores:
+    """The event's task_metrics, task_records and groups, checked like every other field (absent: empty)."""
+    scores = HeldoutScores()
+    metrics = event.get("task_metrics") or {}
+    if not isinstance(metrics, Mapping) or not set(metrics) <= set(TASK_METRICS):
+        problems.append(f"task_metrics must map some of {', '.join(TASK_METRICS)} to scores")
+        metrics = {}
+    for name, value in metrics.items():
+        scores.metrics[name], problem = _SCORE.check(f"task_metrics.{name}", value)
+        if problem:
+            problems.append(problem)
+    records, problem = Bound(0, MAX_TASK_RECORDS, integer=True).check("task_records", event.get("task_records", 0))
+    scores.records = int(records or 0)
+    if problem:
+        problems.append(problem)
+    groups = event.get("groups") or {}
+    if not isinstance(groups, Mapping) or len(groups) > MAX_GROUPS:
+        problems.append(f"groups must be an object of at most {MAX_GROUPS} groups")
+        groups = {}
+    for name, values in groups.items():
+        if not (isinstance(name, str) and GROUP_PATTERN.fullmatch(name)):
+            problems.append(f"group name {cut(repr(name), 80)} is not a group label (letters, digits, _.@+-)")
+            continue
+        if not isinstance(values, Mapping) or not set(values) <= set(GROUP_FIELDS):
+            problems.append(f"groups.{name} must map some of {', '.join(GROUP_FIELDS)} to numbers")
+            continue
+        row: dict[str, float | int | None] = {}
+        for key, value in values.items():
+            row[key], problem = GROUP_FIELDS[key].check(f"groups.{name}.{key}", value)
+            if problem:
+                problems.append(problem)
+        scores.groups[name] = row
+    return scores
+
+
 _SECONDS = Bound(0.0, MAX_SECONDS)
 NODE_METRICS: dict[str, Bound] = {
     NUM_EXAMPLES: Bound(1, MAX_EXAMPLES, integer=True),
@@ -197,6 +269,7 @@ class RoundEvent:
     seconds: float | None
     adapter_files: dict[str, str]  # file name -> sha256 of the round's files the ServerApp saved (ROUND_FILES)
     nodes: list[NodeRow]
+    scores: HeldoutScores = field(default_factory=HeldoutScores)
 
 
 class EventError(ValueError):
@@ -271,11 +344,13 @@ def parse_round(event: Any, *, num_rounds: int = MAX_ROUND_NUMBER) -> RoundEvent
     if not isinstance(nodes, list) or len(nodes) > MAX_NODES_PER_ROUND:
         problems.append(f"nodes must be a list of at most {MAX_NODES_PER_ROUND} rows")
         nodes = []
+    scores = _parse_scores(event, problems)
     if problems:
         raise EventError("; ".join(problems))
     return RoundEvent(
         round=int(number),
         adapter_files=dict(files),
         nodes=[_node_row(raw) for raw in nodes],
+        scores=scores,
         **values,  # type: ignore[arg-type]
     )

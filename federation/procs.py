@@ -75,15 +75,20 @@ def node_runtime_bin(home: Path) -> Path:
     """`home`/bin (0700) with our `flwr-clientapp`; put it first on the SuperNode's PATH (`flower_env(node_bin=)`)."""
     import shlex
 
+    return write_clientapp_script(
+        home, CLIENTAPP_WRAPPER.format(repo=shlex.quote(str(REPO_ROOT)), python=shlex.quote(sys.executable))
+    )
+
+
+def write_clientapp_script(home: Path, text: str) -> Path:
+    """Write `text` as `home`/bin/flwr-clientapp (folder 0700, script 0700); returns the folder."""
     bin_dir = home / "bin"
     bin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     bin_dir.chmod(0o700)
-    script = bin_dir / "flwr-clientapp"
-    text = CLIENTAPP_WRAPPER.format(repo=shlex.quote(str(REPO_ROOT)), python=shlex.quote(sys.executable))
     tmp = bin_dir / ".flwr-clientapp.tmp"
     tmp.write_text(text)
     tmp.chmod(0o700)
-    tmp.replace(script)  # atomic: a SuperNode already running never sees a half-written script
+    tmp.replace(bin_dir / "flwr-clientapp")  # atomic: a SuperNode already running never sees a half-written script
     return bin_dir
 
 

@@ -125,25 +125,39 @@ def client(argv: list[str]) -> int:
     finally:
         if fd is not None:
             os.close(fd)
-    try:
-        socket.send_fds(sock, [_FD_MARK], [0, 1, 2])
-        _send(sock, {"protocol": PROTOCOL, "argv": argv, "env": dict(os.environ), "cwd": os.getcwd()})
-        answer = _recv(sock)
-    except (OSError, EOFError, ValueError) as exc:
-        sock.close()
-        _exec_cold(argv, f"launcher at {path} did not take the task ({exc})")
-    if "fallback" in answer:
-        sock.close()
-        _exec_cold(argv, f"launcher at {path}: {answer['fallback']}")
+    # A signal that comes before the task has started is held and passed on once it has (or acted on here, if the
+    # task ends up started by this process after all).
+    held: list[int] = []
+    started = [False]
 
     def forward(signum: int, frame: object) -> None:
+        if not started[0]:
+            held.append(signum)
+            return
         try:
             _send(sock, {"signal": signum})
         except OSError:
             pass
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    relayed = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for signum in relayed:
         signal.signal(signum, forward)
+    try:
+        socket.send_fds(sock, [_FD_MARK], [0, 1, 2])
+        _send(sock, {"protocol": PROTOCOL, "argv": argv, "env": dict(os.environ), "cwd": os.getcwd()})
+        answer = _recv(sock)
+        if "fallback" in answer:
+            raise ValueError(answer["fallback"])
+    except (OSError, EOFError, ValueError) as exc:
+        sock.close()
+        for signum in relayed:
+            signal.signal(signum, signal.SIG_DFL)
+        if held:
+            os.kill(os.getpid(), held[0])  # it was meant for the task: end here, as the task would have
+        _exec_cold(argv, f"launcher at {path} did not take the task ({exc})")
+    started[0] = True
+    for signum in held:
+        forward(signum, None)
     while True:
         try:
             answer = _recv(sock)
@@ -181,9 +195,11 @@ class Launcher:
         self.path = Path(path)
         self.target = target
         self.children: dict[int, socket.socket | None] = {}  # child pid -> its client's connection (None: gone)
+        self.pending: dict[socket.socket, float] = {}  # accepted, request not read yet -> deadline (monotonic)
         self.counts = {"launched": 0, "fallback": 0, "signals": 0, "clients_gone": 0}
         self.started_at = time.time()
         self.listener: socket.socket | None = None
+        self.inode = -1
 
     def prepare(self) -> None:
         """Import what every task needs, once, before the first fork."""
@@ -215,6 +231,15 @@ class Launcher:
             if fd is not None:
                 os.close(fd)
         self.listener = listener
+        self.inode = self.path.stat().st_ino
+
+    def unlink(self) -> None:
+        """Remove our socket file, unless another launcher has bound the path since."""
+        try:
+            if self.path.stat().st_ino == self.inode:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
 
     def serve_forever(self, stop: list[bool] | None = None) -> None:
         import selectors
@@ -235,6 +260,8 @@ class Launcher:
             for key, _ in selector.select(timeout=1.0):
                 if key.data == "accept":
                     self._accept()
+                elif key.data == "request":
+                    self._launch(key.fileobj)  # type: ignore[arg-type]
                 elif key.data == "wake":
                     try:
                         os.read(wake_r, 4096)
@@ -243,16 +270,46 @@ class Launcher:
                 else:
                     self._from_client(key.fileobj, key.data)  # type: ignore[arg-type]
             self._reap()
+            self._expire_pending()
 
     def _accept(self) -> None:
+        """Take a connection; its request is read once it has arrived (one slow client never holds up the rest)."""
         assert self.listener is not None
         try:
             conn, _ = self.listener.accept()
         except OSError:
             return
+        self.pending[conn] = time.monotonic() + REQUEST_TIMEOUT
+        self._selector.register(conn, 1, "request")  # EVENT_READ
+
+    def _expire_pending(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c, deadline in self.pending.items() if deadline < now]:
+            self._refuse(conn, [], f"no request within {REQUEST_TIMEOUT:.0f}s")
+
+    def _refuse(self, conn: socket.socket, fds: list[int], reason: str) -> None:
+        """The client starts the task itself (cold), as if there were no launcher."""
+        self.pending.pop(conn, None)
+        try:
+            self._selector.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        self.counts["fallback"] += 1
+        self._write_status()  # before the answer: whoever reads the status after it sees this refusal counted
+        try:
+            conn.settimeout(1.0)
+            _send(conn, {"fallback": reason})
+        except OSError:
+            pass
+        conn.close()
+        for fd in fds:
+            os.close(fd)
+
+    def _launch(self, conn: socket.socket) -> None:
+        """Read the request that has arrived on `conn` and fork its task."""
         fds: list[int] = []
         try:
-            conn.settimeout(REQUEST_TIMEOUT)
+            conn.settimeout(REQUEST_TIMEOUT)  # the rest of a request that has begun follows within milliseconds
             _, fds, _, _ = socket.recv_fds(conn, 1, 3)
             request = _recv(conn)
             if request.get("protocol") != PROTOCOL or len(fds) != 3:
@@ -265,16 +322,10 @@ class Launcher:
             if not isinstance(cwd, str):
                 raise ValueError("cwd is not a string")
         except (OSError, EOFError, ValueError, KeyError) as exc:
-            self.counts["fallback"] += 1
-            try:
-                conn.settimeout(1.0)
-                _send(conn, {"fallback": f"bad request: {exc}"})
-            except OSError:
-                pass
-            conn.close()
-            for fd in fds:
-                os.close(fd)
+            self._refuse(conn, fds, f"bad request: {exc}")
             return
+        self.pending.pop(conn, None)
+        self._selector.unregister(conn)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -288,8 +339,10 @@ class Launcher:
         try:
             _send(conn, {"started": pid})
             self._selector.register(conn, 1, pid)  # EVENT_READ: a signal to forward, or the client gone
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # the client died while its task was being forked: the task stops too
+            self.counts["clients_gone"] += 1
             self._client_gone(pid)
+            _kill(pid, signal.SIGTERM)
         self._write_status()
 
     def _child(self, conn: socket.socket, fds: list[int], argv: list[str], env: dict[str, str], cwd: str) -> None:
@@ -299,7 +352,7 @@ class Launcher:
             for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, signal.SIG_DFL)
             self._selector.close()
-            for other in (self.listener, conn, *(c for c in self.children.values() if c is not None)):
+            for other in (self.listener, conn, *self.pending, *(c for c in self.children.values() if c is not None)):
                 other.close()
             for target_fd, fd in enumerate(fds):
                 os.dup2(fd, target_fd)
@@ -471,7 +524,7 @@ def serve(argv: list[str]) -> int:
         launcher.serve_forever(stop)
     finally:
         # Tasks already forked go on (they report to Flower themselves); new ones start cold until a launcher is back.
-        launcher.path.unlink(missing_ok=True)
+        launcher.unlink()
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from federation import procs
-from federation.tiny import build_tiny_checkpoint
+from testbed.tiny import build_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

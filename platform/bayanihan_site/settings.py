@@ -130,7 +130,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 30,
         "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL;",
+        # synchronous=NORMAL: in WAL mode a commit no longer waits for fsync (the WAL is synced at checkpoints); a
+        # crash of any process loses nothing, a power cut may lose the last commits. Each download is a commit (its
+        # count): with FULL, 200 concurrent downloads queued behind one fsync each.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # SQLite gives its -wal and -shm files the database file's mode: a 0600 database keeps all three private.
@@ -138,6 +141,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         private_file(Path(DATABASES["default"]["NAME"]))
     # Tests run a real Celery worker in another process: it needs a test database on disk too.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+elif env_int("DB_POOL_SIZE", 0) > 0:
+    # The web workers `make serve` starts (stack.runner.Stack.start_web): under ASGI Django runs each request's sync
+    # code in a thread of its own, so persistent connections (CONN_MAX_AGE) meant one PostgreSQL connection per
+    # concurrent request: 200 simultaneous downloads hit "too many clients" (HTTP 500). A pool per process caps them;
+    # a request waits for a free connection instead. With CONN_HEALTH_CHECKS the pool checks a connection before
+    # handing it out, so a database restart costs no request (issue 12.6).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # required with a pool
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("DB_POOL_SIZE", 0),
+        "timeout": 30,
+    }
 else:
     # Connections are kept for CONN_MAX_AGE: after a database restart every kept one is dead. Without a health check
     # the first request (or task) on each answers 500 (OperationalError) before Django drops it; with one, Django
@@ -161,6 +177,16 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 # Campaign artifacts and releases; served only through views that check what may be served.
 DATA_DIR = VAR_DIR / "data"
+
+# Behind the site's front proxy (`make serve`: Caddy, stack/web_proxy.py) a file download is answered with an
+# X-Accel-Redirect header naming the file under DATA_DIR, and the proxy sends the bytes itself (sendfile) after
+# Django has checked access, ETag and Range and counted the download. Only for a server that sits behind such a proxy:
+# a client talking to Django directly would get the headers and an empty body. Off: Django streams the file itself.
+DOWNLOADS_X_ACCEL = env_bool("DOWNLOADS_X_ACCEL", False)
+# Web worker processes `make serve` starts (0: 2 per core, at most 8); the front proxy's trusted upstream proxies
+# (comma-separated CIDRs, e.g. a TLS load balancer's address) whose X-Forwarded-* headers it passes on.
+WEB_WORKERS = env_int("WEB_WORKERS", 0)
+WEB_TRUSTED_PROXIES = [c for c in os.environ.get("WEB_TRUSTED_PROXIES", "").split(",") if c.strip()]
 
 # Request size limits: JSON/form bodies stay small; adapter uploads have their own, larger cap.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024

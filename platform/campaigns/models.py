@@ -43,6 +43,12 @@ class Campaign(models.Model):
         default=dict,
         help_text="federation.config.AggregationConfig in run-config keys: strategy, norm bounds, central DP",
     )
+    evaluation = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="federation.config.EvaluationConfig in run-config keys: generation metrics scored on the held-out "
+        "set each round (task-metrics: chrf, exact-match), their record and new-token bounds",
+    )
     num_rounds = models.PositiveIntegerField(default=2)
     min_nodes = models.PositiveIntegerField(default=2)
     nodes_per_round = models.PositiveIntegerField(
@@ -134,6 +140,15 @@ class Round(models.Model):
     number = models.PositiveIntegerField()
     eval_loss = models.FloatField(null=True)
     eval_perplexity = models.FloatField(null=True)
+    task_metrics = models.JSONField(
+        default=dict, blank=True, help_text="Generation metric -> score on the held-out sample (chrf, exact-match: %)"
+    )
+    task_records = models.PositiveIntegerField(default=0, help_text="Held-out records the task metrics are over")
+    group_metrics = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Held-out group (e.g. a language) -> its loss, tokens, records and task metrics",
+    )
     train_loss = models.FloatField(null=True)
     participants = models.PositiveIntegerField(default=0)
     failures = models.PositiveIntegerField(default=0)

@@ -23,7 +23,7 @@ from community.models import Node
 from federation import control, events, pki
 from federation.artifacts import ADAPTER_FILES, CONTENT_SHA256_HEADER, ROUND_FILES, round_folder
 from federation.basemodel import describe_checkpoint
-from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig, WireConfig
+from federation.config import AggregationConfig, EvaluationConfig, ServerConfig, ServerPaths, TrainConfig, WireConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def campaign_create(
     heldout_path: str,
     train_config: dict[str, Any] | None = None,
     aggregation: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
     num_rounds: int = 2,
     min_nodes: int = 2,
     nodes_per_round: int = 0,
@@ -71,7 +72,8 @@ def campaign_create(
     card_notes: str = "",
     by: Any = None,
 ) -> Campaign:
-    """`aggregation`: AggregationConfig run-config keys (strategy, max-update-norm, dp-noise-multiplier, ...)."""
+    """`aggregation`: AggregationConfig run-config keys (strategy, max-update-norm, dp-noise-multiplier, ...);
+    `evaluation`: EvaluationConfig's (task-metrics, task-max-records, task-max-new-tokens)."""
     try:
         config = TrainConfig.from_run_config(train_config or {})
     except ValueError as exc:
@@ -84,6 +86,14 @@ def campaign_create(
         errors["aggregation"] = str(exc).split("; ")
     if unknown:
         errors.setdefault("aggregation", []).append(f"unknown keys: {', '.join(unknown)}")
+    scoring = EvaluationConfig()
+    unknown = sorted(set(evaluation or {}) - set(scoring.to_run_config()))
+    try:
+        scoring = EvaluationConfig.from_run_config(evaluation or {})
+    except ValueError as exc:
+        errors["evaluation"] = str(exc).split("; ")
+    if unknown:
+        errors.setdefault("evaluation", []).append(f"unknown keys: {', '.join(unknown)}")
     if not 1 <= num_rounds <= 1000:
         errors["num_rounds"] = "must be between 1 and 1000"
     if min_nodes < 1:
@@ -109,6 +119,7 @@ def campaign_create(
         heldout_path=str(heldout_path),
         train_config=config.to_run_config(),
         aggregation=merging.to_run_config(),
+        evaluation=scoring.to_run_config(),
         num_rounds=num_rounds,
         min_nodes=min_nodes,
         nodes_per_round=nodes_per_round,
@@ -157,6 +168,7 @@ def campaign_run_config(campaign: Campaign) -> dict[str, Any]:
         **TrainConfig.from_run_config(campaign.train_config).to_run_config(),
         **AggregationConfig.from_run_config(campaign.aggregation).to_run_config(),
         **WireConfig(transfer_dtype=campaign.transfer_dtype).to_run_config(),  # both the ServerApp and nodes read it
+        **EvaluationConfig.from_run_config(campaign.evaluation).to_run_config(),
         **server.to_run_config(),
     }
 
@@ -547,6 +559,8 @@ def report_round(*, campaign: Campaign, event: dict[str, Any]) -> Round:
                 rows.append((node, row))
         ok = [r for _, r in rows if not r.problems and not r.error and not r.rejected]
         round_.eval_loss, round_.eval_perplexity = parsed.eval_loss, parsed.eval_perplexity
+        round_.task_metrics, round_.task_records = parsed.scores.metrics, parsed.scores.records
+        round_.group_metrics = parsed.scores.groups
         round_.train_loss, round_.duration_s = parsed.train_loss, parsed.seconds
         round_.epsilon, round_.delta = parsed.epsilon, parsed.delta
         round_.participants = len(ok)

@@ -13,6 +13,7 @@ from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
+from bayanihan_site.accel import ACCEL_REDIRECT, accel_location
 from campaigns import selectors, services
 from campaigns.models import Campaign
 from federation import events
@@ -84,7 +85,12 @@ def report_file(request: HttpRequest, campaign: Campaign, round_number: int, nam
             path, sha = selectors.round_file(campaign=campaign, round_number=round_number, name=name)
         except LookupError as exc:
             return JsonResponse({"error": str(exc)}, status=404)
-        response = FileResponse(path.open("rb"), content_type="application/octet-stream")
+        location = accel_location(path)
+        if location is None:
+            response: HttpResponse = FileResponse(path.open("rb"), content_type="application/octet-stream")
+        else:  # the site's front proxy sends the bytes (bayanihan_site/accel.py)
+            response = HttpResponse(content_type="application/octet-stream")
+            response[ACCEL_REDIRECT] = location
         response[CONTENT_SHA256_HEADER] = sha
         return response
     # Read the body as a stream so a large upload never sits whole in memory.

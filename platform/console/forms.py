@@ -14,8 +14,10 @@ from federation.config import (
     STRATEGIES,
     TRANSFER_DTYPES,
     AggregationConfig,
+    EvaluationConfig,
     TrainConfig,
 )
+from federation.events import TASK_METRICS
 from federation.lora_variants import LORA_VARIANTS
 
 DEFAULTS = TrainConfig()
@@ -60,6 +62,20 @@ AGGREGATION_FIELDS = {
     "server_momentum": "server-momentum",
 }
 
+SCORING = EvaluationConfig()
+# Form field -> EvaluationConfig run-config key.
+EVALUATION_FIELDS = {
+    "task_metrics": "task-metrics",
+    "task_max_records": "task-max-records",
+    "task_max_new_tokens": "task-max-new-tokens",
+}
+# One line each: what a generation metric measures on the held-out set (federation.task_metrics).
+TASK_METRIC_CHOICES = {
+    "chrf": "chrF: character n-gram F-score of the generated answer against the record's (sacrebleu), 0-100",
+    "exact-match": "exact match: % of held-out records whose answer is generated exactly",
+}
+assert tuple(TASK_METRIC_CHOICES) == TASK_METRICS
+
 # One line each: what a merging strategy does with the round's accepted updates.
 STRATEGY_CHOICES = {
     "fedavg": "FedAvg: mean weighted by each node's (capped) sample count; best when nodes are honest (default)",
@@ -82,7 +98,31 @@ class CampaignForm(forms.Form):
     name = forms.CharField(max_length=200)
     base_model = forms.ModelChoiceField(queryset=BaseModel.objects.order_by("name"), empty_label=None)
     data_task = forms.CharField(max_length=100, help_text="What the contributed data is about, e.g. python-docs")
-    heldout_path = forms.CharField(max_length=500, help_text="Held-out file on the SuperLink host (jsonl/txt)")
+    heldout_path = forms.CharField(
+        max_length=500,
+        help_text='Held-out file on the SuperLink host (jsonl/txt); records with a "group" (e.g. a language) are '
+        "scored per group",
+    )
+    task_metrics = forms.MultipleChoiceField(
+        choices=list(TASK_METRIC_CHOICES.items()),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Task metrics",
+        help_text="Scored each round and on the base model from greedy answers to held-out instruction/chat "
+        "records; none = held-out loss only",
+    )
+    task_max_records = forms.IntegerField(
+        required=False,
+        initial=SCORING.task_max_records,
+        label="Task metric records",
+        help_text="At most this many held-out records are answered per round, every group in turn",
+    )
+    task_max_new_tokens = forms.IntegerField(
+        required=False,
+        initial=SCORING.task_max_new_tokens,
+        label="Task metric answer length",
+        help_text="New tokens per answer",
+    )
     num_rounds = forms.IntegerField(initial=2, label="Rounds")
     min_nodes = forms.IntegerField(initial=2, label="Min nodes per round")
     nodes_per_round = forms.IntegerField(
@@ -183,6 +223,16 @@ class CampaignForm(forms.Form):
             "transfer_dtype": data["transfer_dtype"],
             "train_config": {key: data[name] for name, key in TRAIN_FIELDS.items()},
             "aggregation": {key: data[name] for name, key in AGGREGATION_FIELDS.items()},
+            "evaluation": {
+                "task-metrics": ",".join(data["task_metrics"]),
+                # Left empty: the defaults (an older form post, or a cleared field).
+                "task-max-records": SCORING.task_max_records
+                if data.get("task_max_records") is None
+                else data["task_max_records"],
+                "task-max-new-tokens": SCORING.task_max_new_tokens
+                if data.get("task_max_new_tokens") is None
+                else data["task_max_new_tokens"],
+            },
             "auto_publish": data["auto_publish"],
             "card_notes": data["card_notes"],
         }
@@ -191,6 +241,7 @@ class CampaignForm(forms.Form):
         """Put campaign_create's messages next to the field they are about; the rest above the form."""
         by_key = {key: name for name, key in TRAIN_FIELDS.items()}
         by_aggregation_key = {key: name for name, key in AGGREGATION_FIELDS.items()}
+        by_evaluation_key = {key: name for name, key in EVALUATION_FIELDS.items()}
         for field, messages in exc.message_dict.items():
             for message in messages:
                 for problem in message.split("; "):
@@ -199,6 +250,8 @@ class CampaignForm(forms.Form):
                         self.add_error(by_key[key], problem)
                     elif field == "aggregation" and key in by_aggregation_key:
                         self.add_error(by_aggregation_key[key], problem)
+                    elif field == "evaluation" and key.rstrip(":") in by_evaluation_key:
+                        self.add_error(by_evaluation_key[key.rstrip(":")], problem)
                     elif field in self.fields:
                         self.add_error(field, problem)
                     else:

@@ -16,7 +16,8 @@ from campaigns.selectors import campaign_attempts, open_flags
 from community.models import Contributor, Node
 from console import charts
 from console.models import AuditEntry
-from federation.config import AggregationConfig, TrainConfig
+from federation import events
+from federation.config import AggregationConfig, EvaluationConfig, TrainConfig
 from federation.strategy import server_optimizer_text
 from releases.models import Release
 
@@ -98,6 +99,52 @@ def _phase(campaign: Campaign, recorded: list[Round]) -> str:
     return f"round {done + 1} of {campaign.num_rounds}: nodes training"
 
 
+# A bar chart stays readable up to about this many groups (languages) side by side; the model card lists them all.
+MAX_CHART_GROUPS = 12
+METRIC_NAMES = {events.CHRF: "chrF", events.EXACT_MATCH: "exact match %"}
+
+
+def score_charts(recorded: list[Round]) -> list[Any]:
+    """The held-out scores beyond the overall loss: each task metric per round, and per group (e.g. language) the
+    base model (round 0) against the latest round, for the loss and the first task metric. Empty when the
+    campaign measured neither."""
+    if not recorded:
+        return []
+    labels = [str(r.number) for r in recorded]
+    metrics = [m for m in events.TASK_METRICS if any(m in (r.task_metrics or {}) for r in recorded)]
+    found: list[Any] = []
+    if metrics:
+        found.append(
+            charts.line_chart(
+                "Held-out task metrics per round (0 = base model)",
+                labels,
+                [charts.Series(METRIC_NAMES[m], [(r.task_metrics or {}).get(m) for r in recorded]) for m in metrics],
+                y_title="score (0-100)",
+                fmt="{:.1f}",
+            )
+        )
+    first, last = recorded[0], recorded[-1]
+    groups = sorted(set(first.group_metrics or {}) | set(last.group_metrics or {}))[:MAX_CHART_GROUPS]
+    if not groups or last is first:
+        return found
+    for key, name, fmt in [(events.GROUP_LOSS, "held-out loss", "{:.2f}"), *((m, METRIC_NAMES[m], "{:.0f}")
+                                                                            for m in metrics[:1])]:  # fmt: skip
+        found.append(
+            charts.bar_chart(
+                f"Per group {name}: round {first.number} vs {last.number}",
+                groups,
+                [
+                    charts.Series(f"round {r.number}", [(r.group_metrics or {}).get(g, {}).get(key) for g in groups])
+                    for r in (first, last)
+                ],
+                y_title=name,
+                x_title="group",
+                fmt=fmt,
+            )
+        )
+    return found
+
+
 def campaign_live(campaign: Campaign) -> dict[str, Any]:
     """Everything the campaign page shows that changes while it runs (polled every 2 s)."""
     campaign.refresh_from_db()
@@ -122,6 +169,7 @@ def campaign_live(campaign: Campaign) -> dict[str, Any]:
     return {
         "campaign": campaign,
         "train": TrainConfig.from_run_config(campaign.train_config),
+        "scoring": EvaluationConfig.from_run_config(campaign.evaluation),
         # The server's step in words; empty when the merge is applied as it is (plain federated averaging).
         "server_step": server_optimizer_text(AggregationConfig.from_run_config(campaign.aggregation)),
         "release": release_of(campaign),
@@ -166,6 +214,7 @@ def campaign_live(campaign: Campaign) -> dict[str, Any]:
                 y_title=unit,
                 fmt="{:.1f}",
             ),
+            *score_charts(recorded),
         ],
     }
 

@@ -1,4 +1,10 @@
-"""Serving one stored file: streamed (never read whole), with ETag / If-None-Match, single Range and HEAD."""
+"""Serving one stored file: streamed (never read whole), with ETag / If-None-Match, single Range and HEAD.
+
+Behind the site's front proxy (settings.DOWNLOADS_X_ACCEL, what `make serve` runs) the body is not sent from here: the
+answer names the file and the byte range decided here (bayanihan_site/accel.py) and Caddy sends those bytes with
+sendfile. Every decision (access, 304, 416, which range, the headers, whether it counts as a download) is still made
+here, the same way for both paths.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from pathlib import Path
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, HttpResponseNotModified, StreamingHttpResponse
 
+from bayanihan_site.accel import ACCEL_RANGE, ACCEL_REDIRECT, accel_location
 from federation.artifacts import CONTENT_SHA256_HEADER
 
 CHUNK = 1 << 20
@@ -124,16 +131,27 @@ def serve_file(
 
     start, end = byte_range if byte_range else (0, size - 1)
     length = end - start + 1 if size else 0
+    location = accel_location(path) if request.method == "GET" else None
     if request.method == "HEAD":
         response = HttpResponse(status=206 if byte_range else 200, content_type="application/octet-stream")
+    elif location is not None:
+        # No body and no Content-Length here: the proxy sends exactly these bytes and sets Content-Length and
+        # Content-Range itself from X-Accel-Range; it drops the X-Accel-* headers.
+        response = HttpResponse(status=206 if byte_range else 200)
+        response[ACCEL_REDIRECT] = location
+        if byte_range:
+            response[ACCEL_RANGE] = f"bytes={start}-{end}"
     else:
-        body = stream(request, _slice(path, start, length))
-        response = StreamingHttpResponse(body, status=206 if byte_range else 200)
+        response = StreamingHttpResponse(
+            stream(request, _slice(path, start, length)), status=206 if byte_range else 200
+        )
+    if request.method != "HEAD":
         guessed = None if byte_range else mimetypes.guess_type(filename)[0]
         response["Content-Type"] = guessed or "application/octet-stream"
     if byte_range:
         response["Content-Range"] = f"bytes {start}-{end}/{size}"
-    response["Content-Length"] = str(length)
+    if location is None:
+        response["Content-Length"] = str(length)
     disposition = "attachment" if attachment else "inline"
     response["Content-Disposition"] = f'{disposition}; filename="{Path(filename).name}"'
     for key, value in common.items():

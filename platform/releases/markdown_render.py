@@ -24,13 +24,17 @@ def split_front_matter(text: str) -> tuple[dict[str, str], str]:
     meta: dict[str, str] = {}
     key = ""
     for line in text[4:end].splitlines():
+        if line[:1].isspace():
+            continue  # nested YAML (model-index's results): listed in the card's own tables, not as a meta line
         if line.startswith("- ") and key:
-            meta[key] = ", ".join(filter(None, [meta[key], line[2:].strip()]))
+            item = line[2:].strip()
+            if ": " not in item:  # a list of scalars (tags); a list of mappings is nested YAML too
+                meta[key] = ", ".join(filter(None, [meta[key], item]))
         elif ":" in line:
             key, _, value = line.partition(":")
             key = key.strip()
             meta[key] = value.strip()
-    return meta, text[end + 5 :]
+    return {k: v for k, v in meta.items() if v}, text[end + 5 :]
 
 
 def _inline(text: str) -> str:

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
 from django.conf import settings
+from huggingface_hub import EvalResult
+from huggingface_hub.repocard_data import eval_results_to_model_index
 
 from campaigns.models import Campaign
+from federation import events
 from federation.config import TrainConfig
+
+# How the Hub names the metrics (its model-index `type`s) and how the card's tables name them.
+METRIC_TYPES = {events.CHRF: "chrf", events.EXACT_MATCH: "exact_match"}
+METRIC_LABELS = {events.CHRF: "chrF", events.EXACT_MATCH: "exact match (%)"}
+OVERALL = "all"  # the model-index config of the scores over every held-out record
 
 
 def _fmt(value: float | None) -> str:
@@ -55,6 +64,91 @@ def _trust(provenance: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _eval_results(campaign: Campaign, last: dict[str, Any]) -> list[EvalResult]:
+    """The last round's held-out results, overall and per group, as the Hub's model-index entries: one dataset
+    config per group (e.g. a language), each with its loss and the campaign's generation metrics."""
+    dataset = {
+        "task_type": "text-generation",
+        "task_name": "Text generation (held-out answers)",
+        "dataset_type": campaign.data_task,
+        "dataset_split": "heldout",
+    }
+    label = f"round {last['round']}"
+    results = []
+    rows = [(OVERALL, {"loss": last["eval_loss"], **(last.get("task_metrics") or {})})]
+    rows += sorted((last.get("groups") or {}).items())
+    for group, values in rows:
+        named = {"dataset_name": f"{campaign.data_task} held-out ({group})", "dataset_config": group}
+        if values.get(events.GROUP_LOSS) is not None:
+            results.append(
+                EvalResult(**dataset, **named, metric_type="loss", metric_value=round(values["loss"], 4),
+                           metric_name=f"held-out loss ({label})")
+            )  # fmt: skip
+        for metric, kind in METRIC_TYPES.items():
+            if values.get(metric) is not None:
+                results.append(
+                    EvalResult(**dataset, **named, metric_type=kind, metric_value=round(values[metric], 2),
+                               metric_name=f"{METRIC_LABELS[metric]} ({label})")
+                )  # fmt: skip
+    return results
+
+
+def _model_index(campaign: Campaign, repo_id: str, rounds: list[dict[str, Any]]) -> list[str]:
+    """Front-matter lines of the Hub's `model-index` (what the Hub renders as evaluation results)."""
+    results = _eval_results(campaign, rounds[-1]) if rounds else []
+    if not results:
+        return []
+    index = eval_results_to_model_index(repo_id, results)
+    return yaml.safe_dump({"model-index": index}, sort_keys=False, allow_unicode=True).splitlines()
+
+
+def _change(before: float | None, after: float | None, digits: int) -> str:
+    if before is None and after is None:
+        return "n/a"
+    text = lambda v: "n/a" if v is None else f"{v:.{digits}f}"  # noqa: E731
+    return f"{text(before)} → {text(after)}"
+
+
+def _per_group(provenance: dict[str, Any]) -> list[str]:
+    """Base model (round 0) against the last round, per held-out group and overall, when the campaign measured
+    more than the overall loss."""
+    rounds = provenance["rounds"]
+    evaluation = provenance["campaign"].get("evaluation_config") or {}
+    if not rounds:
+        return []
+    first, last = rounds[0], rounds[-1]
+    metrics = [m for m in events.TASK_METRICS if m in (last.get("task_metrics") or {})]
+    groups = sorted(set(first.get("groups") or {}) | set(last.get("groups") or {}))
+    if not metrics and not groups:
+        return []
+    header = ["held-out group", "loss", *(METRIC_LABELS[m] for m in metrics), "records"]
+    lines = [
+        f"### Per group: base model (round {first['round']}) → round {last['round']}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for group in [*groups, OVERALL]:
+        if group == OVERALL:
+            a = {"loss": first["eval_loss"], **(first.get("task_metrics") or {})}
+            b = {"loss": last["eval_loss"], **(last.get("task_metrics") or {}), "records": last.get("task_records")}
+        else:
+            a, b = (first.get("groups") or {}).get(group, {}), (last.get("groups") or {}).get(group, {})
+        cells = [f"**{group}**" if group == OVERALL else group, _change(a.get("loss"), b.get("loss"), 4)]
+        cells += [_change(a.get(m), b.get(m), 1) for m in metrics]
+        cells.append(str(b.get("records") or "n/a"))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Generation metrics score greedy answers of at most "
+        f"{evaluation.get('task-max-new-tokens', 'a bounded number of')} new tokens against each held-out record's own "
+        "answer (chrF: sacrebleu's character n-gram F-score; exact match: % reproduced exactly). The same results "
+        "are in this card's `model-index` metadata and in `provenance.json`.",
+        "",
+    ]
+    return lines
+
+
 def _notes(campaign: Campaign) -> list[str]:
     """Staff's free text (edited in the console before publishing), as its own section."""
     notes = (campaign.card_notes or "").strip()
@@ -81,6 +175,7 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
         "- federated-learning",
         "- flower",
         "- bayanihan",
+        *_model_index(campaign, repo_id, rounds),
         "---",
         "",
         f"# {repo_id}",
@@ -115,6 +210,7 @@ def render_model_card(campaign: Campaign, repo_id: str, provenance: dict[str, An
         "",
         f"Held-out loss went from {_fmt(before)} to {_fmt(after)}.",
         "",
+        *_per_group(provenance),
         "## Training",
         "",
         f"- {campaign.num_rounds} federated rounds, at least {campaign.min_nodes} nodes connected per round"

@@ -12,7 +12,7 @@ from django.conf import settings
 from campaigns.models import Campaign
 from campaigns.selectors import attempt_record, campaign_attempts, ledger_totals
 from federation.artifacts import ADAPTER_FILES
-from federation.config import AggregationConfig, TrainConfig
+from federation.config import AggregationConfig, EvaluationConfig, TrainConfig
 from federation.strategy import DATA_VALUE, describe
 
 
@@ -56,6 +56,11 @@ def campaign_provenance(campaign: Campaign, files: dict[str, str], repo_id: str 
                 "round": round_.number,
                 "eval_loss": round_.eval_loss,
                 "eval_perplexity": round_.eval_perplexity,
+                # The campaign's generation metrics over `task_records` held-out records, and per held-out group
+                # (e.g. a language) its loss, tokens, records and metrics (federation.events.HeldoutScores).
+                "task_metrics": round_.task_metrics,
+                "task_records": round_.task_records,
+                "groups": round_.group_metrics,
                 "train_loss": round_.train_loss,
                 "bytes_up": round_.bytes_up,
                 "bytes_down": round_.bytes_down,
@@ -110,6 +115,7 @@ def campaign_provenance(campaign: Campaign, files: dict[str, str], repo_id: str 
             "server_optimizer": merging["server_optimizer"],
             "aggregation_config": aggregation.to_run_config(),
             "train_config": campaign.train_config,
+            "evaluation_config": EvaluationConfig.from_run_config(campaign.evaluation).to_run_config(),
             "flower_run_id": campaign.flwr_run_id,
             "launched_at": campaign.launched_at.isoformat() if campaign.launched_at else None,
             "max_attempts": campaign.max_attempts,

@@ -59,16 +59,14 @@ def release_get(*, repo_id: str, revision: str = "main", user: Any = None) -> Re
     Raises RepoNotFound when the user can see no revision of the repo, RevisionNotFound when this one is not there.
     """
     visible = release_revisions(repo_id=repo_id, user=user)
-    if not visible.exists():
-        raise RepoNotFound(repo_id)
     if revision == "main":
         release = visible.filter(yanked_at__isnull=True).first()
     elif not _REVISION.fullmatch(revision):
         release = None
     else:
         release = visible.filter(revision=revision).first()
-    if release is None:
-        raise RevisionNotFound(f"{repo_id}@{revision}")
+    if release is None:  # only now ask which error it is: a download costs one query less
+        raise RevisionNotFound(f"{repo_id}@{revision}") if visible.exists() else RepoNotFound(repo_id)
     return release
 
 
@@ -83,7 +81,10 @@ def release_entries(release: Release) -> list[Entry]:
 
 def release_entry(release: Release, path: str) -> Entry | None:
     """Looked up among the release's rows: a client's path only ever selects, it never reaches the filesystem."""
-    return next((e for e in release_entries(release) if e.path == path), None)
+    if path == SIGNATURE_NAME:
+        return next((e for e in release_entries(release) if e.path == path), None)
+    row = release.files.filter(path=path).first()  # one row, not every file: this runs on every download
+    return None if row is None else Entry(row.path, row.size, row.sha256, row.pk, row.download_count)
 
 
 def entry_file(release: Release, entry: Entry) -> Path:

@@ -125,12 +125,14 @@ def release_yank(*, release: Release, by: Any = None, reason: str = "") -> Relea
 def release_count_download(*, release: Release, path: str | None) -> None:
     """Count one download of a file (`path`) or of the whole release as a zip (`path=None`)."""
     # Every client fetches the weights exactly once per download, so they (or the zip) count the release's downloads.
-    if path is None or path == ADAPTER_WEIGHTS:
-        Release.objects.filter(pk=release.pk).update(download_count=F("download_count") + 1)
-    if path == SIGNATURE_NAME:
-        Release.objects.filter(pk=release.pk).update(signature_downloads=F("signature_downloads") + 1)
-    elif path is not None:
-        ReleaseFile.objects.filter(release=release, path=path).update(download_count=F("download_count") + 1)
+    # One transaction: one commit per download, not one per counter.
+    with transaction.atomic():
+        if path is None or path == ADAPTER_WEIGHTS:
+            Release.objects.filter(pk=release.pk).update(download_count=F("download_count") + 1)
+        if path == SIGNATURE_NAME:
+            Release.objects.filter(pk=release.pk).update(signature_downloads=F("signature_downloads") + 1)
+        elif path is not None:
+            ReleaseFile.objects.filter(release=release, path=path).update(download_count=F("download_count") + 1)
 
 
 def campaign_publish(*, campaign: Campaign, by: Any = None) -> Release:

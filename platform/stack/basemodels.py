@@ -10,7 +10,6 @@ from django.conf import settings
 from campaigns.models import BaseModel
 from campaigns.services import base_model_register
 from federation.basemodel import SMOLLM2_ID, prepare_smollm2
-from federation.tiny import build_tiny_checkpoint
 
 
 def ensure_base_model(
@@ -21,6 +20,9 @@ def ensure_base_model(
         path = Path(model_path).expanduser().resolve()
         return base_model_register(path=path, name=path.name.lower().replace("_", "-")[:100])
     if tiny:
+        # testbed/ is checkout-only tooling (never installed): imported only when the tiny model is asked for.
+        from testbed.tiny import build_tiny_checkpoint
+
         path = build_tiny_checkpoint(models / "tiny-llama")
         return base_model_register(
             path=path, name="tiny-llama", hf_id="bayanihan/tiny-random-llama", note="Random weights, for tests."

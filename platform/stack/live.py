@@ -17,6 +17,10 @@ def _loss(value: float | None) -> str:
 
 def _round_table(round_: Round) -> Table | str:
     summary = f"held-out loss {round_.eval_loss:.4f} (perplexity {round_.eval_perplexity:.1f})"
+    names = {"chrf": "chrF", "exact-match": "exact match %"}
+    for metric, value in (round_.task_metrics or {}).items():
+        if value is not None:
+            summary += f", {names.get(metric, metric)} {value:.1f}"
     if round_.number == 0:
         return f"[bold]round 0[/] (base model, before any training): {summary}"
     table = Table(title=f"[bold]round {round_.number}[/]: {summary}", title_justify="left")

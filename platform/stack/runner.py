@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
 from django.conf import settings
 
 from federation import pki, procs
-from stack import proxy
+from stack import proxy, web_proxy
+from stack.broker import cache_url
 
 PLATFORM_DIR = Path(settings.REPO_ROOT) / "platform"
 LOOPBACK = "127.0.0.1"
@@ -49,6 +54,9 @@ class Stack:
     _superlink_args: tuple[str, str] | None = field(default=None, init=False)
     _proxy_args: tuple[str, str] | None = field(default=None, init=False)
     _worker_env: dict[str, str] | None = field(default=None, init=False)
+    web_socket: Path | None = field(default=None, init=False)  # where the web workers listen (the proxy's upstream)
+    web_workers: int = field(default=0, init=False)
+    _socket_tmp: Path | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.supervisor = procs.Supervisor(self.state_dir / "logs")
@@ -168,15 +176,69 @@ class Stack:
         )  # fmt: skip
         return home
 
-    def start_web(self, port: int, env: dict[str, str]) -> None:
+    def start_web(self, port: int, env: dict[str, str], workers: int | None = None) -> None:
+        """The site on `port` (bind host WEB_BIND): Caddy in front (stack/web_proxy.py), uvicorn workers behind it.
+
+        Why uvicorn with `--workers` and Caddy rather than gunicorn: the site is ASGI (streamed zips and downloads
+        without a thread per client), and no Python ASGI server sends files with sendfile (uvicorn does not implement
+        the zero-copy extension; gunicorn's sendfile is for its sync WSGI workers only). So the bytes of a stored
+        file never pass through Python at all: Django answers with X-Accel-Redirect and Caddy sends the file with
+        sendfile(2). What is left for the Python server is many processes, which uvicorn's own supervisor gives
+        (it restarts a worker that dies), with no extra dependency. The workers listen on a Unix socket in a 0700
+        folder: only the proxy reaches them, so their answers' X-Accel headers never reach a client unprocessed and
+        they may trust the proxy's X-Forwarded-For.
+        """
+        folder = self.state_dir / "web"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.chmod(0o700)
+        socket_path = folder / "web.sock"
+        if len(str(socket_path)) > 100:  # AF_UNIX paths are limited to 108 bytes: a short private folder instead
+            self._socket_tmp = self._socket_tmp or Path(tempfile.mkdtemp(prefix="bayanihan-web-"))
+            socket_path = self._socket_tmp / "web.sock"
+        socket_path.unlink(missing_ok=True)
+        self.web_socket = socket_path
+        count = self.web_workers = workers or settings.WEB_WORKERS or min(2 * (os.cpu_count() or 1), 8)
         proc = self.supervisor.start(
             "web",
-            [sys.executable, "-m", "uvicorn", "bayanihan_site.asgi:application", "--host",
-             os.environ.get("WEB_BIND", "127.0.0.1"), "--port", str(port), "--no-access-log"],
-            env=env,
+            [sys.executable, "-m", "uvicorn", "bayanihan_site.asgi:application", "--uds", str(socket_path),
+             "--workers", str(count), "--no-access-log", "--no-server-header", "--proxy-headers",
+             "--forwarded-allow-ips", "*"],
+            env={**env, "DOWNLOADS_X_ACCEL": "1", "DB_POOL_SIZE": env.get("DB_POOL_SIZE") or "8",
+                 "CACHE_REDIS_URL": env.get("CACHE_REDIS_URL") or cache_url(
+                env.get("CELERY_BROKER_URL") or settings.CELERY_BROKER_URL)},
             cwd=PLATFORM_DIR,
         )  # fmt: skip
-        procs.wait_http(f"http://127.0.0.1:{port}/releases/", 60, proc)
+        bind = os.environ.get("WEB_BIND", LOOPBACK)
+        config = web_proxy.write_site_proxy_config(
+            folder / "proxy",
+            listen=f"{bind}:{port}",
+            upstream_socket=socket_path,
+            data_dir=Path(settings.DATA_DIR),
+            trusted_proxies=settings.WEB_TRUSTED_PROXIES,
+            access_log=self.supervisor.log_dir / "web-proxy-access.log",
+        )
+        proxy_proc = self.supervisor.start(
+            "web-proxy", proxy.caddy_command(config), env=proxy.caddy_env(folder / "proxy"), cwd=folder / "proxy"
+        )
+        probe = LOOPBACK if bind in ("0.0.0.0", "::", "[::]", "") else bind
+        url = f"http://{probe}:{port}/releases/"
+        deadline = time.monotonic() + 60
+        while True:
+            for name, child in (("web", proc), ("web-proxy", proxy_proc)):
+                if child.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {child.returncode}:\n{self.supervisor.tail(name)}")
+            try:  # Caddy answers 502 until the workers listen
+                if requests.get(url, timeout=5).status_code < 500:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer within 60 s:\n{self.supervisor.tail('web')}")
+            time.sleep(0.3)
+
+    def stop_web(self) -> None:
+        self.supervisor.stop("web-proxy")
+        self.supervisor.stop("web")
 
     def start_worker(self, env: dict[str, str]) -> None:
         self._worker_env = env
@@ -193,3 +255,5 @@ class Stack:
 
     def stop(self) -> None:
         self.supervisor.stop_all()
+        if self._socket_tmp is not None:
+            shutil.rmtree(self._socket_tmp, ignore_errors=True)

@@ -73,7 +73,7 @@ def test_prepare_from_a_local_gguf_dequantizes_it_without_a_download(tiny_checkp
     from transformers import AutoModelForCausalLM
 
     from federation.basemodel import prepare_smollm2
-    from federation.tiny import write_tiny_gguf
+    from testbed.tiny import write_tiny_gguf
 
     gguf_file = write_tiny_gguf(tiny_checkpoint, tmp_path / "gguf" / "tiny.gguf")
     cache = tmp_path / "cache"  # stays empty: no wheel is fetched

@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from federation.config import AggregationConfig, ServerConfig, TrainConfig, WireConfig
+from federation.config import AggregationConfig, EvaluationConfig, ServerConfig, TrainConfig, WireConfig
 from federation.control import APP_DIR
 
 
 def test_flower_app_defaults_match_the_config_dataclasses():
     declared = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     expected = {**TrainConfig().to_run_config(), **ServerConfig().to_run_config()}
+    expected |= EvaluationConfig().to_run_config()
     assert declared == {**expected, **AggregationConfig().to_run_config(), **WireConfig().to_run_config()}
 
 
@@ -134,3 +135,16 @@ def test_max_lr_scale_one_turns_scaling_off_and_bad_bounds_name_the_key():
         TrainConfig(max_lr_scale=0.5)
     with pytest.raises(ValueError, match="max-lr-scale x lr must stay below 1"):
         TrainConfig(lr=0.5, max_lr_scale=4.0)
+
+
+def test_task_metrics_are_off_by_default_named_from_a_fixed_list_and_bounded():
+    assert EvaluationConfig().metrics == []
+    cfg = EvaluationConfig.from_run_config({"task-metrics": "exact-match, chrf,chrf", "task-max-records": "8"})
+    assert (cfg.metrics, cfg.task_max_records) == (["chrf", "exact-match"], 8)
+    assert EvaluationConfig.from_run_config(cfg.to_run_config()) == cfg
+    with pytest.raises(ValueError, match="task-metrics: bleu unknown"):
+        EvaluationConfig(task_metrics="chrf,bleu")
+    with pytest.raises(ValueError, match=r"task-max-new-tokens must be in \[1, 512\]"):
+        EvaluationConfig(task_max_new_tokens=0)
+    with pytest.raises(ValueError, match=r"task-max-records must be in \[1, 1000\]"):
+        EvaluationConfig(task_max_records=5000)

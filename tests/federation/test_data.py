@@ -278,3 +278,20 @@ def test_hidden_files_in_a_directory_are_skipped(tmp_path):
     (tmp_path / "._a.jsonl").write_bytes(b"\x00\x05\x16\x07 resource fork")
     write(tmp_path / ".cache" / "b.jsonl", [{"text": "hidden"}])
     assert [r.text for r in load_records(tmp_path)] == ["kept"]
+
+
+def test_a_group_label_is_kept_checked_and_fingerprinted_only_when_set(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        '{"instruction": "Translate to Malay: Save", "output": "Simpan", "group": "ms"}\n{"text": "plain"}\n'
+    )
+    grouped, plain = load_records(path)
+    assert grouped.group == "ms" and plain.group == ""
+    # Without a group a record fingerprints as it always did; with one, the group is part of the content.
+    assert fingerprint([plain]) == fingerprint([Record(kind="text", text="plain")])
+    assert fingerprint([grouped]) != fingerprint([Record(kind="instruction", prompt=grouped.prompt, response="Simpan")])
+    path.write_text('{"text": "x", "group": "no spaces please"}\n{"text": "y", "group": 3}\n')
+    with pytest.raises(DataError) as err:
+        load_records(path)
+    assert [p.line for p in err.value.problems] == [1, 2]
+    assert "field 'group' must be" in str(err.value)

@@ -54,3 +54,46 @@ def test_a_round_lists_its_adapter_files_and_may_list_the_server_optimizer_state
             assert "adapter_files must map" in str(exc)
         else:
             raise AssertionError(f"{bad} was accepted")
+
+
+def test_held_out_scores_round_trip_through_the_round_event_as_json():
+    """What the ServerApp puts in the event (HeldoutScores.fields) is what the site reads back, through JSON."""
+    import json
+
+    from federation.artifacts import ADAPTER_FILES
+
+    sent = events.HeldoutScores(
+        metrics={events.CHRF: 41.5, events.EXACT_MATCH: 12.5},
+        records=16,
+        groups={
+            "id": {events.GROUP_LOSS: 1.25, events.GROUP_TOKENS: 300, events.GROUP_RECORDS: 8, events.CHRF: 50.0},
+            "sr@latin": {events.GROUP_LOSS: 2.5, events.GROUP_TOKENS: 200, events.GROUP_RECORDS: 8, events.CHRF: 33.0},
+        },
+    )
+    event = json.loads(json.dumps({**round_event(dict.fromkeys(ADAPTER_FILES, "a" * 64)), **sent.fields()}))
+    assert events.parse_round(event).scores == sent
+    # An event without them (loss only, no groups) reads as empty scores.
+    assert events.parse_round(round_event(dict.fromkeys(ADAPTER_FILES, "a" * 64))).scores == events.HeldoutScores()
+
+
+def test_held_out_scores_out_of_bounds_or_unknown_name_the_field():
+    from federation.artifacts import ADAPTER_FILES
+
+    base = round_event(dict.fromkeys(ADAPTER_FILES, "a" * 64))
+    for bad, message in (
+        ({"task_metrics": {"chrf": 140.0}}, "task_metrics.chrf=140 is outside [0, 100]"),
+        ({"task_metrics": {"bleu": 1.0}}, "task_metrics must map some of chrf, exact-match"),
+        ({"groups": {"has space": {"loss": 1.0}}}, "group name 'has space' is not a group label"),
+        ({"groups": {"id": {"loss": -1.0}}}, "groups.id.loss=-1 is outside"),
+        ({"groups": {"id": {"secret": 1.0}}}, "groups.id must map some of loss, tokens, records"),
+        ({"groups": {f"g{i}": {} for i in range(events.MAX_GROUPS + 1)}}, "groups must be an object of at most"),
+        ({"task_records": 10**6}, "task_records=1e+06 is outside"),
+    ):
+        try:
+            events.parse_round({**base, **bad})
+        except events.EventError as exc:
+            assert message in str(exc), (message, str(exc))
+        else:
+            raise AssertionError(f"{bad} was accepted")
+    # A diverged score is "not known", as a diverged loss is.
+    assert events.parse_round({**base, "task_metrics": {"chrf": float("nan")}}).scores.metrics == {"chrf": None}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from federation.tiny import write_tiny_gguf
+from testbed.tiny import write_tiny_gguf
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

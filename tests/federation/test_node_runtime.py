@@ -106,6 +106,21 @@ def test_self_test_passes_on_the_pinned_flower_and_names_what_changed(monkeypatc
     assert "flwr 1.42.0" in text and "no_such_thing" in text and "lost parameter(s) msg" in text
 
 
+def test_join_checks_flowers_internals_in_a_child_and_passes_on_its_account(monkeypatch, tmp_path: Path):
+    node_runtime.self_test_elsewhere()  # join's check: passes on the pinned Flower
+    # A Flower whose internal moved, as the child sees it (sitecustomize runs before the check in the child only).
+    (tmp_path / "sitecustomize.py").write_text(
+        "from federation import node_runtime\n"
+        "node_runtime._INTERNALS['gone'] = ('flwr.supernode.runtime.run_clientapp:no_such_thing', ())\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(procs.REPO_ROOT)]))
+    with pytest.raises(node_runtime.InternalsChanged) as err:
+        node_runtime.self_test_elsewhere()
+    text = str(err.value)
+    assert text.startswith("federation.node_runtime was written against flwr 1.42.0"), text
+    assert "no_such_thing" in text and "Install flwr==1.42.0" in text and "Traceback" not in text
+
+
 def test_the_node_bin_puts_our_flwr_clientapp_first_on_the_supernode_path(tmp_path: Path):
     home = tmp_path / "node"
     bin_dir = procs.node_runtime_bin(home)

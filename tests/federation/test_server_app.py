@@ -18,7 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
 
 from federation.artifacts import ADAPTER_FILES, ADAPTER_WEIGHTS, ROUND_FILES, SERVER_STATE, sha256_file
-from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig
+from federation.config import AggregationConfig, EvaluationConfig, ServerConfig, ServerPaths, TrainConfig
 from federation.control import APP_DIR
 from federation.packing import LAYOUT_KEY, Layout, pack_records, unpack_content
 from federation.report import Reporter
@@ -81,11 +81,19 @@ class SlowReporter(Reporter):
         super().event(kind, **payload)
 
 
-def run_campaign(tmp_path: Path, tiny_checkpoint: Path, tiny_corpus: Path, reporter: Reporter, grid: InstantGrid):
-    train = TrainConfig(local_steps=1, seq_len=32, batch_size=2, threads=1)
+def run_campaign(
+    tmp_path: Path, tiny_checkpoint: Path, tiny_corpus: Path, reporter: Reporter, grid: InstantGrid,
+    heldout: Path | None = None, evaluation: EvaluationConfig | None = None, seq_len: int = 32,
+):  # fmt: skip
+    train = TrainConfig(local_steps=1, seq_len=seq_len, batch_size=2, threads=1)
     server = ServerConfig(campaign_id=1, num_rounds=3, min_nodes=2, round_timeout=30, max_heldout_records=4)
-    context = SimpleNamespace(run_id=7, run_config={**train.to_run_config(), **server.to_run_config()})
-    paths = ServerPaths(str(tiny_checkpoint), str(tiny_corpus / "heldout.jsonl"), str(tmp_path))
+    run_config = {
+        **train.to_run_config(),
+        **server.to_run_config(),
+        **(evaluation or EvaluationConfig()).to_run_config(),
+    }
+    context = SimpleNamespace(run_id=7, run_config=run_config)
+    paths = ServerPaths(str(tiny_checkpoint), str(heldout or tiny_corpus / "heldout.jsonl"), str(tmp_path))
     server_app.run(grid, context, server, paths, reporter, tmp_path)
 
 
@@ -110,6 +118,38 @@ def test_rounds_are_recorded_in_order_while_the_next_round_already_trains(tmp_pa
     # The event carries what it always did: the merged round's nodes and the evaluation of that round's adapter.
     assert [len(e["nodes"]) for e in rounds] == [0, 2, 2, 2]
     assert len({e["eval_loss"] for e in rounds}) == 4  # each round evaluated its own merged adapter
+    assert all(e["task_metrics"] == {} and e["groups"] == {} for e in rounds)  # none named, no groups
+
+
+def test_each_round_and_the_base_model_are_scored_per_group_with_the_campaigns_metrics(
+    tmp_path, tiny_checkpoint, tiny_corpus
+):
+    from federation import events as contract
+    from federation.data import ALPACA_NO_INPUT  # noqa: F401 - the loader formats the prompt
+
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text(
+        "".join(
+            json.dumps({"instruction": f"Translate to {lang}: word {i}", "output": f"{lang} {i}", "group": lang}) + "\n"
+            for i in range(3)
+            for lang in ("id", "sw")
+        )
+    )
+    evaluation = EvaluationConfig(task_metrics="chrf,exact-match", task_max_records=4, task_max_new_tokens=4)
+    run_campaign(
+        tmp_path, tiny_checkpoint, tiny_corpus, SlowReporter(tmp_path), InstantGrid(), heldout, evaluation, 128
+    )
+    rounds = [e for e in journal(tmp_path) if e["type"] == "round"]
+    assert [e["round"] for e in rounds] == [0, 1, 2, 3]
+    for event in rounds:
+        scores = contract.parse_round(event).scores  # what the site will read
+        assert set(scores.metrics) == {"chrf", "exact-match"} and scores.records == 4
+        assert set(scores.groups) == {"id", "sw"}
+        assert all(g["records"] == 2 and g["loss"] is not None for g in scores.groups.values())
+        # The overall loss is over the first max-heldout-records (4: two of each language), split by group.
+        tokens = sum(g["tokens"] for g in scores.groups.values())
+        loss = sum(g["loss"] * g["tokens"] for g in scores.groups.values()) / tokens
+        assert event["eval_tokens"] == tokens and event["eval_loss"] == pytest.approx(loss)
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,10 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.task_identity import TaskIdentity
 
 from federation import events
-from federation.attack import apply_attack
 from federation.config import NODES_IN_ROUND, AggregationConfig, TrainConfig
 from federation.packing import LAYOUT_KEY, PACKED_KEY, pack_records, unpack_content
 from federation.strategy import GuardedStrategy, build_strategy, describe
+from testbed.attack import apply_attack
 
 STRATEGIES = ["fedavg", "fedmedian", "fedtrimmedavg", "multikrum"]
 

@@ -24,13 +24,14 @@ import os, signal, sys, time
 from pathlib import Path
 
 def main(argv):
-    print("TASK", os.getpid(), os.getppid(), " ".join(argv), os.environ.get("MARK"), os.getcwd(), flush=True)
-    print("TASK-ERR", file=sys.stderr, flush=True)
     if argv[0] == "--sleep":
         def stopped(signum, frame):
             Path(argv[1]).write_text(str(signum))
             sys.exit(7)
         signal.signal(signal.SIGTERM, stopped)
+    print("TASK", os.getpid(), os.getppid(), " ".join(argv), os.environ.get("MARK"), os.getcwd(), flush=True)
+    print("TASK-ERR", file=sys.stderr, flush=True)
+    if argv[0] == "--sleep":
         time.sleep(120)
     return int(argv[1])
 """
@@ -38,7 +39,9 @@ def main(argv):
 SERVE = """
 import sys
 from pathlib import Path
+from federation import task_launcher
 from federation.task_launcher import Launcher
+task_launcher.REQUEST_TIMEOUT = 2.0
 launcher = Launcher(Path(sys.argv[1]), target=sys.argv[2])
 launcher.prepare()
 launcher.bind()
@@ -142,6 +145,33 @@ def test_a_request_that_is_not_ours_is_answered_with_a_fallback_and_the_launcher
     proc = client(folder, "--exit", "0")
     assert proc.wait(60) == 0
     assert status(folder)["tasks"] == {"launched": 1, "fallback": 2, "signals": 0, "clients_gone": 0}
+
+
+def test_a_client_that_connects_and_says_nothing_holds_up_no_other_and_is_dropped(folder, launcher):
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.connect(str(folder / task_launcher.SOCKET_NAME))
+        started = time.monotonic()
+        proc = client(folder, "--exit", "3")  # served while the silent one is still connected
+        assert proc.wait(60) == 3
+        assert time.monotonic() - started < 2.0 or status(folder)["tasks"]["launched"] == 1
+        silent.settimeout(30)
+        assert task_launcher._recv(silent) == {"fallback": "no request within 2s"}
+    assert status(folder)["tasks"] == {"launched": 1, "fallback": 1, "signals": 0, "clients_gone": 0}
+
+
+def test_a_launcher_leaves_a_socket_another_launcher_bound_since(folder):
+    first = task_launcher.Launcher(folder / task_launcher.SOCKET_NAME)
+    first.bind()
+    second = task_launcher.Launcher(folder / task_launcher.SOCKET_NAME)
+    second.bind()  # a restarted launcher takes the path over
+    first.unlink()  # the old one's exit must not remove it
+    assert (folder / task_launcher.SOCKET_NAME).exists()
+    second.unlink()
+    assert not (folder / task_launcher.SOCKET_NAME).exists()
+    first.listener.close()
+    second.listener.close()
 
 
 def test_the_launcher_refuses_a_folder_others_can_enter(tmp_path):

@@ -10,7 +10,6 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from federation.attack import apply_attack
 from federation.config import TrainConfig, WireConfig
 from federation.events import NodeMetrics
 from federation.lora_variants import trained_keys
@@ -61,9 +60,6 @@ def train_round(msg: Message, context: Context) -> Message:
     # "lora", the lora_B half for "ffa" (A stayed what the server sent; the server merges it back itself).
     trained = get_adapter_state(model)
     state = {k: trained[k] for k in trained_keys(trained, cfg.lora_variant)}
-    attack = str(context.node_config.get("attack", ""))
-    if attack:  # test/benchmark harness only: `node --attack MODE` sets it, with a loud warning
-        state = apply_attack(attack, state, received)
     arrays, layout = pack_records({k: v.numpy() for k, v in state.items()}, wire.transfer_dtype)
     reply = RecordDict({"arrays": arrays, LAYOUT_KEY: layout})
     metrics = MetricRecord(

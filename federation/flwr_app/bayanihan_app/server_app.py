@@ -26,7 +26,14 @@ from federation.artifacts import (
     round_folder,
     sha256_file,
 )
-from federation.config import AggregationConfig, ServerConfig, ServerPaths, TrainConfig, WireConfig
+from federation.config import (
+    AggregationConfig,
+    EvaluationConfig,
+    ServerConfig,
+    ServerPaths,
+    TrainConfig,
+    WireConfig,
+)
 from federation.data import load_records
 from federation.evaluator import RoundEvaluator
 from federation.patient_grid import PatientGrid
@@ -34,14 +41,13 @@ from federation.report import Reporter, SiteLink
 from federation.server_optimizer import save_state
 from federation.strategy import GuardedStrategy, build_strategy
 from federation.task import (
-    encode_all,
-    evaluate,
     get_adapter_state,
     load_tokenizer,
     lora_model,
     perplexity,
     set_adapter_state,
 )
+from federation.task_metrics import generation_targets, group_examples, heldout_scores
 
 app = ServerApp()
 log = logging.getLogger(__name__)
@@ -133,7 +139,12 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
 
     model = lora_model(paths.base_model_path, cfg)
     tokenizer = load_tokenizer(paths.base_model_path)
-    heldout = encode_all(tokenizer, load_records(paths.heldout_path)[: server.max_heldout_records], cfg.seq_len)
+    heldout_records = load_records(paths.heldout_path)
+    # Loss over the first max-heldout-records (by group when they carry one); the generation metrics the campaign
+    # names over a bounded sample of them, every group in turn (federation.task_metrics).
+    evaluation = EvaluationConfig.from_run_config(context.run_config)
+    heldout = group_examples(tokenizer, heldout_records[: server.max_heldout_records], cfg.seq_len)
+    targets = generation_targets(tokenizer, heldout_records, evaluation.task_max_records) if evaluation.metrics else []
     aggregation = AggregationConfig.from_run_config(context.run_config)
     # Adapters travel packed in the campaign's transfer dtype; the strategy unpacks replies to float32 before
     # validating and merging, so evaluation and saving below see float32 per-tensor arrays (federation.packing).
@@ -151,7 +162,9 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
         """On the evaluator's thread, in round order: evaluate, save, report and upload one merged round."""
         timings = {**job.timings, "evaluate_started": time.time()}
         set_adapter_state(model, job.state)
-        loss, tokens = evaluate(model, heldout, int(tokenizer.pad_token_id))
+        loss, tokens, scores = heldout_scores(
+            model, tokenizer, heldout, targets, evaluation.metrics, evaluation.task_max_new_tokens
+        )
         folder = round_folder(out, job.campaign_round)
         model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only
         timings["evaluated"] = time.time()
@@ -169,6 +182,7 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
             eval_tokens=tokens,
             seconds=time.time() - job.timings["started"],
             timings=timings,  # epoch seconds on this host: where the round's wall time went
+            **scores.fields(),  # per-group loss and the campaign's generation metrics (empty when neither)
             **job.log,
         )
         for name in files:

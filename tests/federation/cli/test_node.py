@@ -43,25 +43,3 @@ def test_validate_reports_empty_and_binary_files(tmp_path):
     result = run("validate", str(tmp_path))
     assert result.returncode == 2
     assert "empty.jsonl" in result.stderr and "blob.txt" in result.stderr
-
-
-def test_attack_mode_is_hidden_from_help_and_warns_loudly_when_asked_for(tmp_path):
-    import os
-    import signal
-
-    assert "attack" not in run("node", "--help").stdout
-    good = tmp_path / "data.jsonl"
-    good.write_text('{"text": "a sentence"}\n')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "federation", "node", "--superlink", "127.0.0.1:9", "--data", str(good),
-         "--home", str(tmp_path / "h"), "--attack", "scale"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env=procs.flower_env(tmp_path / "h"),
-    )  # fmt: skip
-    try:
-        lines = [proc.stderr.readline() for _ in range(3)]  # printed before the SuperNode is started
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert "ATTACK MODE 'scale'" in lines[1] and "multiplied by 50" in lines[1]
-    assert "Never point it at a real campaign" in lines[2]

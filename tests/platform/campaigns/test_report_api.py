@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -443,3 +444,17 @@ def test_a_round_is_a_resume_point_only_once_its_declared_state_file_is_stored(c
     data = STATE["server_optimizer.safetensors"]
     assert put_file(client, campaign, "server_optimizer.safetensors", data).status_code == 200
     assert last_merged_round(campaign) == 1
+
+
+def test_behind_the_front_proxy_a_round_file_is_handed_to_the_proxy_with_its_sha256(client, campaign, settings):
+    settings.DOWNLOADS_X_ACCEL = True
+    seal(client, campaign, files=STATE)
+    response = get_file(client, campaign, "server_optimizer.safetensors")
+    assert response.status_code == 200 and response.content == b""
+    assert response["X-Accel-Redirect"] == f"/campaigns/{campaign.pk}/round-1/server_optimizer.safetensors"
+    assert (Path(settings.DATA_DIR) / response["X-Accel-Redirect"].lstrip("/")).read_bytes() == STATE[
+        "server_optimizer.safetensors"
+    ]
+    assert response["X-Content-SHA256"] == sha(STATE["server_optimizer.safetensors"])
+    # Refused requests never name a file.
+    assert "X-Accel-Redirect" not in get_file(client, campaign, "server_optimizer.safetensors", round_number=7)

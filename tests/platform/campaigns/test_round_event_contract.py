@@ -115,3 +115,40 @@ def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, tmp
     assert round_.errors == ["node id 14 is not an enrolled node; its row is not recorded (its update merged)"]
     # What the merge used: the liar counted as 3x the median claim, not 10**7.
     assert {r.node_id: r.weight for r in log.replies if not r.rejected} == {11: 30, 13: 10, 14: 10}
+
+
+def test_the_held_out_scores_of_a_round_are_stored_per_group_and_bad_ones_refused(client, tmp_path, settings):
+    from federation.events import CHRF, EXACT_MATCH, HeldoutScores
+
+    settings.DATA_DIR = tmp_path
+    settings.LINK_SECRET_FILE, settings.LINK_SECRET_SHA256 = tmp_path / "link-secret", ""
+    settings.LINK_SECRET_FILE.write_text(TOKEN + "\n")
+    base = BaseModel.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
+    campaign = Campaign.objects.create(
+        name="c", base_model=base, data_task="t", heldout_path="h", num_rounds=1, status=Campaign.Status.RUNNING,
+        flwr_run_id="7",
+    )  # fmt: skip
+    scores = HeldoutScores(
+        metrics={CHRF: 37.5, EXACT_MATCH: 6.25},
+        records=16,
+        groups={"id": {"loss": 1.5, "tokens": 90, "records": 8, CHRF: 45.0, EXACT_MATCH: 12.5},
+                "sw": {"loss": 2.5, "tokens": 80, "records": 8, CHRF: 30.0, EXACT_MATCH: 0.0}},
+    )  # fmt: skip
+    event = {
+        "type": EVENT_ROUND, "round": 0, "adapter_files": dict.fromkeys(ADAPTER_FILES, "c" * 64), "eval_loss": 2.0,
+        "eval_perplexity": 7.4, "eval_tokens": 170, "nodes": [], **scores.fields(),
+    }  # fmt: skip
+
+    def post(body: dict):
+        return client.post(
+            f"/api/v1/campaigns/{campaign.pk}/events", json.dumps(body), content_type="application/json",
+            headers={"Authorization": f"Bearer {TOKEN}", "X-Flower-Run-Id": "7"},
+        )  # fmt: skip
+
+    bad = post({**event, "groups": {"id": {"chrf": 1e9}}})
+    assert bad.status_code == 400 and "groups.id.chrf=1e+09 is outside [0, 100]" in bad.json()["error"]
+    assert post(event).status_code == 200
+    round_ = Round.objects.get(campaign=campaign, number=0)
+    assert (round_.task_metrics, round_.task_records, round_.group_metrics) == (
+        scores.metrics, scores.records, scores.groups
+    )  # fmt: skip

@@ -51,6 +51,29 @@ def test_the_transfer_dtype_reaches_the_run_config_that_server_and_nodes_read(ca
     assert campaign_run_config(campaign)["transfer-dtype"] == "bfloat16"
 
 
+def test_the_campaigns_task_metrics_reach_the_run_config_and_bad_ones_are_refused_by_name(campaign, tmp_path):
+    from django.core.exceptions import ValidationError
+
+    assert campaign_run_config(campaign)["task-metrics"] == ""  # loss only unless the campaign names a metric
+    scored = campaign_create(
+        name="s", base_model=campaign.base_model, data_task="l10n", heldout_path=campaign.heldout_path,
+        evaluation={"task-metrics": "chrf,exact-match", "task-max-records": 16},
+    )  # fmt: skip
+    config = campaign_run_config(scored)
+    assert (config["task-metrics"], config["task-max-records"], config["task-max-new-tokens"]) == (
+        "chrf,exact-match", 16, 48
+    )  # fmt: skip
+    assert leaks(config, scored, secret="") == []
+    with pytest.raises(ValidationError) as err:
+        campaign_create(
+            name="x", base_model=campaign.base_model, data_task="t", heldout_path=campaign.heldout_path,
+            evaluation={"task-metrics": "bleu", "heldout-path": "/etc"},
+        )  # fmt: skip
+    assert err.value.message_dict["evaluation"] == [
+        "task-metrics: bleu unknown (choose from chrf, exact-match)", "unknown keys: heldout-path"
+    ]  # fmt: skip
+
+
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
 def test_the_run_the_superlink_hands_to_nodes_carries_no_secret_or_path(campaign, tls_superlink, settings):

@@ -57,6 +57,20 @@ def test_create_form_sets_node_validation_and_says_what_is_wrong_with_it(client,
     assert "node validation both (≤ 16 records)" in page
 
 
+def test_create_form_names_task_metrics_and_says_what_is_wrong_with_their_bounds(client, staff, base, heldout):
+    client.force_login(staff)
+    assert "chrF: character n-gram F-score" in client.get("/console/campaigns/new").content.decode()
+    response = client.post("/console/campaigns/new", form_data(base, heldout, task_max_new_tokens=10_000))
+    assert response.context["form"].errors["task_max_new_tokens"] == ["task-max-new-tokens must be in [1, 512]"]
+    client.post("/console/campaigns/new", form_data(base, heldout, task_metrics=["chrf", "exact-match"]))
+    campaign = Campaign.objects.get()
+    assert campaign.evaluation == {
+        "task-metrics": "chrf,exact-match",
+        "task-max-records": 32,
+        "task-max-new-tokens": 48,
+    }
+
+
 def test_create_form_offers_ffa_lora_and_the_campaign_page_names_it(client, staff, base, heldout):
     client.force_login(staff)
     assert "FFA-LoRA: A frozen at its initialisation" in client.get("/console/campaigns/new").content.decode()
@@ -189,6 +203,26 @@ def test_campaign_page_draws_charts_with_printed_values(client, staff, base, hel
     assert "4.5000" in live and "4.2500" in live and "4.4000" in live  # values printed on the charts
     assert "Held-out eval loss per round (0 = base model)" in live and "Bytes per round (MB)" in live
     assert "round 2 of 2: nodes training" in live
+
+
+def test_campaign_page_charts_task_metrics_per_round_and_each_group_before_and_after(client, staff, base, heldout):
+    campaign = campaign_create(
+        name="c", base_model=base, data_task="l10n", heldout_path=heldout, evaluation={"task-metrics": "chrf"}
+    )
+    groups = lambda chrf_id, chrf_sw: {  # noqa: E731
+        "id": {"loss": 2.0, "tokens": 50, "records": 4, "chrf": chrf_id},
+        "sw": {"loss": 3.0, "tokens": 50, "records": 4, "chrf": chrf_sw},
+    }
+    Round.objects.create(campaign=campaign, number=0, eval_loss=4.5, task_metrics={"chrf": 12.5},
+                         group_metrics=groups(20.0, 5.0))  # fmt: skip
+    Round.objects.create(campaign=campaign, number=1, eval_loss=4.25, participants=2, task_metrics={"chrf": 31.25},
+                         group_metrics=groups(47.0, 15.5))  # fmt: skip
+    client.force_login(staff)
+    live = client.get(f"/console/campaigns/{campaign.pk}/live").content.decode()
+    assert live.count("<svg") == 4 + 3
+    assert "Held-out task metrics per round (0 = base model)" in live and "31.2" in live
+    assert "Per group chrF: round 0 vs 1" in live and "Per group held-out loss: round 0 vs 1" in live
+    assert ">47<" in live and ">id<" in live and ">sw<" in live  # values and group labels printed
 
 
 def test_campaign_page_renders_with_an_infinite_loss_on_record(client, staff, base, heldout):

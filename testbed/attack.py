@@ -1,14 +1,14 @@
 """Hostile node behaviour, for tests and benchmarks only: what a broken or malicious node might send.
 
-Off unless a node is started with `python -m federation node --attack MODE` (which warns loudly) or by the
-test/benchmark harness; the ClientApp reads it from the node config key `attack`.
+Nothing in `federation/` can reach this: only a node started with `python -m testbed.hostile_node --attack MODE`
+(which warns loudly) applies it, to the reply the installed ClientApp produced (testbed/hostile_runtime.py).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the node CLI imports MODES; keep torch out of its start-up
+if TYPE_CHECKING:  # hostile_node imports MODES for its command line; keep torch out of its start-up
     import torch
 
 MODES = ("nan", "wrong-shape", "scale", "sign-flip")
