@@ -142,6 +142,22 @@ while read -r _ url sha size; do
     [ "$got" = "$sha" ] || { echo "!! $url: sha256 $got, recorded $sha"; exit 1; }
     echo "downloaded $url: $size B, sha256 matches"
 done < <(grep '^file ' "$RUN_DIR/campaign.txt")
+# Those bytes were sent by the proxy, not by a web worker: web itself answers the same GET with X-Accel-Redirect and
+# no body, the published port with the file and no X-Accel-* header; a Range goes through Django's decision too.
+read -r _ url sha size < <(grep '^file .*\.safetensors ' "$RUN_DIR/campaign.txt")
+direct=$(podman exec "$(container web)" python -c 'import sys, urllib.request as u
+r = u.urlopen(u.Request("http://127.0.0.1:8000" + sys.argv[1], headers={"Host": "proxy"}))
+print(r.headers.get("X-Accel-Redirect") or "-", len(r.read()))' "$url")
+case "$direct" in /*" 0") ;; *) echo "!! web answered $url itself: X-Accel-Redirect, body bytes = $direct"; exit 1 ;; esac
+curl -sf -D "$RUN_DIR/download.headers" -o "$RUN_DIR/whole" "$SITE$url"
+grep -qi '^x-accel' "$RUN_DIR/download.headers" && { echo "!! the proxy passed X-Accel-* on to the client"; exit 1; }
+code=$(curl -s -r 100-1123 -o "$RUN_DIR/range" -w '%{http_code}' "$SITE$url")
+[ "$code" = 206 ] && cmp -s "$RUN_DIR/range" <(tail -c +101 "$RUN_DIR/whole" | head -c 1024) \
+    || { echo "!! Range 100-1123 of $url: HTTP $code, $(stat -c %s "$RUN_DIR/range") B"; exit 1; }
+workers=$(podman exec "$(container web)" sh -c 'for p in /proc/[0-9]*/cmdline; do tr "\0" " " <"$p"; echo; done' \
+    | grep -c spawn_main || true)
+[ "$workers" -ge 2 ] || { echo "!! web runs $workers uvicorn worker processes"; exit 1; }
+echo "sent by the proxy: web answered X-Accel-Redirect ${direct% *} with 0 B; Range 100-1123: 206, 1024 B match; web: $workers uvicorn workers"
 for f in "$RUN_DIR"/join-*.log; do
     grep -q "insecure" "$f" && { echo "!! $f mentions 'insecure'"; exit 1; }
     echo "$(basename "$f"): $(grep -c . "$f") lines, last: $(tail -n 1 "$f")"
