@@ -24,7 +24,7 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 
-from campaigns.models import BaseModel, Campaign  # noqa: E402
+from campaigns.models import BaseCheckpoint, Campaign  # noqa: E402
 from campaigns.services import campaign_create, campaign_launch  # noqa: E402
 from community.services import enrollment_token_create  # noqa: E402
 from federation.corpus import build_demo_corpus  # noqa: E402
@@ -44,7 +44,7 @@ def setup(nodes: int) -> None:
 def launch(nodes: int) -> None:
     campaign = campaign_create(
         name=f"compose check {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        base_model=BaseModel.objects.get(name="tiny-llama"),
+        base_model=BaseCheckpoint.objects.get(name="tiny-llama"),
         data_task="python-docs",
         heldout_path=str(CORPUS / "heldout.jsonl"),
         train_config={"local-steps": 2, "seq-len": 32, "threads": 1},
