@@ -4,7 +4,7 @@
 # and tear it all down, also on failure (containers, pod, network, volumes; the images stay cached).
 #
 # Needs root and Debian's podman, runc, podman-compose and debootstrap (`apt-get install podman runc podman-compose
-# debootstrap`). What this machine needs of podman (docs/deployment.md): runc instead of crun, lower default ulimits.
+# debootstrap`). What this machine needs of podman (docs/deploy.md): runc instead of crun, lower default ulimits.
 # Settings: PYTHON (the host's Python with the contributor package: .venv/bin/python), NODES (2),
 # DEBIAN_MIRROR, TORCH_WHEELS (a folder holding the torch 2.13.0 CPU wheel, mounted into the build; /opt/wheels).
 set -euo pipefail

@@ -6,7 +6,7 @@ Caddy's file_server sends the named file from DATA_DIR with sendfile(2) — no P
 worker is free again as soon as it has answered. The file_server is reachable only through that response header: no
 route maps a request path to it, and the proxy strips X-Accel-* from client requests before they reach Django.
 
-The same routes as a Caddyfile are in docker/Caddyfile (the container `proxy` service) and docs/deployment.md.
+The same routes as a Caddyfile are in docker/Caddyfile (the container `proxy` service) and docs/deploy.md.
 """
 
 from __future__ import annotations

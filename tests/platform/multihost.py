@@ -5,7 +5,7 @@ runs on one machine never share one, and `close()` ends every process inside the
 deletes them: veths and the bridge go with their namespaces, TAP devices with the link processes that own them.
 Nothing is created in the machine's own network namespace; only addresses inside the namespaces made here are used.
 
-Layout (what docs/deployment.md describes for real machines):
+Layout (what docs/deploy.md describes for real machines):
 
     public network 10.213.0.0/24, a bridge in the `wan` namespace
       site  10.213.0.2   web over HTTPS (and, on loopback inside it, PostgreSQL and Redis)

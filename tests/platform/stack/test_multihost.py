@@ -169,7 +169,7 @@ def _start_link(mh: MultiHost, secret: Path) -> None:
          "REQUESTS_CA_BUNDLE": str(mh.site_ca)},
         task_poll_seconds=procs.SUPERLINK_TASK_POLL_SECONDS,
     )  # fmt: skip
-    # On the private network only: its Control and Runtime APIs have no authentication (docs/deployment.md).
+    # On the private network only: its Control and Runtime APIs have no authentication (docs/deploy.md).
     mh.start("superlink", "link", procs.superlink_command(state, hosts.link_private, SUPERLINK_PORT, mh.link_tls),
              env, state)  # fmt: skip
     from stack import proxy
