@@ -45,8 +45,16 @@ ROLES: dict[str, Callable[[list[str]], bool]] = {
     "supernode": lambda cmd: _has_prog(cmd, "flower-supernode"),
     "superexec": lambda cmd: _has_prog(cmd, "flower-superexec"),
     "serverapp": lambda cmd: _has_prog(cmd, "flwr-serverapp"),
-    # Flower's own app runtime, or the node-private one that runs `python -m federation.node_runtime`.
-    "clientapp": lambda cmd: _has_prog(cmd, "flwr-clientapp") or "federation.node_runtime" in cmd,
+    # Flower's own app runtime, or the node-private one: `python -m federation.node_runtime`, or the task launcher's
+    # per-message client (`python -S -m federation.task_launcher <Flower's flwr-clientapp arguments>`).
+    "clientapp": lambda cmd: (
+        _has_prog(cmd, "flwr-clientapp")
+        or "federation.node_runtime" in cmd
+        or ("federation.task_launcher" in cmd and "serve" not in cmd)
+    ),
+    # The warm worker's task launcher and the task processes it forks (they keep its command line).
+    "launcher": lambda cmd: "federation.task_launcher" in cmd and "serve" in cmd,
+    "warm-worker": lambda cmd: "federation.warm_worker" in cmd,
     "worker": lambda cmd: _has_prog(cmd, "celery") and "worker" in cmd,
     "web": lambda cmd: _has_prog(cmd, "uvicorn") or _has_prog(cmd, "gunicorn") or _has_prog(cmd, "daphne"),
     "caddy": lambda cmd: _has_prog(cmd, "caddy"),
