@@ -167,8 +167,8 @@ def training_now(home: Path, supernode_pid: int | None) -> str:
     """What the node is doing between heartbeats, for the status line: a round's task can run for many minutes,
     and "waiting for the first round" or the last round's loss alone would not say that it is training now.
 
-    The warm worker writes what it runs (warm_worker.STATUS_FILE); without one, a task is a `federation.node_runtime`
-    process under the SuperNode."""
+    The warm worker writes what it runs (warm_worker.STATUS_FILE); otherwise a task is a process under the SuperNode:
+    `federation.node_runtime`, or the task launcher's client (federation.task_launcher) waiting on its task."""
     try:
         from federation.warm_worker import STATUS_FILE  # plain-Python module level: no torch here
 
@@ -189,7 +189,8 @@ def training_now(home: Path, supernode_pid: int | None) -> str:
         return ""
     for child in children:
         try:
-            if "federation.node_runtime" in " ".join(child.cmdline()):
+            argv = child.cmdline()
+            if "federation.node_runtime" in argv or ("federation.task_launcher" in argv and "serve" not in argv):
                 return "running a round task now"
         except psutil.Error:
             continue

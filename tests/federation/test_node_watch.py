@@ -148,19 +148,25 @@ def test_the_status_says_when_a_round_is_training_now_from_the_warm_worker_or_a_
     (tmp_path / "warm-worker.json").write_text(json.dumps({"running": "", "waiting": 2}))
     assert training_now(tmp_path, None) == "2 round task(s) queued"
     (tmp_path / "warm-worker.json").write_text(json.dumps({"running": "", "waiting": 0}))
-    # Without a warm worker: a `federation.node_runtime` process under the SuperNode is a task in progress.
-    parent = subprocess.Popen(
-        [sys.executable, "-c", "import subprocess, sys; subprocess.run([sys.executable, '-c', "
-         "'import time; time.sleep(30)', '-m', 'federation.node_runtime'])"],
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert training_now(tmp_path, parent.pid) == "running a round task now"
-    finally:
-        for child in psutil.Process(parent.pid).children(recursive=True):
-            child.kill()
-        parent.kill()
-        parent.wait()
-    assert training_now(tmp_path, parent.pid) == ""
+    # Otherwise a task process under the SuperNode is a task in progress: `federation.node_runtime`, or the task
+    # launcher's client waiting on its task (but not a launcher: it serves every task of its worker).
+    for module, extra, seen in (
+        ("federation.node_runtime", "", "running a round task now"),
+        ("federation.task_launcher", "--token", "running a round task now"),
+        ("federation.task_launcher", "serve", ""),
+    ):
+        parent = subprocess.Popen(
+            [sys.executable, "-c", "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+             f"'import time; time.sleep(30)', '-m', '{module}', '{extra}'])"],
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert training_now(tmp_path, parent.pid) == seen, (module, extra)
+        finally:
+            for child in psutil.Process(parent.pid).children(recursive=True):
+                child.kill()
+            parent.kill()
+            parent.wait()
+        assert training_now(tmp_path, parent.pid) == ""

@@ -21,8 +21,12 @@ def training_pids(home: str) -> list[int]:
     found = []
     for proc in psutil.process_iter(["cmdline", "cwd"]):
         cmdline, cwd = proc.info["cmdline"] or [], proc.info["cwd"] or ""
-        # The node's own runtime (`python -m federation.node_runtime`, behind its `flwr-clientapp` on PATH).
-        app = any("flwr-clientapp" in part or part == "federation.node_runtime" for part in cmdline)
+        # The node's own runtime (`python -m federation.node_runtime`, behind its `flwr-clientapp` on PATH), or the
+        # task launcher's per-message client that stands in for it where a warm worker runs.
+        app = any(part in ("federation.node_runtime", "federation.task_launcher") for part in cmdline) or any(
+            "flwr-clientapp" in part for part in cmdline
+        )
+        app = app and "serve" not in cmdline  # the launcher itself (and its forked tasks) work for every node
         if app and cwd.startswith(home):
             found.append(proc.pid)
     return found
