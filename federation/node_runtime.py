@@ -1,6 +1,6 @@
 """A node's own `flwr-clientapp`: it runs the INSTALLED Bayanihan ClientApp, never app code from the wire.
 
-Why this exists (issue 13, critical 1): Flower's SuperNode executes whatever app a run ships in its FAB — anyone
+Why this exists: Flower's SuperNode executes whatever app a run ships in its FAB — anyone
 who can start a run can run code on every contributor's machine and read their data. Flower's own guard,
 `flower-supernode --trusted-entities`, only accepts apps whose verification carries `valid_license`, which the
 open-source SuperLink sets only for apps fetched from Flower Hub; a self-submitted app can never pass it.
@@ -16,7 +16,7 @@ the sha256 of every file) and, only if they match, calls the installed `federati
 Any other app gets an Error reply (`app refused: ...`, Flower's INVALID_FAB code) and a log line `join` shows.
 Under `join` the ClientApp does not run in this process but in the node's warm worker (`run_job`,
 federation.warm_worker): this process then imports no torch and only waits for the reply, heartbeating the task.
-Every message pays this process's start-up, so it keeps its imports light (issue 14: 50 nodes on one small machine
+Every message pays this process's start-up, so it keeps its imports light (50 nodes on one small machine
 start at once and must heartbeat within Flower's claim deadline): it reads its command line with its own copy of
 Flower's `flwr-clientapp` parser (`cli_parser`) rather than importing Flower's SuperNode CLI.
 
@@ -174,7 +174,7 @@ def cli_parser() -> argparse.ArgumentParser:
 
     A copy rather than Flower's `_parse_args_run_flwr_clientapp`: importing that module imports Flower's whole
     SuperNode package (SQL object store, alembic, uvicorn), about 0.5 of the shim's 1.4 CPU-s per message, which
-    50 nodes on one small machine pay at once (issue 14). self_test(compare_cli=True) — run by `join` at
+    50 nodes on one small machine pay at once. self_test(compare_cli=True) — run by `join` at
     start-up — and the tests fail if Flower's parser and this one ever differ in a flag, default or type.
     """
     from flwr.common.constant import RUNTIME_DEPENDENCY_INSTALL

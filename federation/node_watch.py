@@ -1,6 +1,6 @@
 """How `join` tells whether its SuperNode is really connected, when to restart it, and what to tell the user.
 
-Flower 1.42's SuperNode can be alive yet gone (issue 12.2): after an HTTP error its fleet loop ends and it
+Flower 1.42's SuperNode can be alive yet gone: after an HTTP error its fleet loop ends and it
 deactivates, or its heartbeat thread dies and the SuperLink marks it offline 60 s later, while the process idles
 on. "Is the process alive" says nothing, so `join` combines two signals:
 

@@ -96,7 +96,7 @@ def superlink_command(state_dir: Path, host: str, port: int, tls: dict[str, Path
     """With `tls` (ca/cert/key paths) the SuperLink serves HTTPS and admits only registered node keys.
 
     State is Flower's pure-Python in-memory store: its SQLite backends answer 'database is locked' (HTTP 500,
-    retried by nobody) under CPU load, which ends nodes' fleet loops mid-campaign (issue 12). Nothing survives a
+    retried by nobody) under CPU load, which ends nodes' fleet loops mid-campaign. Nothing survives a
     restart, node keys included: the platform's database is the source of truth and re-registers them
     (community.services.node_keys_sync). `state_dir` stays the working directory for Flower's files.
     """
@@ -193,7 +193,7 @@ def _parent_death_signal(signum: int) -> Callable[[], None] | None:
     """A preexec_fn that makes the child receive `signum` when its parent dies (Linux `PR_SET_PDEATHSIG`).
 
     A supervisor killed with SIGKILL runs no cleanup: without this its SuperNode, SuperLink or worker lives on as
-    an orphan (issue 12.5). What those children start themselves (flower-superexec, app processes) is covered by
+    an orphan. What those children start themselves (flower-superexec, app processes) is covered by
     Flower's own parent-pid monitors once their parent is gone. Elsewhere than Linux this is a no-op (None): only
     `Supervisor.stop`/`stop_all` stop children there. Note the kernel ties the signal to the *thread* that forked
     the child: start long-lived children from a thread that lives as long as the supervisor (the main thread).

@@ -334,7 +334,7 @@ class GuardedStrategy(Strategy):
         """The accepted replies of one contributor's nodes become one: their weighted mean, with their summed weight.
 
         FedAvg's merge is unchanged by this (a weighted mean of weighted means), while robust strategies (median,
-        trimmed mean, Krum) see one vote per contributor: enrolling more nodes buys no more votes (issue 13.7).
+        trimmed mean, Krum) see one vote per contributor: enrolling more nodes buys no more votes.
         Nodes the site did not name keep a vote each. Never under DP, whose accounting needs exactly the sampled
         number of replies (the caller skips it there).
         """

@@ -1,6 +1,6 @@
 """The node's task launcher: Flower's per-message `flwr-clientapp` becomes a fork of a process already started.
 
-Why (issue 14): Flower 1.42's SuperExec starts a fresh `flwr-clientapp` for every message. Ours (node_runtime) hands
+Why: Flower 1.42's SuperExec starts a fresh `flwr-clientapp` for every message. Ours (node_runtime) hands
 the job to the warm worker, but the process itself still pays Python's start and Flower's imports, about 0.8 CPU-s,
 before its first task heartbeat. Flower re-queues a task that does not heartbeat within 30 s of its claim and starts
 another process without stopping the first; 50 nodes training at once on a 2-core machine missed that, the

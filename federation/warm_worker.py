@@ -1,5 +1,5 @@
 """A node's warm worker: one long-lived process that runs every round's ClientApp job with torch, the base model,
-the tokenizer and the node's tokenized data already loaded (issue 14.1).
+the tokenizer and the node's tokenized data already loaded.
 
 Flower 1.42 starts a fresh `flwr-clientapp` per message (no warm ClientApp upstream: flwrlabs/flower#3670). On a
 node that process is federation.node_runtime, which checks the FAB and, when `join` set BAYANIHAN_WARM_SOCKET,

@@ -146,7 +146,7 @@ elif env_int("DB_POOL_SIZE", 0) > 0:
     # code in a thread of its own, so persistent connections (CONN_MAX_AGE) meant one PostgreSQL connection per
     # concurrent request: 200 simultaneous downloads hit "too many clients" (HTTP 500). A pool per process caps them;
     # a request waits for a free connection instead. With CONN_HEALTH_CHECKS the pool checks a connection before
-    # handing it out, so a database restart costs no request (issue 12.6).
+    # handing it out, so a database restart costs no request.
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # required with a pool
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -157,7 +157,7 @@ elif env_int("DB_POOL_SIZE", 0) > 0:
 else:
     # Connections are kept for CONN_MAX_AGE: after a database restart every kept one is dead. Without a health check
     # the first request (or task) on each answers 500 (OperationalError) before Django drops it; with one, Django
-    # pings a kept connection before its first use in each request or task and reconnects (issue 12.6).
+    # pings a kept connection before its first use in each request or task and reconnects.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -238,7 +238,7 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-# --- Contributors and node admission (issue 3) ---
+# --- Contributors and node admission ---
 TERMS_VERSION = os.environ.get("TERMS_VERSION", "2026-11")
 ENROLLMENT_TOKEN_HOURS = env_int("ENROLLMENT_TOKEN_HOURS", 24)
 # The SuperLink always runs with TLS and node authentication. Give your own certificate files in
@@ -266,12 +266,12 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "contributor-home"
 LOGOUT_REDIRECT_URL = "login"
 
-# --- Releases: signing (issue 4) ---
+# --- Releases: signing ---
 # EC private key (P-256/P-384) that signs every release folder with OpenSSF model-signing. Made 0600 on first use
 # when missing; its public key is written beside it (signing-key.pub) and served at /releases/signing-key.pub.
 SIGNING_KEY = Path(os.environ.get("SIGNING_KEY", VAR_DIR / "keys" / "signing-key.pem")).resolve()
 
-# --- Abuse limits (issue 13) ---
+# --- Abuse limits ---
 # A contributor enrolls at most this many active nodes and holds at most this many unused enrollment tokens, so one
 # account cannot outvote honest nodes under median/Krum by enrolling many (staff can raise them for a lab cluster).
 MAX_NODES_PER_CONTRIBUTOR = env_int("MAX_NODES_PER_CONTRIBUTOR", 3)

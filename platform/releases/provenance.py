@@ -44,7 +44,7 @@ def _privacy(cfg: AggregationConfig, rounds: list[dict[str, Any]]) -> dict[str, 
 
 def campaign_provenance(campaign: Campaign, files: dict[str, str], repo_id: str = "") -> dict[str, Any]:
     """`files`: released file name -> sha256 (every file but provenance.json itself). `repo_id` is signed with the
-    rest, so `verify` can tell a release of this repository from another's (issue 13.6)."""
+    rest, so `verify` can tell a release of this repository from another's."""
     base = campaign.base_model
     aggregation = AggregationConfig.from_run_config(campaign.aggregation)
     # How the adapter's factors were merged depends on the LoRA variant the nodes trained (TrainConfig's).

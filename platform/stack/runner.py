@@ -62,7 +62,7 @@ class Stack:
         self.supervisor = procs.Supervisor(self.state_dir / "logs")
 
     def start_superlink(self, address: str, site_url: str | None = None) -> dict[str, Path]:
-        """The SuperLink on loopback only (its Control and Runtime APIs have no authentication: issue 13.1), with TLS
+        """The SuperLink on loopback only (its Control and Runtime APIs have no authentication), with TLS
         and node authentication, state in memory; then the platform re-registers every admitted node key.
 
         `address` is the loopback Control address the platform uses (SUPERLINK_ADDRESS); nodes reach the SuperLink
