@@ -15,6 +15,14 @@ def _to_key(name: str) -> str:
     return name.replace("_", "-")
 
 
+class ConfigError(ValueError):
+    """Run-config values that cannot be used; `problems` lists each one (key first), `str()` joins them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
 class RunConfigMixin:
     """Dataclass <-> Flower run config (dashed keys, flat scalars)."""
 
@@ -29,7 +37,7 @@ class RunConfigMixin:
                 try:
                     values[f.name] = caster(config[key])
                 except (TypeError, ValueError) as exc:
-                    raise ValueError(f"{key} must be a {f.type}, not {config[key]!r}") from exc
+                    raise ConfigError([f"{key} must be a {f.type}, not {config[key]!r}"]) from exc
         return cls(**values)
 
     def to_run_config(self) -> dict[str, Any]:
@@ -108,7 +116,7 @@ class TrainConfig(RunConfigMixin):
         elif 0.0 < self.lr < 1.0 and not self.lr * self.max_lr_scale < 1.0:
             problems.append("max-lr-scale x lr must stay below 1")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError(problems)
 
     def round_lr(self, round_config: Mapping[str, Any]) -> float:
         """This round's learning rate on a node: lr x min(nodes in the round, max-lr-scale).
@@ -200,7 +208,7 @@ class EvaluationConfig(RunConfigMixin):
         if not 1 <= self.task_max_new_tokens <= MAX_TASK_NEW_TOKENS:
             problems.append(f"task-max-new-tokens must be in [1, {MAX_TASK_NEW_TOKENS}]")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError(problems)
 
     @property
     def metrics(self) -> list[str]:
@@ -224,7 +232,7 @@ class WireConfig(RunConfigMixin):
 
     def __post_init__(self) -> None:
         if self.transfer_dtype not in TRANSFER_DTYPES:
-            raise ValueError(f"transfer-dtype must be one of {', '.join(TRANSFER_DTYPES)}")
+            raise ConfigError([f"transfer-dtype must be one of {', '.join(TRANSFER_DTYPES)}"])
 
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "multikrum")
@@ -305,7 +313,7 @@ class AggregationConfig(RunConfigMixin):
         if not (math.isfinite(self.server_tau) and self.server_tau > 0):
             problems.append("server-tau must be a finite number > 0")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError(problems)
 
     @property
     def dp(self) -> bool:

@@ -23,7 +23,15 @@ from community.models import Node
 from federation import control, events, pki
 from federation.artifacts import ADAPTER_FILES, CONTENT_SHA256_HEADER, ROUND_FILES, round_folder
 from federation.basemodel import describe_checkpoint
-from federation.config import AggregationConfig, EvaluationConfig, ServerConfig, ServerPaths, TrainConfig, WireConfig
+from federation.config import (
+    AggregationConfig,
+    ConfigError,
+    EvaluationConfig,
+    ServerConfig,
+    ServerPaths,
+    TrainConfig,
+    WireConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +67,9 @@ def _run_config_section(kind: Any, values: dict[str, Any] | None, field: str, er
     unknown = sorted(set(values or {}) - set(kind().to_run_config()))
     try:
         section = kind.from_run_config(values or {})
-    except ValueError as exc:
+    except ConfigError as exc:
         section = kind()
-        errors[field] = str(exc).split("; ")
+        errors[field] = list(exc.problems)
     if unknown:
         errors.setdefault(field, []).append(f"unknown keys: {', '.join(unknown)}")
     return section
@@ -90,8 +98,8 @@ def campaign_create(
     `evaluation`: EvaluationConfig's (task-metrics, task-max-records, task-max-new-tokens)."""
     try:
         config = TrainConfig.from_run_config(train_config or {})
-    except ValueError as exc:
-        raise ValidationError({"train_config": str(exc)}) from exc
+    except ConfigError as exc:
+        raise ValidationError({"train_config": list(exc.problems)}) from exc
     errors: dict[str, Any] = {}
     merging = _run_config_section(AggregationConfig, aggregation, "aggregation", errors)
     scoring = _run_config_section(EvaluationConfig, evaluation, "evaluation", errors)
@@ -107,8 +115,8 @@ def campaign_create(
         errors["max_attempts"] = f"must be between 1 and {MAX_ATTEMPTS_CAP}"
     try:
         WireConfig(transfer_dtype=transfer_dtype)
-    except ValueError as exc:
-        errors["transfer_dtype"] = str(exc)
+    except ConfigError as exc:
+        errors["transfer_dtype"] = list(exc.problems)
     if not Path(heldout_path).is_file():
         errors["heldout_path"] = f"{heldout_path}: no such file"
     if errors:

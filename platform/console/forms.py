@@ -242,17 +242,17 @@ class CampaignForm(forms.Form):
         by_key = {key: name for name, key in TRAIN_FIELDS.items()}
         by_aggregation_key = {key: name for name, key in AGGREGATION_FIELDS.items()}
         by_evaluation_key = {key: name for name, key in EVALUATION_FIELDS.items()}
-        for field, messages in exc.message_dict.items():
-            for message in messages:
-                for problem in message.split("; "):
-                    key = problem.split(" ", 1)[0]
-                    if field in ("train_config", "aggregation") and key in by_key:
-                        self.add_error(by_key[key], problem)
-                    elif field == "aggregation" and key in by_aggregation_key:
-                        self.add_error(by_aggregation_key[key], problem)
-                    elif field == "evaluation" and key.rstrip(":") in by_evaluation_key:
-                        self.add_error(by_evaluation_key[key.rstrip(":")], problem)
-                    elif field in self.fields:
-                        self.add_error(field, problem)
-                    else:
-                        self.add_error(None, f"{field}: {problem}" if field != "__all__" else problem)
+        # campaign_create gives one message per problem (ConfigError.problems), each starting with its key.
+        for field, problems in exc.message_dict.items():
+            for problem in problems:
+                key = problem.split(" ", 1)[0]
+                if field in ("train_config", "aggregation") and key in by_key:
+                    self.add_error(by_key[key], problem)
+                elif field == "aggregation" and key in by_aggregation_key:
+                    self.add_error(by_aggregation_key[key], problem)
+                elif field == "evaluation" and key.rstrip(":") in by_evaluation_key:
+                    self.add_error(by_evaluation_key[key.rstrip(":")], problem)
+                elif field in self.fields:
+                    self.add_error(field, problem)
+                else:
+                    self.add_error(None, f"{field}: {problem}" if field != "__all__" else problem)

@@ -148,3 +148,16 @@ def test_task_metrics_are_off_by_default_named_from_a_fixed_list_and_bounded():
         EvaluationConfig(task_max_new_tokens=0)
     with pytest.raises(ValueError, match=r"task-max-records must be in \[1, 1000\]"):
         EvaluationConfig(task_max_records=5000)
+
+
+def test_config_problems_come_as_a_list_one_per_key_not_a_joined_string():
+    from federation.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(lr=-1.0, lora_variant="nope")
+    assert len(err.value.problems) == 2
+    assert [p.split(" ", 1)[0] for p in err.value.problems] == ["lr", "lora-variant"]
+    assert str(err.value) == "; ".join(err.value.problems)  # still reads as one line where a string is wanted
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_run_config({"local-steps": "many"})
+    assert err.value.problems == ["local-steps must be a int, not 'many'"]
