@@ -186,6 +186,8 @@ DOWNLOADS_X_ACCEL = env_bool("DOWNLOADS_X_ACCEL", False)
 # Web worker processes `make serve` starts (0: 2 per core, at most 8); the front proxy's trusted upstream proxies
 # (comma-separated CIDRs, e.g. a TLS load balancer's address) whose X-Forwarded-* headers it passes on.
 WEB_WORKERS = env_int("WEB_WORKERS", 0)
+# Host the site's front proxy binds (`make serve`); 0.0.0.0 to serve other machines.
+WEB_BIND = os.environ.get("WEB_BIND", "127.0.0.1")
 WEB_TRUSTED_PROXIES = [c for c in os.environ.get("WEB_TRUSTED_PROXIES", "").split(",") if c.strip()]
 
 # Request size limits: JSON/form bodies stay small; adapter uploads have their own, larger cap.
@@ -245,6 +247,9 @@ ENROLLMENT_TOKEN_HOURS = env_int("ENROLLMENT_TOKEN_HOURS", 24)
 # production; otherwise the platform makes a local CA and certificate under var/superlink-tls/.
 SUPERLINK_TLS_DIR = Path(os.environ.get("SUPERLINK_TLS_DIR", VAR_DIR / "superlink-tls"))
 SUPERLINK_ROOT_CERT = os.environ.get("SUPERLINK_ROOT_CERT") or str(SUPERLINK_TLS_DIR / "ca.crt")
+# Your own SuperLink certificate and key (both, or neither: the platform's own under SUPERLINK_TLS_DIR).
+SUPERLINK_CERT = os.environ.get("SUPERLINK_CERT", "")
+SUPERLINK_KEY = os.environ.get("SUPERLINK_KEY", "")
 # Names/IPs the SuperLink certificate must cover (what nodes dial), comma separated.
 SUPERLINK_HOSTNAMES = [h for h in os.environ.get("SUPERLINK_HOSTNAMES", "127.0.0.1,localhost").split(",") if h]
 # What `join` is told to dial: the reverse proxy (Caddy) that forwards only the Fleet API to the SuperLink.

@@ -27,9 +27,12 @@ log = logging.getLogger(__name__)
 
 def superlink_tls() -> dict[str, Path]:
     """Given certificate files (SUPERLINK_CERT/KEY + CA) or the platform's own, made once under var/."""
-    given = [os.environ.get(k) for k in ("SUPERLINK_CERT", "SUPERLINK_KEY")]
-    if all(given):
-        return {"ca": Path(settings.SUPERLINK_ROOT_CERT), "cert": Path(given[0]), "key": Path(given[1])}
+    if settings.SUPERLINK_CERT and settings.SUPERLINK_KEY:
+        return {
+            "ca": Path(settings.SUPERLINK_ROOT_CERT),
+            "cert": Path(settings.SUPERLINK_CERT),
+            "key": Path(settings.SUPERLINK_KEY),
+        }
     return pki.ensure_superlink_tls(Path(settings.SUPERLINK_TLS_DIR), settings.SUPERLINK_HOSTNAMES)
 
 
@@ -208,7 +211,7 @@ class Stack:
                 env.get("CELERY_BROKER_URL") or settings.CELERY_BROKER_URL)},
             cwd=PLATFORM_DIR,
         )  # fmt: skip
-        bind = os.environ.get("WEB_BIND", LOOPBACK)
+        bind = settings.WEB_BIND
         config = web_proxy.write_site_proxy_config(
             folder / "proxy",
             listen=f"{bind}:{port}",
