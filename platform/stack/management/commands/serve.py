@@ -28,6 +28,9 @@ class Command(BaseCommand):
         env = platform_env(CELERY_BROKER_URL=broker.url)
         stack = Stack(Path(settings.VAR_DIR) / "serve")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        # SIGINT stops it too, even where it was started with SIGINT ignored (a shell starts background jobs so, and
+        # Python then leaves it ignored): a supervisor's `kill -INT` must not be lost.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             stack.start_federation(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS)
             stack.start_worker(env)
