@@ -83,6 +83,8 @@ def release_entry(release: Release, path: str) -> Entry | None:
     """Looked up among the release's rows: a client's path only ever selects, it never reaches the filesystem."""
     if path == SIGNATURE_NAME:
         return next((e for e in release_entries(release) if e.path == path), None)
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return None  # no stored path has one, and PostgreSQL refuses a NUL in a query: a 404, not a 500
     row = release.files.filter(path=path).first()  # one row, not every file: this runs on every download
     return None if row is None else Entry(row.path, row.size, row.sha256, row.pk, row.download_count)
 
