@@ -21,7 +21,7 @@ from campaigns.models import BaseCheckpoint, Campaign, Round
 from community.models import Node
 from federation.artifacts import ADAPTER_FILES
 from federation.config import AggregationConfig
-from federation.events import EVENT_ROUND, NodeMetrics
+from federation.events import EVENT_ROUND, NodeMetrics, RoundReport
 from federation.packing import LAYOUT_KEY, pack_records
 from federation.strategy import build_strategy
 
@@ -67,15 +67,27 @@ def reply(node_id: int, update: float, **changes: float) -> Message:
     )  # fmt: skip
 
 
-def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, tmp_path, settings):
+@pytest.fixture
+def campaign(tmp_path, settings) -> Campaign:
+    """A campaign running Flower run 7, whose ServerApp holds the link secret TOKEN."""
     settings.DATA_DIR = tmp_path
     settings.LINK_SECRET_FILE, settings.LINK_SECRET_SHA256 = tmp_path / "link-secret", ""
     settings.LINK_SECRET_FILE.write_text(TOKEN + "\n")
     base = BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
-    campaign = Campaign.objects.create(
+    return Campaign.objects.create(
         name="c", base_model=base, data_task="t", heldout_path="h", num_rounds=1, status=Campaign.Status.RUNNING,
         flwr_run_id="7",
     )  # fmt: skip
+
+
+def post_event(client, campaign: Campaign, body: dict):
+    return client.post(
+        f"/api/v1/campaigns/{campaign.pk}/events", json.dumps(body), content_type="application/json",
+        headers={"Authorization": f"Bearer {TOKEN}", "X-Flower-Run-Id": "7"},
+    )  # fmt: skip
+
+
+def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, campaign):
     enrolled = {i: Node.objects.create(name=f"enrolled-{i}", flwr_node_id=str(i)) for i in (11, 12, 13)}
 
     strategy = build_strategy(AggregationConfig(), min_nodes=4)
@@ -88,15 +100,13 @@ def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, tmp
     ]
     strategy.aggregate_train(1, replies)
     log = strategy.rounds[1]
-    event = {  # the fields server_app.record_round sends
-        "type": EVENT_ROUND, "round": 1, "adapter_files": dict.fromkeys(ADAPTER_FILES, "c" * 64), "eval_loss": 1.2,
-        "eval_perplexity": 3.3, "eval_tokens": 100, "seconds": 4.0, "train": log.train_metrics,
-        "nodes": [asdict(r) for r in log.replies], "epsilon": log.epsilon, "delta": log.delta, "timings": {},
-    }  # fmt: skip
-    response = client.post(
-        f"/api/v1/campaigns/{campaign.pk}/events", json.dumps(event), content_type="application/json",
-        headers={"Authorization": f"Bearer {TOKEN}", "X-Flower-Run-Id": "7"},
+    report = RoundReport(  # as server_app.record_round fills it from the strategy's log
+        round=1, adapter_files=dict.fromkeys(ADAPTER_FILES, "c" * 64), eval_loss=1.2, eval_perplexity=3.3,
+        eval_tokens=100, seconds=4.0, timings={}, train=log.train_metrics, nodes=[asdict(r) for r in log.replies],
+        epsilon=log.epsilon, delta=log.delta,
     )  # fmt: skip
+    # The Reporter sends {"type": ..., **payload} (federation.report.Reporter.event).
+    response = post_event(client, campaign, {"type": EVENT_ROUND, **report.payload()})
     assert response.status_code == 200, response.content
 
     round_ = Round.objects.get(campaign=campaign, number=1)
@@ -117,17 +127,9 @@ def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, tmp
     assert {r.node_id: r.weight for r in log.replies if not r.rejected} == {11: 30, 13: 10, 14: 10}
 
 
-def test_the_held_out_scores_of_a_round_are_stored_per_group_and_bad_ones_refused(client, tmp_path, settings):
+def test_the_held_out_scores_of_a_round_are_stored_per_group_and_bad_ones_refused(client, campaign):
     from federation.events import CHRF, EXACT_MATCH, HeldoutScores
 
-    settings.DATA_DIR = tmp_path
-    settings.LINK_SECRET_FILE, settings.LINK_SECRET_SHA256 = tmp_path / "link-secret", ""
-    settings.LINK_SECRET_FILE.write_text(TOKEN + "\n")
-    base = BaseCheckpoint.objects.create(name="b", hf_id="org/b", path=str(tmp_path))
-    campaign = Campaign.objects.create(
-        name="c", base_model=base, data_task="t", heldout_path="h", num_rounds=1, status=Campaign.Status.RUNNING,
-        flwr_run_id="7",
-    )  # fmt: skip
     scores = HeldoutScores(
         metrics={CHRF: 37.5, EXACT_MATCH: 6.25},
         records=16,
@@ -140,10 +142,7 @@ def test_the_held_out_scores_of_a_round_are_stored_per_group_and_bad_ones_refuse
     }  # fmt: skip
 
     def post(body: dict):
-        return client.post(
-            f"/api/v1/campaigns/{campaign.pk}/events", json.dumps(body), content_type="application/json",
-            headers={"Authorization": f"Bearer {TOKEN}", "X-Flower-Run-Id": "7"},
-        )  # fmt: skip
+        return post_event(client, campaign, body)
 
     bad = post({**event, "groups": {"id": {"chrf": 1e9}}})
     assert bad.status_code == 400 and "groups.id.chrf=1e+09 is outside [0, 100]" in bad.json()["error"]
