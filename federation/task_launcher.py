@@ -42,6 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Stdlib-only at import time too, like this module: the per-message client stays light.
+from federation.warm_protocol import recv_exact, short_address
+
 PROTOCOL = 1
 SOCKET_NAME = "launch.sock"  # beside the warm worker's warm.sock, in the same private folder
 STATUS_FILE = "task-launcher.json"
@@ -67,34 +70,14 @@ def _send(sock: socket.socket, body: dict[str, Any]) -> None:
     sock.sendall(_LEN.pack(len(raw)) + raw)
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks, left = [], size
-    while left:
-        chunk = sock.recv(min(left, 1 << 16))
-        if not chunk:
-            raise EOFError("the other side closed the connection")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
 def _recv(sock: socket.socket) -> dict[str, Any]:
-    (size,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
+    (size,) = _LEN.unpack(recv_exact(sock, _LEN.size))
     if size > MAX_REQUEST:
         raise ValueError(f"frame of {size} bytes is over the {MAX_REQUEST}-byte limit")
-    body = json.loads(_recv_exact(sock, size))
+    body = json.loads(recv_exact(sock, size))
     if not isinstance(body, dict):
         raise ValueError("frame is not a JSON object")
     return body
-
-
-def _address(path: Path) -> tuple[str, int | None]:
-    """As warm_protocol.short_address: AF_UNIX paths are limited to 107 bytes; go through the folder's O_PATH fd."""
-    text = str(path)
-    if len(os.fsencode(text)) < 100:
-        return text, None
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
-    return f"/proc/self/fd/{fd}/{path.name}", fd
 
 
 # --- The client: what Flower's SuperExec starts for every message --------------------------------------------------
@@ -115,7 +98,7 @@ def client(argv: list[str]) -> int:
         _exec_cold(argv, "")
     path = socket_for(warm)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    address, fd = _address(path) if path.parent.is_dir() else (str(path), None)
+    address, fd = short_address(path) if path.parent.is_dir() else (str(path), None)
     try:
         sock.connect(address)
     except OSError as exc:
@@ -217,7 +200,7 @@ class Launcher:
         mode = folder.stat().st_mode & 0o777
         if mode & 0o077:
             raise SystemExit(f"task launcher: {folder} must be private (chmod 700), it is {oct(mode)}")
-        address, fd = _address(self.path)
+        address, fd = short_address(self.path)
         try:
             self.path.unlink(missing_ok=True)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
