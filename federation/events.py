@@ -1,4 +1,10 @@
-"""The ServerApp -> site round event and the node metrics inside it: one home for the keys and their bounds.
+"""The ServerApp -> site round events and the node metrics inside them: one home for the keys and their bounds.
+
+A round reaches the site in two events. ROUND records it as soon as it is merged: its nodes, their metrics, the
+merged adapter's files (so it can be resumed from and downloaded). EVALUATED follows once the server has scored
+the merged adapter on the held-out set: that takes seconds to minutes on the SuperLink host, and neither the
+nodes nor the site wait for it. A round event may still carry its evaluation itself (`eval_loss` present): then
+one event does both.
 
 Nothing a node reports is trusted. The ServerApp (`federation.strategy.GuardedStrategy`) refuses a reply whose
 metrics break these bounds before it can weigh in, and the site (`campaigns.services.report_round`) checks the
@@ -21,10 +27,11 @@ from federation.artifacts import ADAPTER_FILES, ROUND_FILES, SERVER_STATE
 from federation.data import GROUP_PATTERN
 
 # Event types: the "type" of each event the ServerApp sends the site (federation.report.Reporter.event). The site
-# records ROUND and FAILED and answers any other type with OK (the rest are for the ServerApp's journal and the
-# benchmarks): a type spelt differently on one side would be acknowledged and silently dropped.
+# records ROUND, EVALUATED and FAILED and answers any other type with OK (the rest are for the ServerApp's journal
+# and the benchmarks): a type spelt differently on one side would be acknowledged and silently dropped.
 EVENT_STARTED = "started"
 EVENT_ROUND = "round"
+EVENT_EVALUATED = "evaluated"
 EVENT_FAILED = "failed"
 EVENT_FINISHED = "finished"
 # A FAILED event's `kind` when the ServerApp itself failed (bad config, a bug): the site stops the campaign
@@ -259,42 +266,63 @@ class NodeRow:
 
 
 @dataclass
-class RoundEvent:
+class Evaluation:
+    """A round's held-out evaluation as the site reads it (`parse_evaluation`, or inside a round event)."""
+
     round: int
     eval_loss: float | None
     eval_perplexity: float | None
+    scores: HeldoutScores = field(default_factory=HeldoutScores)
+
+
+@dataclass
+class RoundEvent:
+    round: int
     train_loss: float | None
     epsilon: float | None
     delta: float | None
     seconds: float | None
     adapter_files: dict[str, str]  # file name -> sha256 of the round's files the ServerApp saved (ROUND_FILES)
     nodes: list[NodeRow]
-    scores: HeldoutScores = field(default_factory=HeldoutScores)
+    evaluation: Evaluation | None = None  # None: the evaluation follows in its own EVALUATED event
 
 
 @dataclass
 class RoundReport:
-    """The ServerApp's side of a round event: what it sends (`payload()`), which `parse_round` reads back into a
-    RoundEvent on the site. The fields the site does not store (eval_tokens, timings) are for the journal and the
-    benchmarks. `nodes` are the strategy's per-node reports as plain dicts (federation.strategy.NodeReport)."""
+    """The ServerApp's side of a round event (a merged round): what it sends (`payload()`), which `parse_round`
+    reads back into a RoundEvent on the site. The fields the site does not store (timings) are for the journal and
+    the benchmarks. `nodes` are the strategy's per-node reports as plain dicts (federation.strategy.NodeReport)."""
 
     round: int
     adapter_files: dict[str, str]
-    eval_loss: float | None
-    eval_perplexity: float | None
-    eval_tokens: int
     seconds: float
     timings: dict[str, float | None]  # epoch seconds on the SuperLink host: where the round's wall time went
     train: dict[str, float | None] = field(default_factory=dict)  # the merged training metrics (TRAIN_LOSS, ...)
     nodes: list[dict[str, Any]] = field(default_factory=list)
     epsilon: float | None = None
     delta: float | None = None
+
+    def payload(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in (
+            "round", "adapter_files", "seconds", "timings", "train", "nodes", "epsilon", "delta",
+        )}  # fmt: skip
+
+
+@dataclass
+class EvaluationReport:
+    """The ServerApp's side of an EVALUATED event: the merged adapter of `round` scored on the held-out set.
+    `parse_evaluation` reads it back into an Evaluation; eval_tokens and timings are for the journal."""
+
+    round: int
+    eval_loss: float | None
+    eval_perplexity: float | None
+    eval_tokens: int
+    timings: dict[str, float | None]
     scores: HeldoutScores = field(default_factory=HeldoutScores)
 
     def payload(self) -> dict[str, Any]:
         body = {name: getattr(self, name) for name in (
-            "round", "adapter_files", "eval_loss", "eval_perplexity", "eval_tokens", "seconds", "timings", "train",
-            "nodes", "epsilon", "delta",
+            "round", "eval_loss", "eval_perplexity", "eval_tokens", "timings",
         )}  # fmt: skip
         return body | self.scores.fields()
 
@@ -330,24 +358,51 @@ def _node_row(raw: Any) -> NodeRow:
     return row
 
 
-def parse_round(event: Any, *, num_rounds: int = MAX_ROUND_NUMBER) -> RoundEvent:
-    """Check a round event field by field. Raises EventError for the event's own fields (the ServerApp's, sent
-    once per round); a bad node row does not fail the event: it comes back with its `problems`."""
-    if not isinstance(event, Mapping):
-        raise EventError("a round event must be an object")
-    problems: list[str] = []
+def _round_number(event: Mapping[str, Any], num_rounds: int, problems: list[str]) -> int:
     number = event.get("round")
     if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= num_rounds:
         problems.append(f"round must be a whole number in [0, {num_rounds}], not {cut(repr(number), 40)}")
-        number = -1
+        return -1
+    return number
+
+
+def _evaluation(event: Mapping[str, Any], number: int, problems: list[str]) -> Evaluation:
+    values: dict[str, float | int | None] = {}
+    for name, bound in (("eval_loss", _LOSS), ("eval_perplexity", Bound(0.0, MAX_PERPLEXITY, optional=True))):
+        values[name], problem = bound.check(name, event.get(name))
+        if problem:
+            problems.append(problem)
+    return Evaluation(round=number, scores=_parse_scores(event, problems), **values)  # type: ignore[arg-type]
+
+
+def parse_evaluation(event: Any, *, num_rounds: int = MAX_ROUND_NUMBER) -> Evaluation:
+    """Check an EVALUATED event field by field; raises EventError naming every bad field."""
+    if not isinstance(event, Mapping):
+        raise EventError("an evaluation event must be an object")
+    problems: list[str] = []
+    number = _round_number(event, num_rounds, problems)
+    if "eval_loss" not in event:
+        problems.append("eval_loss is missing (null when the loss is not finite)")
+    evaluation = _evaluation(event, number, problems)
+    if problems:
+        raise EventError("; ".join(problems))
+    return evaluation
+
+
+def parse_round(event: Any, *, num_rounds: int = MAX_ROUND_NUMBER) -> RoundEvent:
+    """Check a round event field by field. Raises EventError for the event's own fields (the ServerApp's, sent
+    once per round); a bad node row does not fail the event: it comes back with its `problems`. An event that
+    carries `eval_loss` carries the round's evaluation too (`RoundEvent.evaluation`)."""
+    if not isinstance(event, Mapping):
+        raise EventError("a round event must be an object")
+    problems: list[str] = []
+    number = _round_number(event, num_rounds, problems)
     values: dict[str, float | int | None] = {}
     train = event.get("train") or {}
     if not isinstance(train, Mapping):
         problems.append("train must be an object")
         train = {}
     for name, value, bound in (
-        ("eval_loss", event.get("eval_loss"), _LOSS),
-        ("eval_perplexity", event.get("eval_perplexity"), Bound(0.0, MAX_PERPLEXITY, optional=True)),
         ("train_loss", train.get(TRAIN_LOSS), _LOSS),
         ("epsilon", event.get("epsilon"), Bound(0.0, MAX_EPSILON, optional=True)),
         ("delta", event.get("delta"), Bound(0.0, 1.0, optional=True)),
@@ -371,13 +426,13 @@ def parse_round(event: Any, *, num_rounds: int = MAX_ROUND_NUMBER) -> RoundEvent
     if not isinstance(nodes, list) or len(nodes) > MAX_NODES_PER_ROUND:
         problems.append(f"nodes must be a list of at most {MAX_NODES_PER_ROUND} rows")
         nodes = []
-    scores = _parse_scores(event, problems)
+    evaluation = _evaluation(event, number, problems) if "eval_loss" in event else None
     if problems:
         raise EventError("; ".join(problems))
     return RoundEvent(
-        round=int(number),
+        round=number,
         adapter_files=dict(files),
         nodes=[_node_row(raw) for raw in nodes],
-        scores=scores,
+        evaluation=evaluation,
         **values,  # type: ignore[arg-type]
     )

@@ -174,6 +174,11 @@ class Round(models.Model):
         default=list, blank=True, help_text="Node rows of the report the platform could not attach or trust"
     )
     recorded_at = models.DateTimeField(auto_now=True)
+    evaluated_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the held-out evaluation came in (it follows the merged round); empty: being evaluated",
+    )
 
     class Meta:
         ordering = ["campaign", "number"]
@@ -181,6 +186,15 @@ class Round(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign} round {self.number}"
+
+    @property
+    def evaluated(self) -> bool:
+        """Its held-out evaluation is in (a round goes on record when merged; its evaluation follows)."""
+        return self.evaluated_at is not None or self.eval_loss is not None
+
+
+# Rounds whose evaluation is in, as a filter (Round.evaluated): a loss, or an evaluation that found none finite.
+EVALUATED = models.Q(evaluated_at__isnull=False) | models.Q(eval_loss__isnull=False)
 
 
 class Participation(models.Model):

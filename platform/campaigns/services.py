@@ -567,9 +567,7 @@ def report_round(*, campaign: Campaign, event: dict[str, Any]) -> Round:
             else:
                 rows.append((node, row))
         ok = [r for _, r in rows if not r.problems and not r.error and not r.rejected]
-        round_.eval_loss, round_.eval_perplexity = parsed.eval_loss, parsed.eval_perplexity
-        round_.task_metrics, round_.task_records = parsed.scores.metrics, parsed.scores.records
-        round_.group_metrics = parsed.scores.groups
+        _set_evaluation(round_, parsed.evaluation)  # None: being evaluated (a replaced event's evaluation goes too)
         round_.train_loss, round_.duration_s = parsed.train_loss, parsed.seconds
         round_.epsilon, round_.delta = parsed.epsilon, parsed.delta
         round_.participants = len(ok)
@@ -585,6 +583,42 @@ def report_round(*, campaign: Campaign, event: dict[str, Any]) -> Round:
         for node, row in rows:
             _record_participation(campaign, round_, node, row)
         Node.objects.filter(pk__in=[node.pk for node, _ in rows]).update(last_seen=timezone.now())
+    return round_
+
+
+EVALUATION_FIELDS = (
+    "eval_loss", "eval_perplexity", "task_metrics", "task_records", "group_metrics", "evaluated_at",
+)  # fmt: skip
+
+
+def _set_evaluation(round_: Round, evaluation: events.Evaluation | None) -> None:
+    scores = evaluation.scores if evaluation else events.HeldoutScores()
+    round_.eval_loss = evaluation.eval_loss if evaluation else None
+    round_.eval_perplexity = evaluation.eval_perplexity if evaluation else None
+    round_.task_metrics, round_.task_records, round_.group_metrics = scores.metrics, scores.records, scores.groups
+    round_.evaluated_at = timezone.now() if evaluation else None
+
+
+def report_evaluation(*, campaign: Campaign, event: dict[str, Any]) -> Round:
+    """Record a merged round's held-out evaluation (the EVALUATED event, which follows the round's own event).
+
+    Checked like the round event (`federation.events.parse_evaluation`; a bad field raises ValidationError). The
+    round must be on record (ReportConflict otherwise: the ServerApp reports a round before evaluating it). The
+    first evaluation of a round stands: a resumed run evaluates the round it starts from again, in case the run
+    that recorded it stopped first, and a second evaluation of the same adapter changes nothing."""
+    try:
+        parsed = events.parse_evaluation(event, num_rounds=campaign.num_rounds)
+    except events.EventError as exc:
+        raise ValidationError(f"evaluation event: {exc}") from exc
+    with transaction.atomic():
+        Campaign.objects.select_for_update().filter(pk=campaign.pk).first()  # one report at a time per campaign
+        round_ = Round.objects.filter(campaign=campaign, number=parsed.round).exclude(event_sha256="").first()
+        if round_ is None:
+            raise ReportConflict(f"round {parsed.round} is not on record: its evaluation cannot be recorded")
+        if round_.evaluated_at is None:
+            _set_evaluation(round_, parsed)
+            # recorded_at stays the time the round went on record
+            round_.save(update_fields=[*EVALUATION_FIELDS])
     return round_
 
 

@@ -71,6 +71,13 @@ def report_event(request: HttpRequest, campaign: Campaign) -> HttpResponse:
             return JsonResponse({"error": " ".join(exc.messages)}, status=409)
         except ValidationError as exc:
             return JsonResponse({"error": f"malformed round event: {' '.join(exc.messages)}"}, status=400)
+    elif event["type"] == events.EVENT_EVALUATED:
+        try:
+            services.report_evaluation(campaign=campaign, event=event)
+        except services.ReportConflict as exc:
+            return JsonResponse({"error": " ".join(exc.messages)}, status=409)
+        except ValidationError as exc:
+            return JsonResponse({"error": f"malformed evaluation event: {' '.join(exc.messages)}"}, status=400)
     elif event["type"] == events.EVENT_FAILED:
         services.report_failure(campaign=campaign, event=event)
     return JsonResponse({"ok": True})

@@ -39,9 +39,7 @@ def dashboard() -> dict[str, Any]:
         "campaigns_running": list(
             Campaign.objects.filter(status__in=ACTIVE).select_related("base_model").order_by("-launched_at")
         ),
-        "last_rounds": list(
-            Round.objects.exclude(eval_loss=None).select_related("campaign").order_by("-recorded_at", "-pk")[:8]
-        ),
+        "last_rounds": list(Round.objects.select_related("campaign").order_by("-recorded_at", "-pk")[:8]),
         "pending": list(Contributor.objects.filter(status=Contributor.Status.PENDING).order_by("created_at")),
         "releases": list(Release.objects.select_related("campaign").order_by("-created_at", "-pk")[:5]),
         "awaiting_publish": list(unpublished_campaigns()),
@@ -51,9 +49,7 @@ def dashboard() -> dict[str, Any]:
 
 def campaign_list() -> QuerySet[Campaign]:
     return (
-        Campaign.objects.select_related("base_model")
-        .annotate(recorded=Count("rounds", filter=~Q(rounds__eval_loss=None)))
-        .order_by("-created_at", "-pk")
+        Campaign.objects.select_related("base_model").annotate(recorded=Count("rounds")).order_by("-created_at", "-pk")
     )
 
 
@@ -93,10 +89,14 @@ def _phase(campaign: Campaign, recorded: list[Round]) -> str:
         return campaign.get_status_display().lower()
     if not recorded:
         return "evaluating the base model (round 0)"
-    done = max(r.number for r in recorded)
-    if done >= campaign.num_rounds:
+    done = max(recorded, key=lambda r: r.number)
+    if done.number >= campaign.num_rounds:
+        if not done.evaluated:
+            return f"all rounds recorded; evaluating round {done.number}, then publishing"
         return "all rounds recorded; finishing and publishing"
-    return f"round {done + 1} of {campaign.num_rounds}: nodes training"
+    # The server evaluates round N while round N + 1 trains: both are under way.
+    evaluating = "" if done.evaluated else f" (round {done.number} being evaluated)"
+    return f"round {done.number + 1} of {campaign.num_rounds}: nodes training{evaluating}"
 
 
 # A bar chart stays readable up to about this many groups (languages) side by side; the model card lists them all.
@@ -148,7 +148,9 @@ def score_charts(recorded: list[Round]) -> list[Any]:
 def campaign_live(campaign: Campaign) -> dict[str, Any]:
     """Everything the campaign page shows that changes while it runs (polled every 2 s)."""
     campaign.refresh_from_db()
-    recorded = list(campaign.rounds.exclude(eval_loss=None).order_by("number").prefetch_related("participations"))
+    # Every round on record (merged); its held-out evaluation may still be running (Round.evaluated).
+    recorded = list(campaign.rounds.order_by("number").prefetch_related("participations"))
+    scored = [r for r in recorded if r.eval_loss is not None]
     participations = (
         Participation.objects.filter(round__campaign=campaign, round__number__gte=1)
         .select_related("node", "round")
@@ -184,8 +186,8 @@ def campaign_live(campaign: Campaign) -> dict[str, Any]:
         "charts": [
             charts.line_chart(
                 "Held-out eval loss per round (0 = base model)",
-                labels,
-                [charts.Series("eval loss", [r.eval_loss for r in recorded])],
+                [str(r.number) for r in scored],
+                [charts.Series("eval loss", [r.eval_loss for r in scored])],
                 y_title="eval loss",
                 fmt="{:.4f}",
             ),
@@ -214,7 +216,7 @@ def campaign_live(campaign: Campaign) -> dict[str, Any]:
                 y_title=unit,
                 fmt="{:.1f}",
             ),
-            *score_charts(recorded),
+            *score_charts([r for r in recorded if r.evaluated]),
         ],
     }
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.table import Table
 
-from campaigns.models import Campaign, Round
+from campaigns.models import EVALUATED, Campaign, Round
 
 
 def _loss(value: float | None) -> str:
@@ -16,7 +16,11 @@ def _loss(value: float | None) -> str:
 
 
 def _round_table(round_: Round) -> Table | str:
-    summary = f"held-out loss {round_.eval_loss:.4f} (perplexity {round_.eval_perplexity:.1f})"
+    summary = (
+        f"held-out loss {round_.eval_loss:.4f} (perplexity {round_.eval_perplexity:.1f})"
+        if round_.eval_loss is not None and round_.eval_perplexity is not None
+        else "held-out loss not finite"
+    )
     names = {"chrf": "chrF", "exact-match": "exact match %"}
     for metric, value in (round_.task_metrics or {}).items():
         if value is not None:
@@ -43,14 +47,15 @@ def _round_table(round_: Round) -> Table | str:
 
 
 def follow_campaign(campaign: Campaign, console: Console, check: Callable[[], None], timeout: float) -> Campaign:
-    """Print each round once it is recorded; return when the campaign is completed or failed."""
+    """Print each round once it is evaluated (it goes on record a little earlier, when merged); return when the
+    campaign is completed or failed."""
     shown: set[int] = set()
     started = time.monotonic()
     with console.status("") as status:
         while True:
             check()  # a crashed SuperLink/worker/node stops the wait with its log tail
             campaign.refresh_from_db()
-            for round_ in campaign.rounds.exclude(eval_loss=None).order_by("number"):
+            for round_ in campaign.rounds.filter(EVALUATED).order_by("number"):
                 if round_.number not in shown:
                     shown.add(round_.number)
                     console.print(_round_table(round_))

@@ -70,16 +70,18 @@ def test_held_out_scores_round_trip_through_the_round_event_as_json():
             "sr@latin": {events.GROUP_LOSS: 2.5, events.GROUP_TOKENS: 200, events.GROUP_RECORDS: 8, events.CHRF: 33.0},
         },
     )
-    event = json.loads(json.dumps({**round_event(dict.fromkeys(ADAPTER_FILES, "a" * 64)), **sent.fields()}))
-    assert events.parse_round(event).scores == sent
+    event = json.loads(json.dumps({"round": 1, "eval_loss": 2.0, **sent.fields()}))
+    assert events.parse_evaluation(event).scores == sent
     # An event without them (loss only, no groups) reads as empty scores.
-    assert events.parse_round(round_event(dict.fromkeys(ADAPTER_FILES, "a" * 64))).scores == events.HeldoutScores()
+    assert events.parse_evaluation({"round": 1, "eval_loss": 2.0}).scores == events.HeldoutScores()
+    # A round event that carries its evaluation (eval_loss present) reads the same; without one, none.
+    combined = {**round_event(dict.fromkeys(ADAPTER_FILES, "a" * 64)), **event}
+    assert events.parse_round(combined).evaluation == events.parse_evaluation(event)
+    assert events.parse_round(round_event(dict.fromkeys(ADAPTER_FILES, "a" * 64))).evaluation is None
 
 
 def test_held_out_scores_out_of_bounds_or_unknown_name_the_field():
-    from federation.artifacts import ADAPTER_FILES
-
-    base = round_event(dict.fromkeys(ADAPTER_FILES, "a" * 64))
+    base = {"round": 1, "eval_loss": 2.0}
     for bad, message in (
         ({"task_metrics": {"chrf": 140.0}}, "task_metrics.chrf=140 is outside [0, 100]"),
         ({"task_metrics": {"bleu": 1.0}}, "task_metrics must map some of chrf, exact-match"),
@@ -88,15 +90,19 @@ def test_held_out_scores_out_of_bounds_or_unknown_name_the_field():
         ({"groups": {"id": {"secret": 1.0}}}, "groups.id must map some of loss, tokens, records"),
         ({"groups": {f"g{i}": {} for i in range(events.MAX_GROUPS + 1)}}, "groups must be an object of at most"),
         ({"task_records": 10**6}, "task_records=1e+06 is outside"),
+        ({"eval_loss": -0.5}, "eval_loss=-0.5 is outside"),
+        ({"round": 1001}, "round must be a whole number in [0, 1000]"),
+        ({"eval_loss": None, "eval_perplexity": "high"}, "eval_perplexity must be"),
     ):
         try:
-            events.parse_round({**base, **bad})
+            events.parse_evaluation({**base, **bad})
         except events.EventError as exc:
             assert message in str(exc), (message, str(exc))
         else:
             raise AssertionError(f"{bad} was accepted")
     # A diverged score is "not known", as a diverged loss is.
-    assert events.parse_round({**base, "task_metrics": {"chrf": float("nan")}}).scores.metrics == {"chrf": None}
+    assert events.parse_evaluation({**base, "task_metrics": {"chrf": float("nan")}}).scores.metrics == {"chrf": None}
+    assert events.parse_evaluation({**base, "eval_loss": float("nan")}).eval_loss is None
 
 
 def test_the_servers_round_report_reads_back_on_the_site_field_for_field_through_json():
@@ -118,13 +124,13 @@ def test_the_servers_round_report_reads_back_on_the_site_field_for_field_through
     scores = events.HeldoutScores(metrics={events.CHRF: 20.5}, records=4,
                                   groups={"sw": {events.GROUP_LOSS: 2.0, events.GROUP_TOKENS: 40}})  # fmt: skip
     sent = events.RoundReport(
-        round=3, adapter_files=files, eval_loss=2.75, eval_perplexity=15.64, eval_tokens=512, seconds=41.5,
-        timings={"started": 1.0, "sent": 2.0}, train={events.TRAIN_LOSS: 2.6}, epsilon=1.5, delta=1e-5,
-        nodes=[dataclasses.asdict(n) for n in (honest, failed, rejected)], scores=scores,
+        round=3, adapter_files=files, seconds=41.5, timings={"started": 1.0, "sent": 2.0},
+        train={events.TRAIN_LOSS: 2.6}, epsilon=1.5, delta=1e-5,
+        nodes=[dataclasses.asdict(n) for n in (honest, failed, rejected)],
     )  # fmt: skip
     got = events.parse_round(json.loads(json.dumps(sent.payload())))
-    assert (got.round, got.adapter_files, got.scores) == (3, files, scores)
-    assert (got.eval_loss, got.eval_perplexity, got.train_loss, got.seconds) == (2.75, 15.64, 2.6, 41.5)
+    assert (got.round, got.adapter_files, got.evaluation) == (3, files, None)
+    assert (got.train_loss, got.seconds) == (2.6, 41.5)
     assert (got.epsilon, got.delta) == (1.5, 1e-5)
     rows = {row.node_id: row for row in got.nodes}
     assert all(not row.problems for row in got.nodes), [row.problems for row in got.nodes]
@@ -132,6 +138,14 @@ def test_the_servers_round_report_reads_back_on_the_site_field_for_field_through
     assert (rows[7].update_norm, rows[7].data_value) == (0.5, 0.25)
     assert rows[2**63].error == "Node Unavailable" and rows[9].rejected == "non-finite values (NaN/inf)"
     # Every field of the report reaches the wire: a field added on one side only fails here.
-    assert set(sent.payload()) == {f.name for f in dataclasses.fields(events.RoundReport)} - {"scores"} | set(
+    assert set(sent.payload()) == {f.name for f in dataclasses.fields(events.RoundReport)}
+
+    # Its evaluation follows in its own event, read back field for field the same way.
+    scored = events.EvaluationReport(
+        round=3, eval_loss=2.75, eval_perplexity=15.64, eval_tokens=512, timings={"evaluated": 3.0}, scores=scores
+    )
+    evaluation = events.parse_evaluation(json.loads(json.dumps(scored.payload())))
+    assert evaluation == events.Evaluation(round=3, eval_loss=2.75, eval_perplexity=15.64, scores=scores)
+    assert set(scored.payload()) == {f.name for f in dataclasses.fields(events.EvaluationReport)} - {"scores"} | set(
         scores.fields()
     )

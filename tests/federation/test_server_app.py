@@ -105,20 +105,25 @@ def test_rounds_are_recorded_in_order_while_the_next_round_already_trains(tmp_pa
     grid = InstantGrid()
     run_campaign(tmp_path, tiny_checkpoint, tiny_corpus, SlowReporter(tmp_path, delay=0.5), grid)
     events = journal(tmp_path)
+    # Each round goes on record (merged, files saved) and then gets its evaluation, in round order.
     assert [(e["type"], e.get("round")) for e in events] == [
-        ("started", None), ("round", 0), ("round", 1), ("round", 2), ("round", 3), ("finished", None)
+        ("started", None), ("round", 0), ("evaluated", 0), ("round", 1), ("evaluated", 1), ("round", 2),
+        ("evaluated", 2), ("round", 3), ("evaluated", 3), ("finished", None)
     ]  # fmt: skip
     rounds = [e for e in events if e["type"] == "round"]
+    scored = [e for e in events if e["type"] == "evaluated"]
     # Round N+1 went out to the nodes before round N was reported (reporting takes 0.5 s here).
     assert all(grid.pushed_at[n] < rounds[n]["time"] for n in range(3))
-    for event in rounds:
+    for event, evaluation in zip(rounds, scored, strict=True):
         assert (tmp_path / f"round-{event['round']}" / "adapter_model.safetensors").is_file()
-        t = event["timings"]
-        assert t["started"] <= t["evaluate_queued"] <= t["evaluate_started"] <= t["evaluated"] <= event["time"]
-    # The event carries what it always did: the merged round's nodes and the evaluation of that round's adapter.
+        t, e = event["timings"], evaluation["timings"]
+        assert t["started"] <= t["evaluate_queued"] <= t["record_started"] <= t["saved"] <= event["time"]
+        # The evaluation starts only once the round is on record: recording never waits for it.
+        assert event["time"] <= e["evaluate_started"] <= e["evaluated"] <= evaluation["time"]
+        assert "eval_loss" not in event
     assert [len(e["nodes"]) for e in rounds] == [0, 2, 2, 2]
-    assert len({e["eval_loss"] for e in rounds}) == 4  # each round evaluated its own merged adapter
-    assert all(e["task_metrics"] == {} and e["groups"] == {} for e in rounds)  # none named, no groups
+    assert len({e["eval_loss"] for e in scored}) == 4  # each round evaluated its own merged adapter
+    assert all(e["task_metrics"] == {} and e["groups"] == {} for e in scored)  # none named, no groups
 
 
 def test_each_round_and_the_base_model_are_scored_per_group_with_the_campaigns_metrics(
@@ -139,10 +144,10 @@ def test_each_round_and_the_base_model_are_scored_per_group_with_the_campaigns_m
     run_campaign(
         tmp_path, tiny_checkpoint, tiny_corpus, SlowReporter(tmp_path), InstantGrid(), heldout, evaluation, 128
     )
-    rounds = [e for e in journal(tmp_path) if e["type"] == "round"]
+    rounds = [e for e in journal(tmp_path) if e["type"] == contract.EVENT_EVALUATED]
     assert [e["round"] for e in rounds] == [0, 1, 2, 3]
     for event in rounds:
-        scores = contract.parse_round(event).scores  # what the site will read
+        scores = contract.parse_evaluation(event).scores  # what the site will read
         assert set(scores.metrics) == {"chrf", "exact-match"} and scores.records == 4
         assert set(scores.groups) == {"id", "sw"}
         assert all(g["records"] == 2 and g["loss"] is not None for g in scores.groups.values())
@@ -162,7 +167,8 @@ def test_a_round_that_cannot_be_recorded_stops_the_run_with_its_own_error(tmp_pa
         run_campaign(tmp_path, tiny_checkpoint, tiny_corpus, SlowReporter(tmp_path, fail_on=1, error=error),
                      InstantGrid())  # fmt: skip
     events = journal(tmp_path)
-    assert [(e["type"], e.get("round")) for e in events] == [("started", None), ("round", 0)]  # no round 2, no finished
+    # No round 1, nothing after it, no finished.
+    assert [(e["type"], e.get("round")) for e in events] == [("started", None), ("round", 0), ("evaluated", 0)]
 
 
 # --- the server optimizer's state goes on record with its round, and a resume restores it ---------------------
@@ -208,6 +214,10 @@ def test_a_resumed_campaign_restores_the_server_optimizer_state_and_continues_ex
 
     run_with_optimizer(first, tiny_checkpoint, tiny_corpus, SlowReporter(first), num_rounds=2)
     run_with_optimizer(resumed, tiny_checkpoint, tiny_corpus, LocalSite(resumed, first), num_rounds=3, start_round=2)
+    # The round it starts from is on record already: evaluated again (in case its run stopped first), not reported.
+    assert [(e["type"], e.get("round")) for e in journal(resumed) if e.get("round") is not None] == [
+        ("evaluated", 2), ("round", 3), ("evaluated", 3)
+    ]  # fmt: skip
     expected = load_file(whole / "round-3" / ADAPTER_WEIGHTS)
     got = load_file(resumed / "round-3" / ADAPTER_WEIGHTS)
     assert all(torch.equal(got[k], expected[k]) for k in expected)

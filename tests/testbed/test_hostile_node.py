@@ -152,5 +152,6 @@ def test_a_hostile_nodes_nan_update_reaches_the_server_and_is_refused_by_name(tm
     assert "non-finite values (NaN/inf)" in rows["hostile"]["rejected"]  # seen, refused, and why, on record
     assert rows["hostile"]["error"] == ""  # it did reply: a refusal, not a node failure
     assert all(not rows[n]["rejected"] and not rows[n]["error"] for n in ("honest-1", "honest-2"))
-    assert merged["eval_loss"] is not None and np.isfinite(merged["eval_loss"])  # the honest two were merged
+    (scored,) = [e for e in events if e["type"] == "evaluated" and e["round"] == 1]
+    assert scored["eval_loss"] is not None and np.isfinite(scored["eval_loss"])  # the honest two were merged
     assert "ATTACK MODE 'nan'" in hostile_log

@@ -122,6 +122,8 @@ class RoundJob:
     log: dict[str, Any]  # the round event's train, nodes, epsilon and delta
     # The server optimizer's state after this round (tensors, metadata), copied at aggregation time; None: none.
     server_state: tuple[dict[str, np.ndarray], dict[str, str]] | None = None
+    # Resuming, the starting round is on record already (files and all): it is only evaluated.
+    on_record: bool = False
 
 
 def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, reporter: Reporter, out: Path) -> None:
@@ -142,9 +144,13 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
     heldout_records = load_records(paths.heldout_path)
     # Loss over the first max-heldout-records (by group when they carry one); the generation metrics the campaign
     # names over a bounded sample of them, every group in turn (federation.task_metrics).
-    evaluation = EvaluationConfig.from_run_config(context.run_config)
+    evaluation_config = EvaluationConfig.from_run_config(context.run_config)
     heldout = group_examples(tokenizer, heldout_records[: server.max_heldout_records], cfg.seq_len)
-    targets = generation_targets(tokenizer, heldout_records, evaluation.task_max_records) if evaluation.metrics else []
+    targets = (
+        generation_targets(tokenizer, heldout_records, evaluation_config.task_max_records)
+        if evaluation_config.metrics
+        else []
+    )
     aggregation = AggregationConfig.from_run_config(context.run_config)
     # Adapters travel packed in the campaign's transfer dtype; the strategy unpacks replies to float32 before
     # validating and merging, so evaluation and saving below see float32 per-tensor arrays (federation.packing).
@@ -159,34 +165,46 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
     round_started = time.time()
 
     def record_round(job: RoundJob) -> None:
-        """On the evaluator's thread, in round order: evaluate, save, report and upload one merged round."""
-        timings = {**job.timings, "evaluate_started": time.time()}
+        """On the evaluator's thread, in round order: save, report and upload one merged round, then evaluate it.
+
+        The round goes on record (ROUND event, files uploaded) before its held-out evaluation starts, and the
+        evaluation follows in an EVALUATED event: the site shows the merged round, and a resume can continue from
+        it, without waiting for the evaluation (the one server cost a campaign's last round cannot overlap)."""
+        timings = {**job.timings, "record_started": time.time()}
         set_adapter_state(model, job.state)
+        if not job.on_record:
+            folder = round_folder(out, job.campaign_round)
+            model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only
+            names = list(ADAPTER_FILES)
+            if job.server_state is not None and save_state(folder / SERVER_STATE, *job.server_state):
+                names.append(SERVER_STATE)  # kept beside the adapter: a resume from this round restores it
+            # The event pins the files by sha256 before they are uploaded: the site takes only those bytes, once.
+            files = {name: sha256_file(folder / name) for name in names}
+            timings["saved"] = time.time()
+            report = events.RoundReport(
+                round=job.campaign_round,
+                adapter_files=files,
+                seconds=time.time() - job.timings["started"],
+                timings=timings,
+                **job.log,
+            )
+            reporter.event(events.EVENT_ROUND, **report.payload())
+            for name in files:
+                reporter.upload(job.campaign_round, folder / name)
+        clock = {"evaluate_started": time.time()}
         loss, tokens, scores = heldout_scores(
-            model, tokenizer, heldout, targets, evaluation.metrics, evaluation.task_max_new_tokens
+            model, tokenizer, heldout, targets, evaluation_config.metrics, evaluation_config.task_max_new_tokens
         )
-        folder = round_folder(out, job.campaign_round)
-        model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only
-        timings["evaluated"] = time.time()
-        names = list(ADAPTER_FILES)
-        if job.server_state is not None and save_state(folder / SERVER_STATE, *job.server_state):
-            names.append(SERVER_STATE)  # kept beside the adapter: a resume from this round restores it
-        # The event pins the files by sha256 before they are uploaded: the site takes only those bytes, once.
-        files = {name: sha256_file(folder / name) for name in names}
-        report = events.RoundReport(
+        clock["evaluated"] = time.time()
+        scored = events.EvaluationReport(
             round=job.campaign_round,
-            adapter_files=files,
             eval_loss=loss,
             eval_perplexity=perplexity(loss),
             eval_tokens=tokens,
-            seconds=time.time() - job.timings["started"],
-            timings=timings,
+            timings=clock,
             scores=scores,  # per-group loss and the campaign's generation metrics (empty when neither)
-            **job.log,
         )
-        reporter.event(events.EVENT_ROUND, **report.payload())
-        for name in files:
-            reporter.upload(job.campaign_round, folder / name)
+        reporter.event(events.EVENT_EVALUATED, **scored.payload())
 
     evaluator: RoundEvaluator[RoundJob] = RoundEvaluator(record_round)
 
@@ -195,14 +213,12 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
 
         Hands the round to the evaluator and returns at once, so that the next round's instructions go out while
         this one is evaluated and recorded. Flower counts this run's rounds from 1; the campaign's round is
-        `start + server_round`. Round `start` is already on record when resuming: it is not evaluated or reported
-        again. Returns no metrics: Flower only logs them, and the round event carries the evaluation.
+        `start + server_round`. Round `start` is already on record when resuming: it is not reported again, only
+        evaluated (the run that recorded it may have stopped before its evaluation; the site keeps the first one).
+        Returns no metrics: Flower only logs them, and the EVALUATED event carries the evaluation.
         """
         nonlocal round_started
         queued = time.time()
-        if server_round == 0 and start:
-            round_started = queued
-            return None
         log = strategy.rounds.get(server_round)
         timings = {"started": round_started, "evaluate_queued": queued}
         if log:
@@ -222,6 +238,7 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
                 },
                 # Taken now, with this round's arrays: the next round's step changes the optimizer in place.
                 server_state=strategy.optimizer.state(list(arrays.keys())) if strategy.optimizer else None,
+                on_record=server_round == 0 and bool(start),
             )
         )
         round_started = time.time()

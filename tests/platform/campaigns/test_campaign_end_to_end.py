@@ -28,6 +28,8 @@ def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_pl
     rounds = list(campaign.rounds.order_by("number"))
     assert [r.number for r in rounds] == [0, 1, 2]
     assert rounds[0].participants == 0  # round 0 is the base model's evaluation
+    # Every round's evaluation came in after it went on record, before the campaign completed.
+    assert all(r.evaluated_at is not None and r.eval_loss is not None for r in rounds)
     elements = adapter_elements(campaign)
     for r in rounds[1:]:
         assert r.participants == 2 and r.failures == 0
@@ -56,17 +58,21 @@ def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_pl
     events = [json.loads(line) for line in journal.read_text().splitlines()]
     started = next(e for e in events if e["type"] == "started")
     assert started["process_started"] <= started["time"]
-    assert [e["type"] for e in events] == ["started", "round", "round", "round", "finished"]
-    assert [e["round"] for e in events if e["type"] == "round"] == [0, 1, 2]  # the evaluator keeps their order
+    # Each round on record when merged, then its evaluation; the evaluator keeps their order.
+    assert [(e["type"], e.get("round")) for e in events] == [
+        ("started", None), ("round", 0), ("evaluated", 0), ("round", 1), ("evaluated", 1), ("round", 2),
+        ("evaluated", 2), ("finished", None),
+    ]  # fmt: skip
     timings = {e["round"]: e["timings"] for e in events if e["type"] == "round"}
+    scored = {e["round"]: e["timings"] for e in events if e["type"] == "evaluated"}
     # Evaluation is off the critical path: round N+1's instructions went out before round N's evaluation ended
     # (the tiny model evaluates fast, so only the hand-off is certain to come first).
     for n in (1, 2):
         assert timings[n - 1]["evaluate_queued"] <= timings[n]["sent"]
     for event in (e for e in events if e["type"] == "round" and e["round"] > 0):
         t = event["timings"]
-        assert t["sent"] <= t["replies"] <= t["aggregated"] <= t["evaluate_queued"] <= t["evaluate_started"]
-        assert t["evaluate_started"] <= t["evaluated"]
+        assert t["sent"] <= t["replies"] <= t["aggregated"] <= t["evaluate_queued"] <= t["saved"] <= event["time"]
+        assert event["time"] <= scored[event["round"]]["evaluate_started"] <= scored[event["round"]]["evaluated"]
         for node in event["nodes"]:
             m = node["metrics"]
             parts = m["startup-seconds"] + m["load-seconds"] + m["eval-seconds"] + m["train-seconds"]

@@ -21,7 +21,7 @@ from campaigns.models import BaseCheckpoint, Campaign, Round
 from community.models import Node
 from federation.artifacts import ADAPTER_FILES
 from federation.config import AggregationConfig
-from federation.events import EVENT_ROUND, NodeMetrics, RoundReport
+from federation.events import EVENT_EVALUATED, EVENT_ROUND, EvaluationReport, NodeMetrics, RoundReport
 from federation.packing import LAYOUT_KEY, pack_records
 from federation.strategy import build_strategy
 
@@ -101,15 +101,19 @@ def test_the_servers_round_event_is_stored_as_the_strategy_logged_it(client, cam
     strategy.aggregate_train(1, replies)
     log = strategy.rounds[1]
     report = RoundReport(  # as server_app.record_round fills it from the strategy's log
-        round=1, adapter_files=dict.fromkeys(ADAPTER_FILES, "c" * 64), eval_loss=1.2, eval_perplexity=3.3,
-        eval_tokens=100, seconds=4.0, timings={}, train=log.train_metrics, nodes=[asdict(r) for r in log.replies],
-        epsilon=log.epsilon, delta=log.delta,
+        round=1, adapter_files=dict.fromkeys(ADAPTER_FILES, "c" * 64), seconds=4.0, timings={},
+        train=log.train_metrics, nodes=[asdict(r) for r in log.replies], epsilon=log.epsilon, delta=log.delta,
     )  # fmt: skip
     # The Reporter sends {"type": ..., **payload} (federation.report.Reporter.event).
     response = post_event(client, campaign, {"type": EVENT_ROUND, **report.payload()})
     assert response.status_code == 200, response.content
 
     round_ = Round.objects.get(campaign=campaign, number=1)
+    assert not round_.evaluated and round_.eval_loss is None  # on record once merged; the evaluation follows
+    scored = EvaluationReport(round=1, eval_loss=1.2, eval_perplexity=3.3, eval_tokens=100, timings={})
+    assert post_event(client, campaign, {"type": EVENT_EVALUATED, **scored.payload()}).status_code == 200
+    round_.refresh_from_db()
+    assert round_.evaluated and (round_.eval_loss, round_.eval_perplexity) == (1.2, 3.3)
     rows = {p.node.flwr_node_id: p for p in round_.participations.select_related("node")}
     assert set(rows) == {"11", "12", "13"}
     assert rows["11"].node == enrolled[11] and rows["11"].node.name == "enrolled-11"  # not "I am node 12"
@@ -151,3 +155,42 @@ def test_the_held_out_scores_of_a_round_are_stored_per_group_and_bad_ones_refuse
     assert (round_.task_metrics, round_.task_records, round_.group_metrics) == (
         scores.metrics, scores.records, scores.groups
     )  # fmt: skip
+
+
+def test_a_rounds_evaluation_follows_it_once_and_the_first_one_stands(client, campaign):
+    """The ServerApp records a round when merged and evaluates it after; a resumed run evaluates the round it starts
+    from again (its first run may have stopped in between): only the first evaluation is kept."""
+    from federation.events import CHRF, HeldoutScores
+
+    files = dict.fromkeys(ADAPTER_FILES, "c" * 64)
+    scored = EvaluationReport(
+        round=1, eval_loss=1.5, eval_perplexity=4.5, eval_tokens=90, timings={"evaluated": 1.0},
+        scores=HeldoutScores(metrics={CHRF: 20.0}, records=4),
+    )  # fmt: skip
+    early = post_event(client, campaign, {"type": EVENT_EVALUATED, **scored.payload()})
+    assert early.status_code == 409 and "round 1 is not on record" in early.json()["error"]
+
+    merged = RoundReport(round=1, adapter_files=files, seconds=3.0, timings={})
+    assert post_event(client, campaign, {"type": EVENT_ROUND, **merged.payload()}).status_code == 200
+    recorded_at = Round.objects.get(campaign=campaign, number=1).recorded_at
+    bad = post_event(client, campaign, {"type": EVENT_EVALUATED, **scored.payload(), "eval_loss": -1.0})
+    assert bad.status_code == 400 and "eval_loss=-1 is outside" in bad.json()["error"]
+    missing = {k: v for k, v in scored.payload().items() if k != "eval_loss"}
+    assert post_event(client, campaign, {"type": EVENT_EVALUATED, **missing}).status_code == 400
+    assert not Round.objects.get(campaign=campaign, number=1).evaluated  # nothing of a refused event is kept
+
+    assert post_event(client, campaign, {"type": EVENT_EVALUATED, **scored.payload()}).status_code == 200
+    again = dataclasses.replace(scored, eval_loss=9.0, eval_perplexity=8103.0)
+    assert post_event(client, campaign, {"type": EVENT_EVALUATED, **again.payload()}).status_code == 200
+    round_ = Round.objects.get(campaign=campaign, number=1)
+    assert (round_.eval_loss, round_.task_metrics, round_.task_records) == (1.5, {CHRF: 20.0}, 4)
+    assert round_.evaluated_at is not None and round_.recorded_at == recorded_at
+
+    # The same round event sent again (a retry) keeps the evaluation; a different one for an unsealed round
+    # (a resumed run redoing it) replaces the round, evaluation and all.
+    assert post_event(client, campaign, {"type": EVENT_ROUND, **merged.payload()}).status_code == 200
+    assert Round.objects.get(campaign=campaign, number=1).evaluated
+    redone = dataclasses.replace(merged, seconds=5.0)
+    assert post_event(client, campaign, {"type": EVENT_ROUND, **redone.payload()}).status_code == 200
+    round_ = Round.objects.get(campaign=campaign, number=1)
+    assert not round_.evaluated and round_.task_metrics == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from campaigns.models import Campaign, Round
 from campaigns.services import (
@@ -203,6 +204,22 @@ def test_campaign_page_draws_charts_with_printed_values(client, staff, base, hel
     assert "4.5000" in live and "4.2500" in live and "4.4000" in live  # values printed on the charts
     assert "Held-out eval loss per round (0 = base model)" in live and "Bytes per round (MB)" in live
     assert "round 2 of 2: nodes training" in live
+
+
+def test_a_merged_round_shows_at_once_and_its_evaluation_when_it_comes(client, staff, base, heldout):
+    """A round is on record when merged; the server's held-out evaluation follows (it overlaps the next round)."""
+    campaign = campaign_create(name="c", base_model=base, data_task="t", heldout_path=heldout)
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.RUNNING)
+    Round.objects.create(campaign=campaign, number=0, eval_loss=4.5, evaluated_at=timezone.now())
+    merged = Round.objects.create(campaign=campaign, number=1, train_loss=4.4, participants=2)
+    client.force_login(staff)
+    live = client.get(f"/console/campaigns/{campaign.pk}/live").content.decode()
+    assert 'data-round="1"' in live and "evaluating…" in live
+    assert "round 2 of 2: nodes training (round 1 being evaluated)" in live
+    assert "evaluating…" in client.get("/console/").content.decode()  # the dashboard's last rounds
+    Round.objects.filter(pk=merged.pk).update(eval_loss=4.25, eval_perplexity=70.1, evaluated_at=timezone.now())
+    live = client.get(f"/console/campaigns/{campaign.pk}/live").content.decode()
+    assert "evaluating…" not in live and "4.2500" in live and "(round 1 being evaluated)" not in live
 
 
 def test_campaign_page_charts_task_metrics_per_round_and_each_group_before_and_after(client, staff, base, heldout):
