@@ -78,8 +78,10 @@ def run_one(address: str, row: Row, train: TrainConfig, server: ServerConfig, ou
 
 def collect(row: Row, out: Path) -> None:
     """Read one run's results from the ServerApp's journal."""
-    rounds = [e for e in journal(out) if e["type"] == "round"]
-    row.base_loss, row.final_loss = rounds[0]["eval_loss"], rounds[-1]["eval_loss"]
+    events = journal(out)
+    rounds = [e for e in events if e["type"] == "round"]
+    scored = [e for e in events if e["type"] == "evaluated"]
+    row.base_loss, row.final_loss = scored[0]["eval_loss"], scored[-1]["eval_loss"]
     row.epsilon, row.delta = rounds[-1].get("epsilon"), rounds[-1].get("delta")
     row.refused = sum(1 for e in rounds for n in e["nodes"] if n.get("rejected"))
 
