@@ -219,7 +219,8 @@ def main() -> int:
     timer = Timer()
 
     with running_site("overhead") as site:
-        from campaigns.services import base_model_register, campaign_create, campaign_output_dir, superlink_client
+        from bayanihan_site.superlink import superlink_client
+        from campaigns.services.setup import base_model_register, campaign_create, campaign_output_dir
         from federation import control
         from federation.basemodel import SMOLLM2_ID, prepare_smollm2
         from federation.config import TrainConfig

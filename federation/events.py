@@ -1,7 +1,7 @@
 """The ServerApp -> site round event and the node metrics inside it: one home for the keys and their bounds.
 
 Nothing a node reports is trusted. The ServerApp (`federation.strategy.GuardedStrategy`) refuses a reply whose
-metrics break these bounds before it can weigh in, and the site (`campaigns.services.report_round`) checks the
+metrics break these bounds before it can weigh in, and the site (`campaigns.services.reports.report_round`) checks the
 whole round event again with `parse_round` before storing a row of it: the site's columns are 32/64-bit
 integers, and a bound checked on both sides costs nothing.
 
