@@ -75,7 +75,7 @@ def wait_nodes_online(control, count: int, check, timeout: float = 300) -> float
 def launch_and_time(session, site, campaign) -> tuple[float, float]:
     """POST the console's Launch; return (epoch when sent, epoch when round 1 was on record with its files)."""
     from campaigns.models import Round
-    from campaigns.services import round_sealed
+    from campaigns.services.reports import round_sealed
 
     page = session.get(f"{site.url}/console/campaigns/{campaign.pk}/", timeout=30)
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
@@ -237,7 +237,8 @@ def main() -> int:
     timer = Timer()
 
     with running_site("overhead") as site:
-        from campaigns.services import base_model_register, campaign_create, campaign_output_dir, superlink_client
+        from bayanihan_site.superlink import superlink_client
+        from campaigns.services.setup import base_model_register, campaign_create, campaign_output_dir
         from federation import control
         from federation.basemodel import SMOLLM2_ID, prepare_smollm2
         from federation.config import TrainConfig

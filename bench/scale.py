@@ -553,7 +553,8 @@ class SizeRun:
             self.result.teardown_s = round(time.monotonic() - torn, 1)
 
     def exercise(self) -> None:
-        from campaigns.services import base_model_register, campaign_create, campaign_launch
+        from campaigns.services.actions import campaign_launch
+        from campaigns.services.setup import base_model_register, campaign_create
         from federation.corpus import build_demo_corpus
         from testbed.tiny import build_tiny_checkpoint
 
@@ -792,7 +793,7 @@ class SizeRun:
         """A campaign still queued or running is cancelled the console's way (its Flower run is stopped)."""
         if self.campaign is None:
             return
-        from campaigns.services import campaign_cancel
+        from campaigns.services.actions import campaign_cancel
 
         self.campaign.refresh_from_db()
         if not self.campaign.is_terminal:
@@ -825,7 +826,7 @@ def online_count() -> int:
     from flwr.proto.control_pb2 import ListNodesRequest
     from flwr.supercore.constant import NodeStatus
 
-    from campaigns.services import superlink_client
+    from bayanihan_site.superlink import superlink_client
 
     nodes = superlink_client().ListNodes(ListNodesRequest()).nodes_info
     return sum(1 for node in nodes if node.status == NodeStatus.ONLINE)

@@ -25,7 +25,8 @@ django.setup()
 from django.conf import settings  # noqa: E402
 
 from campaigns.models import BaseCheckpoint, Campaign  # noqa: E402
-from campaigns.services import campaign_create, campaign_launch  # noqa: E402
+from campaigns.services.actions import campaign_launch  # noqa: E402
+from campaigns.services.setup import campaign_create  # noqa: E402
 from community.services import enrollment_token_create  # noqa: E402
 from federation.corpus import build_demo_corpus  # noqa: E402
 from stack.basemodels import ensure_base_model  # noqa: E402

@@ -7,7 +7,7 @@ nodes nor the site wait for it. A round event may still carry its evaluation its
 one event does both.
 
 Nothing a node reports is trusted. The ServerApp (`federation.strategy.GuardedStrategy`) refuses a reply whose
-metrics break these bounds before it can weigh in, and the site (`campaigns.services.report_round`) checks the
+metrics break these bounds before it can weigh in, and the site (`campaigns.services.reports.report_round`) checks the
 whole round event again with `parse_round` before storing a row of it: the site's columns are 32/64-bit
 integers, and a bound checked on both sides costs nothing.
 

@@ -78,7 +78,7 @@ def base_models_public() -> list[dict]:
 def round_file(*, campaign: Campaign, round_number: int, name: str) -> tuple[Path, str]:
     """A stored file of a round (its merged adapter's, or the server optimizer's state) and the sha256 on record for
     it; LookupError when there is none."""
-    from campaigns.services import campaign_output_dir
+    from campaigns.services.setup import campaign_output_dir
     from federation.artifacts import ROUND_FILES, round_folder
 
     round_ = campaign.rounds.filter(number=round_number).first()

@@ -11,7 +11,7 @@ from django import db
 from django.conf import settings
 from django.core.cache import cache
 
-from campaigns import services
+from campaigns.services import runs
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ TRANSIENT = (
 @shared_task(bind=True, autoretry_for=TRANSIENT, retry_backoff=True, retry_backoff_max=60, max_retries=20)
 def campaign_submit_task(self, campaign_id: int) -> None:
     try:
-        services.campaign_submit(campaign_id=campaign_id)
+        runs.campaign_submit(campaign_id=campaign_id)
     except TRANSIENT:
         raise
     except Exception as exc:  # a run the SuperLink refuses will not start on retry: say why
@@ -45,7 +45,7 @@ def campaign_submit_task(self, campaign_id: int) -> None:
 
         campaign = Campaign.objects.filter(pk=campaign_id).first()
         if campaign is not None:
-            services.campaign_fail(campaign=campaign, reason=f"could not submit to the SuperLink: {exc}")
+            runs.campaign_fail(campaign=campaign, reason=f"could not submit to the SuperLink: {exc}")
         return
     enqueue(campaign_follow_task, campaign_id, countdown=settings.CAMPAIGN_POLL_SECONDS)
 
@@ -55,7 +55,7 @@ def campaign_follow_task(self, campaign_id: int) -> None:
     # Re-queues itself instead of sleeping, so a long campaign never pins a worker slot.
     if not _one_follower(campaign_id, self.request.id):
         return
-    if not services.campaign_follow(campaign_id=campaign_id):
+    if not runs.campaign_follow(campaign_id=campaign_id):
         enqueue(campaign_follow_task, campaign_id, countdown=settings.CAMPAIGN_POLL_SECONDS)
 
 

@@ -14,8 +14,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from bayanihan_site.accel import ACCEL_REDIRECT, accel_location
-from campaigns import selectors, services
+from campaigns import selectors
 from campaigns.models import Campaign
+from campaigns.services import reports
+from campaigns.services.runs import campaign_server_paths
 from federation import events
 from federation.artifacts import CONTENT_SHA256_HEADER
 from federation.report import RUN_ID_HEADER
@@ -30,12 +32,12 @@ def report_auth(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
             return JsonResponse({"error": "invalid link secret"}, status=403)
         scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
         try:
-            services.report_link_check(
+            reports.report_link_check(
                 campaign=campaign,
                 secret=secret if scheme == "Bearer" else "",
                 run_id=request.headers.get(RUN_ID_HEADER, ""),
             )
-        except services.ReportRefused as exc:
+        except reports.ReportRefused as exc:
             response = JsonResponse({"error": str(exc)}, status=exc.status)
             if exc.status == 503:
                 response["Retry-After"] = "2"
@@ -49,7 +51,7 @@ def report_auth(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
 @report_auth
 def server_config(request: HttpRequest, campaign: Campaign) -> HttpResponse:
     """Paths on the SuperLink host the ServerApp needs; kept out of the run config, which every node receives."""
-    response = JsonResponse(services.campaign_server_paths(campaign).to_json())
+    response = JsonResponse(campaign_server_paths(campaign).to_json())
     response["Cache-Control"] = "no-store"
     return response
 
@@ -66,20 +68,20 @@ def report_event(request: HttpRequest, campaign: Campaign) -> HttpResponse:
         return JsonResponse({"error": "event must be an object with a 'type'"}, status=400)
     if event["type"] == events.EVENT_ROUND:
         try:
-            services.report_round(campaign=campaign, event=event)
-        except services.ReportConflict as exc:
+            reports.report_round(campaign=campaign, event=event)
+        except reports.ReportConflict as exc:
             return JsonResponse({"error": " ".join(exc.messages)}, status=409)
         except ValidationError as exc:
             return JsonResponse({"error": f"malformed round event: {' '.join(exc.messages)}"}, status=400)
     elif event["type"] == events.EVENT_EVALUATED:
         try:
-            services.report_evaluation(campaign=campaign, event=event)
-        except services.ReportConflict as exc:
+            reports.report_evaluation(campaign=campaign, event=event)
+        except reports.ReportConflict as exc:
             return JsonResponse({"error": " ".join(exc.messages)}, status=409)
         except ValidationError as exc:
             return JsonResponse({"error": f"malformed evaluation event: {' '.join(exc.messages)}"}, status=400)
     elif event["type"] == events.EVENT_FAILED:
-        services.report_failure(campaign=campaign, event=event)
+        reports.report_failure(campaign=campaign, event=event)
     return JsonResponse({"ok": True})
 
 
@@ -103,14 +105,14 @@ def report_file(request: HttpRequest, campaign: Campaign, round_number: int, nam
     # Read the body as a stream so a large upload never sits whole in memory.
     chunks = iter(lambda: request.read(1 << 20), b"")
     try:
-        sha = services.report_file(
+        sha = reports.report_file(
             campaign=campaign,
             round_number=round_number,
             name=name,
             chunks=chunks,
             sha256=request.headers.get(CONTENT_SHA256_HEADER, ""),
         )
-    except services.ReportConflict as exc:
+    except reports.ReportConflict as exc:
         return JsonResponse({"error": " ".join(exc.messages)}, status=409)
     except ValidationError as exc:
         return JsonResponse({"error": " ".join(exc.messages)}, status=400)

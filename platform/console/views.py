@@ -13,8 +13,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from campaigns import services as campaign_services
 from campaigns.models import Campaign
+from campaigns.services import actions as campaign_actions
+from campaigns.services.setup import campaign_create
 from community import services as community_services
 from community.models import Contributor, Node
 from console import selectors
@@ -65,7 +66,7 @@ def campaign_new(request: HttpRequest) -> HttpResponse:
     form = CampaignForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            campaign = campaign_services.campaign_create(**form.service_kwargs(), by=request.user)
+            campaign = campaign_create(**form.service_kwargs(), by=request.user)
         except ValidationError as exc:
             form.add_service_errors(exc)
         else:
@@ -100,7 +101,7 @@ def _campaign_action(request: HttpRequest, pk: int, action: str, run: Callable[[
 @staff_required
 def campaign_launch(request: HttpRequest, pk: int) -> HttpResponse:
     return _campaign_action(
-        request, pk, "launch", lambda c: campaign_services.campaign_launch(campaign=c, by=request.user), "Launched."
+        request, pk, "launch", lambda c: campaign_actions.campaign_launch(campaign=c, by=request.user), "Launched."
     )
 
 
@@ -113,7 +114,7 @@ def campaign_cancel(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         campaign,
         "campaign.cancel",
-        lambda: campaign_services.campaign_cancel(campaign=campaign, by=request.user, reason=reason),
+        lambda: campaign_actions.campaign_cancel(campaign=campaign, by=request.user, reason=reason),
         "Cancelled; its Flower run was stopped.",
         reason=reason,
     )
@@ -127,7 +128,7 @@ def campaign_resume(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         pk,
         "resume",
-        lambda c: campaign_services.campaign_resume(campaign=c, by=request.user),
+        lambda c: campaign_actions.campaign_resume(campaign=c, by=request.user),
         "Relaunched as a new Flower run; it continues from the last merged round.",
     )
 
@@ -141,7 +142,7 @@ def campaign_notes(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         campaign,
         "campaign.card_notes",
-        lambda: campaign_services.campaign_set_card_notes(campaign=campaign, notes=notes, by=request.user),
+        lambda: campaign_actions.campaign_set_card_notes(campaign=campaign, notes=notes, by=request.user),
         "Model card notes saved.",
         notes=notes.strip()[:500],
     )

@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from campaigns.models import Campaign
-from campaigns.services import campaign_output_dir
+from campaigns.services.setup import campaign_output_dir
 from federation.artifacts import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,

@@ -8,7 +8,7 @@ from pathlib import Path
 from django.conf import settings
 
 from campaigns.models import BaseCheckpoint
-from campaigns.services import base_model_register
+from campaigns.services.setup import base_model_register
 from federation.basemodel import SMOLLM2_ID, prepare_smollm2
 
 

@@ -140,7 +140,7 @@ def test_verify_accepts_a_signed_release_and_refuses_a_changed_one(fresh_venv, t
 def test_join_refuses_a_changed_model_then_enrolls_and_its_supernode_connects(
     fresh_venv, prepared_base, tiny_corpus, live_server, tls_superlink, tmp_path, settings
 ):
-    from campaigns.services import base_model_register
+    from campaigns.services.setup import base_model_register
     from community.models import Contributor, EnrollmentToken, Node
     from community.services import contributor_set_status, contributor_signup, enrollment_token_create
     from federation import control

@@ -38,7 +38,8 @@ class LivePlatform:
 
     def run_campaign(self, name: str, timeout: float = 300, **options: Any) -> Any:
         """Create and launch a campaign on the tiny model and held-out split; return it once it has ended."""
-        from campaigns.services import base_model_register, campaign_create, campaign_launch
+        from campaigns.services.actions import campaign_launch
+        from campaigns.services.setup import base_model_register, campaign_create
 
         base = base_model_register(path=self.model, name="tiny", hf_id="test/tiny-llama")
         campaign = campaign_create(

@@ -9,7 +9,8 @@ from django.core.exceptions import ValidationError
 
 from campaigns.models import BaseCheckpoint, Campaign, NodeFlag, Round
 from campaigns.selectors import ledger_entries, ledger_totals, open_flags
-from campaigns.services import campaign_create, report_round
+from campaigns.services.reports import report_round
+from campaigns.services.setup import campaign_create
 from community.models import Node
 from federation.artifacts import ADAPTER_FILES
 

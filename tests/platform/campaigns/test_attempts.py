@@ -8,13 +8,9 @@ import hashlib
 import pytest
 
 from campaigns.models import BaseCheckpoint, Campaign, CampaignAttempt, Round
-from campaigns.services import (
-    campaign_output_dir,
-    campaign_resume_point,
-    campaign_run_failed,
-    last_merged_round,
-    report_failure,
-)
+from campaigns.services.reports import report_failure
+from campaigns.services.runs import campaign_resume_point, campaign_run_failed, last_merged_round
+from campaigns.services.setup import campaign_output_dir
 from console.models import AuditEntry
 from federation import events
 from federation.artifacts import ADAPTER_FILES
@@ -202,7 +198,7 @@ def test_provenance_and_the_campaign_page_list_every_attempt(
 
 
 def test_a_round_whose_nodes_all_dropped_out_does_not_throw_the_campaign_away(campaign):
-    from campaigns.services import campaign_complete
+    from campaigns.services.runs import campaign_complete
 
     merged(campaign, 0, 1, 2, 3)
     Round.objects.filter(campaign=campaign, number=2).update(participants=0, failures=2)  # connections lost
@@ -212,7 +208,7 @@ def test_a_round_whose_nodes_all_dropped_out_does_not_throw_the_campaign_away(ca
 
 
 def test_a_round_whose_every_update_was_refused_fails_the_campaign(campaign):
-    from campaigns.services import campaign_complete
+    from campaigns.services.runs import campaign_complete
 
     merged(campaign, 0, 1, 2, 3)
     Round.objects.filter(campaign=campaign, number=2).update(participants=0, rejected=2)  # validation refused all
@@ -222,7 +218,7 @@ def test_a_round_whose_every_update_was_refused_fails_the_campaign(campaign):
 
 
 def test_a_campaign_in_which_no_round_trained_fails(campaign):
-    from campaigns.services import campaign_complete
+    from campaigns.services.runs import campaign_complete
 
     merged(campaign, 0, 1, 2, 3)
     Round.objects.filter(campaign=campaign, number__gte=1).update(participants=0, failures=2)

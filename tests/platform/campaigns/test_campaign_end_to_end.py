@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from campaigns.models import Campaign
-from campaigns.services import campaign_output_dir
+from campaigns.services.setup import campaign_output_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 TRAIN = {"local-steps": 4, "seq-len": 64, "batch-size": 4, "lr": 0.01, "threads": 1}

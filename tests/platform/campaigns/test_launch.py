@@ -6,7 +6,9 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from campaigns.models import BaseCheckpoint, Campaign
-from campaigns.services import campaign_create, campaign_launch, campaign_submit
+from campaigns.services.actions import campaign_launch
+from campaigns.services.runs import campaign_submit
+from campaigns.services.setup import campaign_create
 
 pytestmark = pytest.mark.django_db
 

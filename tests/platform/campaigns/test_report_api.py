@@ -434,7 +434,7 @@ def test_a_round_event_may_list_the_state_file_but_nothing_else_beside_the_adapt
 
 
 def test_a_round_is_a_resume_point_only_once_its_declared_state_file_is_stored(client, campaign):
-    from campaigns.services import last_merged_round
+    from campaigns.services.runs import last_merged_round
 
     seal(client, campaign, number=0)
     assert post(client, campaign, round_event(1, files=STATE)).status_code == 200

@@ -7,7 +7,8 @@ import tomllib
 import pytest
 
 from campaigns.models import BaseCheckpoint, Campaign
-from campaigns.services import campaign_create, campaign_output_dir, campaign_run_config, campaign_submit
+from campaigns.services.runs import campaign_run_config, campaign_submit
+from campaigns.services.setup import campaign_create, campaign_output_dir
 from federation.control import APP_DIR
 
 pytestmark = pytest.mark.django_db

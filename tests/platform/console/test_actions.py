@@ -7,13 +7,8 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from campaigns.models import Campaign, Round
-from campaigns.services import (
-    campaign_cancel,
-    campaign_create,
-    campaign_launch,
-    campaign_resume,
-    campaign_set_card_notes,
-)
+from campaigns.services.actions import campaign_cancel, campaign_launch, campaign_resume, campaign_set_card_notes
+from campaigns.services.setup import campaign_create
 from community.models import Contributor
 from console.models import AuditEntry
 

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from campaigns.models import Campaign
-from campaigns.services import base_model_register
+from campaigns.services.setup import base_model_register
 from community.models import Contributor
 from community.services import contributor_signup
 from console.models import AuditEntry

@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 
 from campaigns.models import Campaign
-from campaigns.services import campaign_create
+from campaigns.services.setup import campaign_create
 from community.models import Contributor
 
 PASSWORD = "a-long-pass-phrase-42"  # the conftest users' password

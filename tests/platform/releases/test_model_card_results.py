@@ -7,7 +7,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from campaigns.models import BaseCheckpoint, Campaign
-from campaigns.services import report_round
+from campaigns.services.reports import report_round
 from federation.artifacts import ADAPTER_FILES
 from federation.events import CHRF, EXACT_MATCH, HeldoutScores
 from releases.markdown_render import split_front_matter

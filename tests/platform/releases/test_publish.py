@@ -116,7 +116,7 @@ def test_a_round_file_changed_on_disk_since_its_upload_is_not_published(finished
 
 def test_a_campaign_whose_final_adapter_changed_fails_instead_of_publishing(finished_campaign, settings):
     from campaigns.models import Campaign
-    from campaigns.services import campaign_complete
+    from campaigns.services.runs import campaign_complete
 
     folder = settings.DATA_DIR / "campaigns" / str(finished_campaign.pk) / "round-2"
     config = folder / "adapter_config.json"

@@ -222,7 +222,7 @@ def multihost(contributor_venvs, tiny_checkpoint, tiny_corpus) -> Iterator[Multi
         mh.wait_https("site", f"https://{hosts.link_private}:{SUPERLINK_PORT}/health", link_tls["ca"])
         mh.wait_https("site", f"https://{hosts.link}:{FLEET_PORT}/health", link_tls["ca"])
         tokens = mh.site_python(
-            "from campaigns.services import base_model_register\n"
+            "from campaigns.services.setup import base_model_register\n"
             "from community.services import enrollment_token_create\n"
             "from stack.local_nodes import local_contributor\n"
             f"base_model_register(path={str(tiny_checkpoint)!r}, name='tiny', hf_id='test/tiny-llama')\n"
@@ -271,7 +271,8 @@ def test_a_campaign_across_hosts_over_home_links_survives_a_cut_line(multihost, 
     mh, hosts = multihost, multihost.hosts
     campaign_id = mh.site_python(
         "from campaigns.models import BaseCheckpoint\n"
-        "from campaigns.services import campaign_create, campaign_launch\n"
+        "from campaigns.services.actions import campaign_launch\n"
+        "from campaigns.services.setup import campaign_create\n"
         "c = campaign_create(name='multi-host', base_model=BaseCheckpoint.objects.get(name='tiny'),"
         " data_task='python-docs',"
         f" heldout_path={str(tiny_corpus / 'heldout.jsonl')!r},"

@@ -14,7 +14,9 @@ from rich.table import Table
 
 from bayanihan_site.superlink import superlink_client
 from campaigns.models import Campaign
-from campaigns.services import campaign_create, campaign_fail, campaign_launch
+from campaigns.services.actions import campaign_launch
+from campaigns.services.runs import campaign_fail
+from campaigns.services.setup import campaign_create
 from federation import control, procs
 from federation.artifacts import SIGNATURE_NAME
 from federation.corpus import build_demo_corpus
