@@ -56,6 +56,13 @@ def server_config(request: HttpRequest, campaign: Campaign) -> HttpResponse:
     return response
 
 
+# The events that go on a round's record: a merged round, then its held-out evaluation (federation.events).
+EVENT_RECORDERS = {
+    events.EVENT_ROUND: (reports.report_round, "round event"),
+    events.EVENT_EVALUATED: (reports.report_evaluation, "evaluation event"),
+}
+
+
 @csrf_exempt
 @require_http_methods(["POST"])
 @report_auth
@@ -64,22 +71,17 @@ def report_event(request: HttpRequest, campaign: Campaign) -> HttpResponse:
         event = json.loads(request.body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         return JsonResponse({"error": f"body is not JSON: {exc}"}, status=400)
-    if not isinstance(event, dict) or "type" not in event:
-        return JsonResponse({"error": "event must be an object with a 'type'"}, status=400)
-    if event["type"] == events.EVENT_ROUND:
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        return JsonResponse({"error": "event must be an object with a 'type' (a string)"}, status=400)
+    recorder = EVENT_RECORDERS.get(event["type"])
+    if recorder is not None:
+        record, what = recorder
         try:
-            reports.report_round(campaign=campaign, event=event)
+            record(campaign=campaign, event=event)
         except reports.ReportConflict as exc:
             return JsonResponse({"error": " ".join(exc.messages)}, status=409)
         except ValidationError as exc:
-            return JsonResponse({"error": f"malformed round event: {' '.join(exc.messages)}"}, status=400)
-    elif event["type"] == events.EVENT_EVALUATED:
-        try:
-            reports.report_evaluation(campaign=campaign, event=event)
-        except reports.ReportConflict as exc:
-            return JsonResponse({"error": " ".join(exc.messages)}, status=409)
-        except ValidationError as exc:
-            return JsonResponse({"error": f"malformed evaluation event: {' '.join(exc.messages)}"}, status=400)
+            return JsonResponse({"error": f"malformed {what}: {' '.join(exc.messages)}"}, status=400)
     elif event["type"] == events.EVENT_FAILED:
         reports.report_failure(campaign=campaign, event=event)
     return JsonResponse({"ok": True})

@@ -458,3 +458,9 @@ def test_behind_the_front_proxy_a_round_file_is_handed_to_the_proxy_with_its_sha
     assert response["X-Content-SHA256"] == sha(STATE["server_optimizer.safetensors"])
     # Refused requests never name a file.
     assert "X-Accel-Redirect" not in get_file(client, campaign, "server_optimizer.safetensors", round_number=7)
+
+
+@pytest.mark.parametrize("body", [{"round": 1}, {"type": ["round"]}, {"type": {"round": 1}}, {"type": 7}, [1]])
+def test_an_event_without_a_string_type_is_a_clear_400(client, campaign, body):
+    response = post(client, campaign, body)
+    assert response.status_code == 400 and "event must be an object with a 'type'" in response.json()["error"]
