@@ -15,7 +15,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from bench import REPO
+
 DOC = REPO / "docs" / "benchmarks.md"
 
 HEADER = """# Benchmarks

@@ -56,7 +56,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from report import REPO, Timer, write_section
+from bench import REPO
+from bench.report import Timer, write_section
 
 VAR = REPO / "var" / "bench" / "scale"
 MODEL_DIR = VAR / "model" / "tiny-llama"
@@ -496,7 +497,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def run_size(plan: Result, args: argparse.Namespace, deadline: float) -> Result:
     """Everything for one N; always stops what it started. `deadline` is a time.time() value."""
-    from site_stack import running_site
+    from bench.site_stack import running_site
 
     n, result = plan.n, plan
     result.baseline_available_gib, result.phase = round(mem_available() / GIB, 2), "start"
@@ -889,10 +890,10 @@ def run_child(plan: Result, args: argparse.Namespace, deadline: float) -> Result
     n = plan.n
     out = VAR / f"result-{plan.label}.json"
     out.unlink(missing_ok=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--train", str(plan.train),
+    command = [sys.executable, "-m", "bench.scale", "--one", str(n), "--train", str(plan.train),
                *(["--all-train-run"] if plan.all_train else []), "--out", str(out),
                "--deadline", str(deadline), *_pass_through(args)]  # fmt: skip
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, cwd=REPO)
     try:
         child.wait(timeout=max(60.0, deadline - time.time() + 120))
     except subprocess.TimeoutExpired:
