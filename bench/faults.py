@@ -429,9 +429,8 @@ def main() -> int:
             loop.kill()
             loop.wait()
 
-    command = COMMAND if len(sys.argv) == 1 else f"python -m bench.faults {' '.join(sys.argv[1:])}"
     title = "Faults: the demo campaign on a busy machine, and through a node and a SuperLink killed mid-round"
-    write_section("faults", title, table(outcomes, model_name, args), command, timer, dry_run=args.no_write)
+    write_section("faults", title, table(outcomes, model_name, args), COMMAND, timer, dry_run=args.no_write)
     return 0 if all(o.completed for o in outcomes) else 1
 
 
