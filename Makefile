@@ -36,37 +36,37 @@ bench: bench-quality bench-overhead bench-communication bench-scale bench-downlo
 
 # Federated vs each contributor alone vs pooled data, same optimizer steps (SmolLM2-135M).
 bench-quality: setup
-	$(PY) bench/quality.py
+	$(PY) -m bench.quality
 
 # Many languages, one model: base vs each region's community alone vs pooled vs the federated default campaign,
 # per-language chrF and loss on Django's gettext catalogs (SmolLM2-135M; not in `make bench`).
 bench-languages: setup
-	$(PY) bench/languages.py
+	$(PY) -m bench.languages
 
 # One round through the whole platform vs the same steps in a bare PEFT loop, and where the difference goes.
 bench-overhead: setup
-	$(PY) bench/overhead.py
+	$(PY) -m bench.overhead
 
 # Bytes on the wire per node per round vs the adapter's tensor bytes.
 bench-communication: setup
-	$(PY) bench/communication.py
+	$(PY) -m bench.communication
 
 # One round with 10, 50 and 100 real SuperNodes (tiny model): round time, memory, where it breaks.
 bench-scale: setup
-	$(PY) bench/scale.py
+	$(PY) -m bench.scale
 
 # Release downloads (site and HF API) vs a plain file copy; 200 concurrent downloads.
 bench-downloads: setup
-	$(PY) bench/downloads.py
+	$(PY) -m bench.downloads
 
 # The real demo campaign 5 times under two busy loops, then once with a SuperNode and the SuperLink killed mid-round:
 # completed?, rounds, attempts, orphans (~60 min on 2 cores; not in `make bench`, which would double its time).
 bench-faults: setup
-	$(PY) bench/faults.py
+	$(PY) -m bench.faults
 
 # Robust strategies vs a hostile node, and DP's cost, on 4 real nodes and the tiny model (~20 min on 2 cores).
 bench-aggregation: setup
-	$(PY) bench/aggregation.py
+	$(PY) -m bench.aggregation
 
 # docker/compose.yaml for real: images built without a registry (debootstrap + podman import), the stack up under
 # podman-compose, a 1-round campaign with 2 nodes joining from this host, everything torn down (root; 7-14 min the

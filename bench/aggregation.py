@@ -18,15 +18,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from flower_cluster import journal, run_to_end, start_cluster  # noqa: E402
-
-from federation import procs  # noqa: E402
-from federation.config import AggregationConfig, ServerConfig, TrainConfig  # noqa: E402
-from federation.corpus import build_demo_corpus  # noqa: E402
-from testbed.tiny import build_tiny_checkpoint  # noqa: E402
+from bench import REPO
+from bench.flower_cluster import journal, run_to_end, start_cluster
+from federation import procs
+from federation.config import AggregationConfig, ServerConfig, TrainConfig
+from federation.corpus import build_demo_corpus
+from testbed.tiny import build_tiny_checkpoint
 
 NODES = ["node-1", "node-2", "node-3", "node-4"]
 HOSTILE = "node-4"

@@ -38,21 +38,19 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import httpx
+import torch
+from flwr.proto.control_pb2 import RegisterNodeRequest
+from safetensors import safe_open
 
-import httpx  # noqa: E402
-import torch  # noqa: E402
-from flower_cluster import server_side  # noqa: E402
-from flwr.proto.control_pb2 import RegisterNodeRequest  # noqa: E402
-from report import Timer, write_section  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-
-from federation import control, pki, procs  # noqa: E402
-from federation.artifacts import ADAPTER_WEIGHTS, round_folder  # noqa: E402
-from federation.basemodel import prepare_smollm2  # noqa: E402
-from federation.config import ServerConfig, TrainConfig, WireConfig  # noqa: E402
-from federation.corpus import build_demo_corpus  # noqa: E402
+from bench import REPO
+from bench.flower_cluster import server_side
+from bench.report import Timer, write_section
+from federation import control, pki, procs
+from federation.artifacts import ADAPTER_WEIGHTS, round_folder
+from federation.basemodel import prepare_smollm2
+from federation.config import ServerConfig, TrainConfig, WireConfig
+from federation.corpus import build_demo_corpus
 
 HOST = "127.0.0.1"
 SLACK_S = 0.5  # around a round's window: the relay and the ServerApp read the same clock, the records are ms apart

@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from report import Timer, write_section
-from site_stack import REPO, running_site, stop_on_signals
-
+from bench import REPO
+from bench.report import Timer, write_section
+from bench.site_stack import running_site, stop_on_signals
 from federation.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, round_folder
 
 NAME = "downloads"

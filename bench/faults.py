@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from report import Timer, write_section
-from site_stack import REPO, stop_on_signals
-
+from bench import REPO, use_platform
+from bench.report import Timer, write_section
+from bench.site_stack import stop_on_signals
 from federation.artifacts import PROVENANCE_NAME
 
 COMMAND = "make bench-faults"
@@ -77,14 +77,11 @@ class Outcome:
 
 def setup_django() -> None:
     """Django in this process for reading the runs' databases; its own settings never point at a run's state."""
-    for entry in (str(REPO / "platform"), str(REPO)):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
     ROOT.mkdir(parents=True, exist_ok=True)
     os.environ["BAYANIHAN_VAR"] = str(ROOT)
     os.environ["DATABASE_URL"] = f"sqlite:///{ROOT / 'unused.sqlite3'}"  # never opened: each run has an alias
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bayanihan_site.settings")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    use_platform()
     import django
 
     django.setup()
@@ -432,9 +429,8 @@ def main() -> int:
             loop.kill()
             loop.wait()
 
-    command = COMMAND if len(sys.argv) == 1 else f"python bench/faults.py {' '.join(sys.argv[1:])}"
     title = "Faults: the demo campaign on a busy machine, and through a node and a SuperLink killed mid-round"
-    write_section("faults", title, table(outcomes, model_name, args), command, timer, dry_run=args.no_write)
+    write_section("faults", title, table(outcomes, model_name, args), COMMAND, timer, dry_run=args.no_write)
     return 0 if all(o.completed for o in outcomes) else 1
 
 

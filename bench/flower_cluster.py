@@ -15,13 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from federation import control, procs  # noqa: E402
-from federation.config import ServerPaths  # noqa: E402
-from federation.report import LOCAL_PATHS_ENV  # noqa: E402
+from federation import control, procs
+from federation.config import ServerPaths
+from federation.report import LOCAL_PATHS_ENV
 
 # The ServerApp takes its paths from a file on the SuperLink host, never from the run config (every node sees that):
 # SuperLinks started from here inherit this folder through the environment (procs.flower_env copies os.environ).

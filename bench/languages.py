@@ -26,22 +26,19 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from flower_cluster import run_to_end, start_cluster  # noqa: E402
-from report import Timer, write_section  # noqa: E402
-from site_stack import stop_on_signals  # noqa: E402
-
-from federation import events, procs  # noqa: E402
-from federation.artifacts import ADAPTER_WEIGHTS, round_folder  # noqa: E402
-from federation.basemodel import prepare_smollm2  # noqa: E402
-from federation.config import AggregationConfig, ServerConfig, TrainConfig, WireConfig  # noqa: E402
-from federation.data import load_records  # noqa: E402
-from federation.l10n_corpus import DEMO_NODES, build_l10n_corpus  # noqa: E402
-from federation.node_data import node_dataset  # noqa: E402
-from federation.task import load_tokenizer, lora_model, set_adapter_state, train  # noqa: E402
-from federation.task_metrics import generation_targets, group_examples, heldout_scores  # noqa: E402
+from bench import REPO
+from bench.flower_cluster import run_to_end, start_cluster
+from bench.report import Timer, write_section
+from bench.site_stack import stop_on_signals
+from federation import events, procs
+from federation.artifacts import ADAPTER_WEIGHTS, round_folder
+from federation.basemodel import prepare_smollm2
+from federation.config import AggregationConfig, ServerConfig, TrainConfig, WireConfig
+from federation.data import load_records
+from federation.l10n_corpus import DEMO_NODES, build_l10n_corpus
+from federation.node_data import node_dataset
+from federation.task import load_tokenizer, lora_model, set_adapter_state, train
+from federation.task_metrics import generation_targets, group_examples, heldout_scores
 
 COMMAND = "make bench-languages"
 POOLED = "pooled (all communities' data in one place)"

@@ -25,9 +25,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from flower_cluster import journal
-from report import Timer, write_section
-from site_stack import REPO, running_site
+from bench import REPO
+from bench.flower_cluster import journal
+from bench.report import Timer, write_section
+from bench.site_stack import running_site
 
 COMMAND = "make bench-overhead"
 

@@ -34,22 +34,19 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from flower_cluster import journal, run_to_end, start_cluster  # noqa: E402
-from report import Timer, write_section  # noqa: E402
-from site_stack import stop_on_signals  # noqa: E402
-
-from federation import events, procs  # noqa: E402
-from federation.artifacts import ADAPTER_WEIGHTS, round_folder  # noqa: E402
-from federation.basemodel import prepare_smollm2  # noqa: E402
-from federation.config import AggregationConfig, ServerConfig, TrainConfig, WireConfig  # noqa: E402
-from federation.corpus import build_demo_corpus, grouped_chunks  # noqa: E402
-from federation.data import load_records  # noqa: E402
-from federation.node_data import node_dataset  # noqa: E402
-from federation.strategy import server_optimizer_text  # noqa: E402
-from federation.task import Example, collate, encode_all, load_tokenizer, lora_model, set_adapter_state, train  # noqa: E402
+from bench import REPO
+from bench.flower_cluster import journal, run_to_end, start_cluster
+from bench.report import Timer, write_section
+from bench.site_stack import stop_on_signals
+from federation import events, procs
+from federation.artifacts import ADAPTER_WEIGHTS, round_folder
+from federation.basemodel import prepare_smollm2
+from federation.config import AggregationConfig, ServerConfig, TrainConfig, WireConfig
+from federation.corpus import build_demo_corpus, grouped_chunks
+from federation.data import load_records
+from federation.node_data import node_dataset
+from federation.strategy import server_optimizer_text
+from federation.task import Example, collate, encode_all, load_tokenizer, lora_model, set_adapter_state, train
 
 COMMAND = "make bench-quality"
 POOLED = "centralized (pooled data)"

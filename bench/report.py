@@ -9,13 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from bench import REPO
+
 DOC = REPO / "docs" / "benchmarks.md"
 
 HEADER = """# Benchmarks
@@ -90,10 +92,20 @@ class Timer:
         return (time.monotonic() - self.started) / 60
 
 
+def ran_as(make_target: str) -> str:
+    """The command a section quotes: the script's make target when it ran with its defaults, else the module with the
+    arguments it was given, so figures from a run with other options never pass for the make target's."""
+    if not sys.argv[1:]:
+        return make_target
+    return f"python -m bench.{Path(sys.argv[0]).stem} {shlex.join(sys.argv[1:])}"
+
+
 def write_section(
     name: str, title: str, body: str, command: str, timer: Timer | None = None, dry_run: bool = False
 ) -> Path:
-    """Replace (or append) this script's section of docs/benchmarks.md; print it too (only print it: `dry_run`)."""
+    """Replace (or append) this script's section of docs/benchmarks.md; print it too (only print it: `dry_run`).
+    `command` is the script's make target; `ran_as` turns it into what actually ran."""
+    command = ran_as(command)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     took = f" · took {timer.minutes:.1f} min" if timer else ""
     section = (

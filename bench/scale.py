@@ -37,6 +37,10 @@ Flower run through the Control API, every process is stopped). A round whose rep
 would wait out its one-hour round timeout. Each size also has timeouts, and the sweep has a time budget. A size
 that broke while its nodes were starting, or timed out, ends the sweep (a larger one cannot do better); one that
 broke during the round does not (the next size shows whether standing nodes alone fit).
+
+This module runs the sweep (each size in a child process, `python -m bench.scale --one N`) and writes the section;
+bench/scale_sampling.py reads /proc (memory sampler, memory guard, yielder), bench/scale_result.py holds one size's
+Result and the workload, bench/scale_report.py renders the tables and the findings.
 """
 
 from __future__ import annotations
@@ -46,437 +50,40 @@ import json
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from report import REPO, Timer, write_section
+from bench import REPO
+from bench.report import Timer, write_section
+from bench.scale_report import render
+from bench.scale_result import RECORDS_PER_NODE, RESTART_AFTER_S, TRAIN_CONFIG, Result
+from bench.scale_sampling import (
+    GIB,
+    Abort,
+    MemoryGuard,
+    Sampler,
+    Yielder,
+    kill_all,
+    log,
+    mem_available,
+    pids_under,
+    pids_with_env,
+)
 
 VAR = REPO / "var" / "bench" / "scale"
 MODEL_DIR = VAR / "model" / "tiny-llama"
-MIB = 2**20
-GIB = 2**30
-PAGE = os.sysconf("SC_PAGE_SIZE")
-CLIENTAPP = "flwr-clientapp"
-TRAIN_CONFIG = {"local-steps": 1, "seq-len": 32, "batch-size": 2, "threads": 1, "max-eval-records": 2}
-RECORDS_PER_NODE = 4
 ERROR_LINE = re.compile(r"ERROR|Traceback|Killed|Exception:")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SEND_FAILED = "Failed to send message"
-RESTART_AFTER_S = 5.0  # join's default --retry-seconds
 WARM_NAME = "node-shared-warm-worker"  # a "node-" name: stop_nodes stops it with the nodes
 DB_LOCKED = "database is locked"
 
 
-class Abort(Exception):
-    """Ends one size early; the message says why (it becomes the size's outcome)."""
-
-
-def log(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
-
-
-# ------------------------------------------------------------------------------------------------ /proc readers
-
-
-def mem_available() -> int:
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemAvailable in /proc/meminfo")
-
-
-def process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, comm) of every process, from one pass over /proc/*/stat. A node's own `flwr-clientapp` is a
-    script that execs `python -S -m federation.task_launcher` (the client that has the warm worker's task launcher
-    fork the task) or, without a launcher, `python -m federation.node_runtime`: those count as CLIENTAPP too. The
-    forked task processes live in the warm worker's tree (its launcher's children) and count there."""
-    table: dict[int, tuple[int, str]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        left, right = data.index(b"("), data.rindex(b")")
-        comm = data[left + 1 : right].decode(errors="replace")
-        if comm.startswith("python") and _is_node_runtime(entry.name):
-            comm = CLIENTAPP
-        table[int(entry.name)] = (int(data[right + 2 :].split()[1]), comm)
-    return table
-
-
-def _is_node_runtime(pid: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            argv = fh.read().split(b"\0")
-    except OSError:
-        return False
-    if b"federation.node_runtime" in argv:
-        return True
-    return b"federation.task_launcher" in argv and b"serve" not in argv  # the client, not the launcher
-
-
-def children_map(table: dict[int, tuple[int, str]]) -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        kids.setdefault(ppid, []).append(pid)
-    return kids
-
-
-def tree(root: int, kids: dict[int, list[int]]) -> list[int]:
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, ()))
-    return out
-
-
-def rss_bytes(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/statm") as fh:
-            return int(fh.read().split()[1]) * PAGE
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def rollup(pid: int) -> tuple[int, int] | None:
-    """(RSS, PSS) in bytes from /proc/PID/smaps_rollup (the kernel sums the mappings)."""
-    rss = pss = None
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Rss:"):
-                    rss = int(line.split()[1]) * 1024
-                elif line.startswith("Pss:"):
-                    pss = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError):
-        return None
-    return (rss, pss) if rss is not None and pss is not None else None
-
-
-def pids_under(folder: Path, exclude: Iterable[int] = ()) -> list[int]:
-    """Our processes whose working directory is inside `folder` (nodes, their SuperExecs and app processes)."""
-    prefix, skip, found = str(folder.resolve()), set(exclude) | {os.getpid()}, []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) in skip:
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry.name}/cwd")
-        except OSError:
-            continue  # gone, or not ours
-        if cwd == prefix or cwd.startswith(prefix + os.sep):
-            found.append(int(entry.name))
-    return found
-
-
-def pids_with_env(name: str, value: str) -> list[int]:
-    """Our processes started with NAME=VALUE in their environment (web, worker, broker of one size)."""
-    needle, found = f"{name}={value}".encode(), []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as fh:
-                if needle in fh.read().split(b"\0"):
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
-def kill_all(pids: Iterable[int], sig: int = signal.SIGKILL) -> int:
-    n = 0
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-            n += 1
-        except ProcessLookupError:
-            pass
-    return n
-
-
-# ------------------------------------------------------------------------------------------------ memory sampler
-
-
-@dataclass
-class Peak:
-    rss: int = 0
-    pss: int = 0
-
-    def see(self, rss: int, pss: int | None) -> None:
-        self.rss = max(self.rss, rss)
-        if pss is not None:
-            self.pss = max(self.pss, pss)
-
-
-class Sampler(threading.Thread):
-    """Peak RSS/PSS of the platform's process trees, each node, each ClientApp; lowest MemAvailable."""
-
-    def __init__(self, interval: float, node_pss_every: int) -> None:
-        super().__init__(name="memory-sampler", daemon=True)
-        self.interval, self.node_pss_every = interval, node_pss_every
-        self.infra: dict[str, int] = {}  # superlink / web / worker -> root pid
-        self.nodes: dict[str, int] = {}  # node name -> root pid (the SuperNode, or its join wrapper)
-        self.wrappers: set[int] = set()  # join processes (measured apart from the node they run)
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.groups: dict[str, Peak] = {}
-        self.by_comm: dict[str, Peak] = {}  # inside the SuperLink tree
-        self.node_peaks: dict[str, Peak] = {}
-        self.clientapps: dict[int, Peak] = {}
-        self.wrapper_peak = Peak()
-        self.total = Peak()
-        self.concurrent_clientapps = 0
-        self.min_available = mem_available()
-        self.ticks = 0
-        self.cpu_s = 0.0
-
-    def add_node(self, name: str, pid: int, wrapper: bool = False) -> None:
-        with self.lock:
-            self.nodes[name] = pid
-            if wrapper:
-                self.wrappers.add(pid)
-
-    def run(self) -> None:
-        while not self.done.wait(self.interval):
-            started = time.thread_time()
-            try:
-                self.sample()
-            except Exception as exc:  # a measurement glitch must not end the benchmark
-                log(f"sampler: {exc!r}")
-            self.cpu_s += time.thread_time() - started
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(timeout=10)
-
-    def sample(self) -> None:
-        self.ticks += 1
-        self.min_available = min(self.min_available, mem_available())
-        table = process_table()
-        kids = children_map(table)
-        with self.lock:
-            infra, nodes, wrappers = dict(self.infra), dict(self.nodes), set(self.wrappers)
-        node_pss = self.ticks % self.node_pss_every == 1
-        total_rss, total_pss = 0, 0
-        for group, root in infra.items():
-            rss, pss = self._group(tree(root, kids), table, with_pss=True, comm_peaks=group == "superlink")
-            self.groups.setdefault(group, Peak()).see(rss, pss)
-            total_rss, total_pss = total_rss + rss, total_pss + (pss or 0)
-        clientapps = 0
-        for name, root in nodes.items():
-            standing: list[int] = []
-            for pid in tree(root, kids):
-                comm = table.get(pid, (0, ""))[1]
-                if comm == CLIENTAPP or pid in wrappers:
-                    measured = self._one(pid, with_pss=True)
-                    if measured is None:
-                        continue
-                    peak = self.clientapps.setdefault(pid, Peak()) if comm == CLIENTAPP else self.wrapper_peak
-                    peak.see(*measured)
-                    clientapps += comm == CLIENTAPP
-                    total_rss, total_pss = total_rss + measured[0], total_pss + (measured[1] or 0)
-                else:
-                    standing.append(pid)
-            rss, pss = self._group(standing, table, with_pss=node_pss)
-            self.node_peaks.setdefault(name, Peak()).see(rss, pss)
-            total_rss, total_pss = total_rss + rss, total_pss + (pss or 0)
-        self.concurrent_clientapps = max(self.concurrent_clientapps, clientapps)
-        self.total.see(total_rss, total_pss if node_pss or not nodes else None)
-
-    def _one(self, pid: int, with_pss: bool) -> tuple[int, int | None] | None:
-        if with_pss:
-            return rollup(pid)
-        rss = rss_bytes(pid)
-        return None if rss is None else (rss, None)
-
-    def _group(
-        self, pids: list[int], table: dict[int, tuple[int, str]], with_pss: bool, comm_peaks: bool = False
-    ) -> tuple[int, int | None]:
-        rss_sum, pss_sum = 0, 0
-        per_comm: dict[str, list[int]] = {}
-        for pid in pids:
-            measured = self._one(pid, with_pss)
-            if measured is None:
-                continue
-            rss_sum += measured[0]
-            pss_sum += measured[1] or 0
-            if comm_peaks:
-                comm = per_comm.setdefault(table.get(pid, (0, "?"))[1], [0, 0])
-                comm[0], comm[1] = comm[0] + measured[0], comm[1] + (measured[1] or 0)
-        for comm, (rss, pss) in per_comm.items():
-            self.by_comm.setdefault(comm, Peak()).see(rss, pss)
-        return rss_sum, (pss_sum if with_pss else None)
-
-    def summary(self) -> dict[str, Any]:
-        def mib(value: float) -> float:
-            return round(value / MIB, 1)
-
-        def spread(peaks: list[Peak]) -> dict[str, float | int]:
-            if not peaks:
-                return {"count": 0}
-            pss = [p.pss for p in peaks if p.pss]
-            return {
-                "count": len(peaks),
-                "rss_median": mib(statistics.median(p.rss for p in peaks)),
-                "rss_max": mib(max(p.rss for p in peaks)),
-                "pss_median": mib(statistics.median(pss)) if pss else None,
-                "pss_max": mib(max(pss)) if pss else None,
-            }
-
-        return {
-            "groups": {k: {"rss": mib(v.rss), "pss": mib(v.pss)} for k, v in self.groups.items()},
-            "superlink_by_process": {k: {"rss": mib(v.rss), "pss": mib(v.pss)} for k, v in self.by_comm.items()},
-            "node": spread(list(self.node_peaks.values())),
-            "clientapp": spread(list(self.clientapps.values())) | {"concurrent_max": self.concurrent_clientapps},
-            "join_wrapper": {"rss": mib(self.wrapper_peak.rss), "pss": mib(self.wrapper_peak.pss)},
-            "total": {"rss": mib(self.total.rss), "pss": mib(self.total.pss)},
-            "min_available_gib": round(self.min_available / GIB, 2),
-            "sampler": {"ticks": self.ticks, "cpu_s": round(self.cpu_s, 1)},
-        }
-
-
-class MemoryGuard(threading.Thread):
-    """Reads MemAvailable every 0.2 s; below the floor it kills every node process at once, then flags the size."""
-
-    def __init__(self, floor: int, nodes_dir: Path) -> None:
-        super().__init__(name="memory-guard", daemon=True)
-        self.floor, self.nodes_dir = floor, nodes_dir
-        self.done = threading.Event()
-        self.tripped = ""
-
-    def run(self) -> None:
-        while not self.done.wait(0.2):
-            available = mem_available()
-            if available < self.floor:
-                killed = kill_all(pids_under(self.nodes_dir))
-                self.tripped = (
-                    f"memory guard: MemAvailable {available / GIB:.2f} GiB < {self.floor / GIB:.1f} GiB; "
-                    f"killed {killed} node processes"
-                )
-                log(self.tripped)
-                return
-
-    def check(self) -> None:
-        if self.tripped:
-            raise Abort(self.tripped)
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(timeout=5)
-
-
-class Yielder(threading.Thread):
-    """Every second, makes every node process (SuperNodes, SuperExecs, ClientApps) yield the CPU to the platform.
-
-    Contributors' nodes run on machines of their own; here N of them share two cores with the SuperLink, whose
-    SQLite state then answers 'database is locked' when its writers are starved. A process's nice value is not
-    enough: with the kernel's autogroup scheduling each session (every node and SuperExec starts one) gets an
-    equal share whatever its processes' nice, so the session's autogroup nice is raised as well.
-
-    The shared warm worker is left alone (`spare`): it is the one process that trains every node's job, and at
-    nice 19 in an autogroup of its own it got 1/N of the CPU beside N SuperNodes' sessions (its start-up alone took
-    264 s with 100 nodes polling, and every round waited for it).
-    """
-
-    def __init__(self, nice: int, nodes_dir: Path) -> None:
-        super().__init__(name="yielder", daemon=True)
-        self.nice, self.nodes_dir = nice, nodes_dir
-        self.done = threading.Event()
-        self.seen: set[int] = set()
-        self.spare: set[int] = set()
-
-    def run(self) -> None:
-        while not self.done.wait(1.0):
-            for pid in pids_under(self.nodes_dir):
-                if pid in self.seen or pid in self.spare:
-                    continue
-                self.seen.add(pid)
-                try:
-                    os.setpriority(os.PRIO_PROCESS, pid, self.nice)
-                    Path(f"/proc/{pid}/autogroup").write_text(str(self.nice))
-                except OSError:
-                    pass  # gone already, or no autogroup scheduling on this kernel
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(timeout=5)
-
-
 # ------------------------------------------------------------------------------------------------ one size
-
-
-@dataclass
-class Result:
-    n: int
-    train: int = 0  # nodes drawn to train in the round (the campaign's nodes per round); n = every node
-    all_train: bool = False  # the extra run of this size with every node training (--all-train-sizes)
-    outcome: str = "not run"
-    phase: str = ""  # where it was when it ended: start, enroll, nodes, online, round, done
-    site_s: float | None = None
-    enroll_s: float | None = None
-    started_nodes: int = 0
-    online_s: float | None = None
-    online: int = 0
-    submitted_s: float | None = None
-    round0_s: float | None = None
-    round1_s: float | None = None
-    done_s: float | None = None
-    server_round_s: float | None = None
-    campaign_status: str = ""
-    campaign_reason: str = ""
-    release: bool = False
-    participations: int = 0
-    participants_ok: int = 0
-    failures: int = 0
-    dead_nodes: int = 0
-    lost_replies: int = 0  # nodes whose reply the SuperLink refused ("Failed to send message" in their log)
-    restarts: int = 0  # SuperNodes that exited and were started again (what `join` does for a contributor)
-    db_locked: int = 0  # "database is locked" errors in the SuperLink's log
-    teardown_s: float | None = None
-    baseline_available_gib: float = 0.0
-    memory: dict[str, Any] = field(default_factory=dict)
-    log_errors: dict[str, int] = field(default_factory=dict)
-    error_samples: list[str] = field(default_factory=list)
-    leftovers: list[str] = field(default_factory=list)
-    wall_s: float | None = None
-    warm: str = "shared"  # shared: one warm worker for every node of the host; off: every job cold
-    warm_jobs: dict[str, int] = field(default_factory=dict)  # the shared worker's own count (warm-worker.json)
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "ok"
-
-    @property
-    def trains_all(self) -> bool:
-        return not self.train or self.train >= self.n
-
-    @property
-    def name(self) -> str:
-        """How the findings name this run: its size and how many of its nodes trained."""
-        return f"N = {self.n} ({'all' if self.trains_all else self.train} training)"
-
-    @property
-    def label(self) -> str:
-        """Its folder under var/bench/scale: the size, and "-all" for a size also run with every node training."""
-        return f"n{self.n}-all" if self.all_train else f"n{self.n}"
-
-    @property
-    def completed(self) -> bool:
-        """The round ran to the end and was recorded, with every update or with what came back in time."""
-        return self.campaign_status == "completed"
 
 
 @dataclass
@@ -496,7 +103,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def run_size(plan: Result, args: argparse.Namespace, deadline: float) -> Result:
     """Everything for one N; always stops what it started. `deadline` is a time.time() value."""
-    from site_stack import running_site
+    from bench.site_stack import running_site
 
     n, result = plan.n, plan
     result.baseline_available_gib, result.phase = round(mem_available() / GIB, 2), "start"
@@ -890,10 +497,10 @@ def run_child(plan: Result, args: argparse.Namespace, deadline: float) -> Result
     n = plan.n
     out = VAR / f"result-{plan.label}.json"
     out.unlink(missing_ok=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--train", str(plan.train),
+    command = [sys.executable, "-m", "bench.scale", "--one", str(n), "--train", str(plan.train),
                *(["--all-train-run"] if plan.all_train else []), "--out", str(out),
                "--deadline", str(deadline), *_pass_through(args)]  # fmt: skip
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, cwd=REPO)
     try:
         child.wait(timeout=max(60.0, deadline - time.time() + 120))
     except subprocess.TimeoutExpired:
@@ -988,253 +595,6 @@ def sweep(args: argparse.Namespace, timer: Timer) -> list[Result]:
         if broke_early(result) and not plan.all_train:
             stop = f"N={n} broke ({result.phase})"
     return results
-
-
-# ------------------------------------------------------------------------------------------------ report
-
-
-def fmt(value: float | None, unit: str = "", digits: int = 0) -> str:
-    return "–" if value is None else f"{value:.{digits}f}{unit}"
-
-
-def mem_cell(entry: dict[str, Any] | None) -> str:
-    if not entry or not entry.get("rss"):
-        return "–"
-    return f"{entry['pss']:.0f} ({entry['rss']:.0f})"
-
-
-def spread_cell(entry: dict[str, Any] | None) -> str:
-    if not entry or not entry.get("count"):
-        return "–"
-    pss = f"{fmt(entry.get('pss_median'))} / {fmt(entry.get('pss_max'))}"
-    return f"{pss} ({fmt(entry['rss_median'])} / {fmt(entry['rss_max'])})"
-
-
-def training(r: Result) -> str:
-    return "all" if r.trains_all else str(r.train)
-
-
-def main_table(results: list[Result]) -> str:
-    head = (
-        "| N | training | enroll s | nodes online s | launch → round 1 s | launch → done s | updates merged | "
-        "SuperLink tree MiB | web MiB | worker MiB | SuperNode MiB typ / max | ClientApp MiB typ / max | "
-        "ClientApps at once | shared warm worker MiB | min MemAvailable GiB | outcome |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-    )
-    rows = [head]
-    for r in results:
-        mem = r.memory or {}
-        groups = mem.get("groups", {})
-        part = f"{r.participants_ok}/{r.train}" if r.phase in ("round", "done") else "–"
-        rows.append(
-            f"| {r.n} | {training(r)} | {fmt(r.enroll_s, digits=1)} | {fmt(r.online_s, digits=1)} | "
-            f"{fmt(r.round1_s, digits=1)} | "
-            f"{fmt(r.done_s, digits=1)} | {part} | {mem_cell(groups.get('superlink'))} | "
-            f"{mem_cell(groups.get('web'))} | {mem_cell(groups.get('worker'))} | {spread_cell(mem.get('node'))} | "
-            f"{spread_cell(mem.get('clientapp'))} | {mem.get('clientapp', {}).get('concurrent_max', '–')} | "
-            f"{mem_cell(groups.get('warm worker'))} | {mem.get('min_available_gib', '–')} | "
-            f"{r.outcome.replace('|', '/')} |"
-        )
-    return "\n".join(rows)
-
-
-def comm(by_process: dict[str, Any], program: str) -> dict[str, Any] | None:
-    """The entry for `program` (the kernel keeps only the first 15 characters of a process name)."""
-    return next((v for k, v in by_process.items() if program.startswith(k)), None)
-
-
-def warm_cell(r: Result) -> str:
-    if r.warm != "shared":
-        return "off (every job cold)"
-    j = r.warm_jobs
-    return " / ".join(str(j.get(k, "–")) for k in ("run", "attached", "cancelled", "failed")) if j else "–"
-
-
-def detail_table(results: list[Result]) -> str:
-    head = (
-        "| N | training | site up s | launch → submitted s | launch → round 0 s | server's round 1 s | failures | "
-        "lost replies | node restarts | "
-        "SuperLink 'database is locked' | "
-        "flower-superlink | flower-superexec | flwr-serverapp | join wrapper | all ours MiB | "
-        "MemAvailable at start GiB | warm jobs run / attached / cancelled / failed | error lines in logs | "
-        "sampler CPU s | teardown s | wall s |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"
-    )
-    rows = [head]
-    for r in results:
-        if not r.memory:
-            continue
-        by = r.memory.get("superlink_by_process", {})
-        errors = ", ".join(f"{k} {v}" for k, v in sorted(r.log_errors.items())) or "none"
-        rows.append(
-            f"| {r.n} | {training(r)} | {fmt(r.site_s, digits=1)} | {fmt(r.submitted_s, digits=1)} | "
-            f"{fmt(r.round0_s, digits=1)} | "
-            f"{fmt(r.server_round_s, digits=1)} | {r.failures} | {r.lost_replies} | {r.restarts} | {r.db_locked} | "
-            f"{mem_cell(comm(by, 'flower-superlink'))} | "
-            f"{mem_cell(comm(by, 'flower-superexec'))} | {mem_cell(comm(by, 'flwr-serverapp'))} | "
-            f"{mem_cell(r.memory.get('join_wrapper'))} | {mem_cell(r.memory.get('total'))} | "
-            f"{r.baseline_available_gib} | {warm_cell(r)} | {errors} | "
-            f"{r.memory.get('sampler', {}).get('cpu_s', '–')} | "
-            f"{fmt(r.teardown_s, digits=1)} | {fmt(r.wall_s, digits=0)} |"
-        )
-    return "\n".join(rows)
-
-
-def findings(results: list[Result], args: argparse.Namespace) -> str:
-    """What the numbers say, computed from them (nothing here is written in advance)."""
-    lines: list[str] = []
-    ran = [r for r in results if r.memory]
-    ok = [r for r in ran if r.ok]
-    if ok:
-        lines.append("Rounds that merged every drawn node's update: " + ", ".join(r.name for r in ok) + ".")
-    partial = [r for r in ran if r.completed and not r.ok]
-    for r in partial:
-        lines.append(f"{r.name} completed its round without every update: {r.outcome}.")
-    if not ok and not partial:
-        lines.append("No size completed its round on this machine.")
-    for r in results:
-        if not r.completed:
-            where = f" while in phase `{r.phase}`" if r.phase else ""
-            started = f", {r.started_nodes}/{r.n} nodes started, {r.online} online" if r.memory else ""
-            lines.append(f"{r.name} did not complete{where}{started}: {r.outcome}.")
-    locked = [r for r in ran if r.lost_replies or r.db_locked]
-    if locked:
-        lines.append(
-            "The SuperLink's SQLite state refused concurrent writes ('database is locked' → HTTP 500) at "
-            + ", ".join(f"{r.name} ({r.db_locked} errors, {r.lost_replies} replies lost)" for r in locked)
-            + "; a SuperNode does not resend a refused reply, so the round waited out the campaign's round timeout "
-            "and merged the updates it had."
-        )
-    restarted = [r for r in ran if r.restarts]
-    if restarted:
-        lines.append(
-            "SuperNodes that exited and were started again after 5 s (as `join` does): "
-            + ", ".join(f"{r.name}: {r.restarts}" for r in restarted)
-            + "."
-        )
-    timed = sorted(
-        (r for r in ran if r.completed and not r.all_train and r.round1_s is not None and r.online_s is not None),
-        key=lambda r: r.n,
-    )
-    if len(timed) >= 2 and timed[0].n < timed[-1].n:
-        a, b = timed[0], timed[-1]
-        span = b.n - a.n
-        lines.append(
-            f"From {a.name} to {b.name}: bringing nodes online costs {(b.online_s - a.online_s) / span:.2f} s "
-            f"per extra node and the round (launch → recorded) {(b.round1_s - a.round1_s) / span:.2f} s per extra "
-            f"node on {len(os.sched_getaffinity(0))} cores."
-        )
-    nodes = [r for r in ran if r.online_s is not None and r.memory.get("node", {}).get("pss_median")]
-    apps = [r for r in ran if r.memory.get("clientapp", {}).get("pss_median")]
-    node_pss = statistics.median(r.memory["node"]["pss_median"] for r in nodes) if nodes else 0.0
-    if nodes:
-        infra = max(sum((r.memory["groups"].get(g) or {}).get("pss", 0) for g in ("superlink", "web", "worker"))
-                    for r in ran)  # fmt: skip
-        start_avail = max(r.baseline_available_gib for r in ran) * 1024
-        room = start_avail - args.min_available_gib * 1024 - infra
-        text = (
-            f"A standing SuperNode (flower-supernode + its flower-superexec) holds ≈ {node_pss:.0f} MiB PSS. "
-            f"With ≈ {start_avail / 1024:.1f} GiB available at the start, the platform's own {infra:.0f} MiB and "
-            f"the {args.min_available_gib:.0f} GiB guard, this machine holds about {room / node_pss:.0f} idle nodes"
-        )
-        warm = [r.memory["groups"]["warm worker"]["pss"] for r in ran if r.memory["groups"].get("warm worker")]
-        if apps and warm:
-            app_pss, warm_pss = statistics.median(r.memory["clientapp"]["pss_median"] for r in apps), max(warm)
-            text += (
-                f"; in a round every drawn node's per-message ClientApp is a shim without torch that holds "
-                f"≈ {app_pss:.0f} MiB PSS while the one shared warm worker trains the jobs one after another "
-                f"(peak {warm_pss:.0f} MiB PSS for all nodes), so by PSS a training node costs "
-                f"≈ {node_pss + app_pss:.0f} MiB and about {(room - warm_pss) / (node_pss + app_pss):.0f} nodes "
-                "training in the same round fit"
-            )
-        elif apps:
-            app_pss = statistics.median(r.memory["clientapp"]["pss_median"] for r in apps)
-            text += (
-                f"; each ClientApp process holds ≈ {app_pss:.0f} MiB PSS while it trains and in a round every "
-                f"drawn node runs one at the same time, so by PSS a training node costs ≈ {node_pss + app_pss:.0f} "
-                f"MiB and about {room / (node_pss + app_pss):.0f} training nodes fit (a pessimistic count: the more "
-                "processes share torch's pages, the smaller each one's share; the min MemAvailable column is what "
-                "the machine had left)"
-            )
-        lines.append(text + ".")
-    joins = [r.memory["join_wrapper"]["pss"] for r in ran if r.memory.get("join_wrapper", {}).get("pss")]
-    if joins and nodes:
-        lines.append(
-            f"A `python -m federation join` wrapper adds ≈ {statistics.median(joins):.0f} MiB PSS per node "
-            f"({100 * statistics.median(joins) / node_pss:.0f}% of a SuperNode): the other nodes ran "
-            "`flower-supernode` directly with their enrolled key."
-        )
-    link = sorted(
-        (r.n, r.memory["groups"]["superlink"]["pss"])
-        for r in ran
-        if r.completed and not r.all_train and r.memory["groups"].get("superlink")
-    )
-    if len(link) >= 2 and link[0][0] < link[-1][0]:
-        (n0, m0), (n1, m1) = link[0], link[-1]
-        lines.append(
-            f"The SuperLink tree peaked at {m0:.0f} MiB PSS with {n0} nodes and {m1:.0f} MiB with {n1} "
-            f"({(m1 - m0) / (n1 - n0):+.1f} MiB per extra node)."
-        )
-    lines.append(
-        "Web server / worker peaks, MiB PSS (RSS): "
-        + "; ".join(
-            f"{r.name}: {mem_cell(r.memory['groups'].get('web'))} / {mem_cell(r.memory['groups'].get('worker'))}"
-            for r in ran
-        )
-        + "."
-    )
-    left = {r.name: ", ".join(r.leftovers) for r in results if r.leftovers}
-    if left:
-        lines.append(
-            "Still running after the site had stopped (found by the sweep and killed): "
-            + "; ".join(f"{k}: {v}" for k, v in left.items())
-            + "."
-        )
-    return " ".join(lines)
-
-
-def render(results: list[Result], args: argparse.Namespace) -> str:
-    samples = [f"- {r.name}: {s}" for r in results for s in r.error_samples]
-    return "\n".join(
-        [
-            "One round, N real SuperNodes connected and admitted through enrollment (TLS, node auth), of which "
-            f"{args.per_round or 'all'} are drawn to train (the campaign's nodes per round; the sizes in "
-            f"{args.all_train_sizes or 'none'} run once more with every node training), the tiny random Llama "
-            f"({RECORDS_PER_NODE} records per node, {TRAIN_CONFIG['local-steps']} local step, seq-len "
-            f"{TRAIN_CONFIG['seq-len']}, 1 thread per app process), launched with campaign_launch (Celery → "
-            "Control API → SuperLink → nodes → ServerApp → site). Times in seconds; memory as peak PSS (peak RSS) "
-            "in MiB, sampled every "
-            f'{args.sample_interval} s (SuperNodes\' PSS every {args.node_pss_every} samples); "typ" is the median '
-            f"over nodes or ClientApp processes. Memory guard: MemAvailable < {args.min_available_gib} GiB kills "
-            f"the nodes and ends the size. {args.join_nodes} node per size runs the full `python -m federation join` "
-            "wrapper; the others run `flower-supernode` directly with their enrolled key (what join runs inside), "
-            f"and the benchmark starts one again {RESTART_AFTER_S:.0f} s after it exits, as join does. Node processes "
-            f"run at nice {args.node_nice}, process and session autogroup (contributors' nodes have machines of "
-            "their own; here they must not starve the SuperLink and the site). "
-            + (
-                "Every node runs the node's own `flwr-clientapp` (installed code only) as a shim that hands its job "
-                "to one warm worker shared by all N nodes (`join --warm-worker`; torch and the model loaded once "
-                "for the host, one job trains at a time, in arrival order). "
-                if args.warm == "shared"
-                else "Every job runs cold: its own ClientApp process imports torch and loads the model (--warm off). "
-            )
-            + f"Each node's SuperExec asks its SuperNode for work every {args.node_poll_seconds:g} s "
-            "(FLWR_SUPEREXEC_TASK_POLL_INTERVAL; `join` uses 0.2 s for one node on its own machine: at that rate 100 "
-            "nodes' idle polling alone kept the load average above 100 on these 2 cores and the round's ClientApps "
-            "could not start). " + f"The campaign's round timeout is {args.campaign_round_timeout:.0f} s: "
-            "after it the round merges the updates that came back and records the missing nodes as failed. "
-            "Logs: var/bench/scale/nN/run/logs/.",
-            "",
-            main_table(results),
-            "",
-            "Detail (SuperLink tree by process, MiB PSS (RSS); all ours = every process above at its peak moment):",
-            "",
-            detail_table(results),
-            "",
-            "**What this shows.** " + findings(results, args),
-            *(["", "First error lines in the logs:", "", *samples] if samples else []),
-        ]
-    )
 
 
 # ------------------------------------------------------------------------------------------------ entry points

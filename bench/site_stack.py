@@ -9,17 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-for entry in (str(REPO / "platform"), str(REPO)):
-    if entry not in sys.path:
-        sys.path.insert(0, entry)
+from bench import REPO, use_platform
 
 
 @dataclass
@@ -45,8 +41,8 @@ def setup_django(var: Path) -> None:
     os.environ["SITE_URL"] = f"http://127.0.0.1:{port}"
     os.environ["SUPERLINK_ADDRESS"] = f"127.0.0.1:{procs.free_port()}"
     os.environ["SUPERLINK_PUBLIC_ADDRESS"] = f"127.0.0.1:{procs.free_port()}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bayanihan_site.settings")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    use_platform()
 
     import django
     from django.core.management import call_command

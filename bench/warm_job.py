@@ -1,8 +1,8 @@
 """Round 2's ClientApp job on one node, cold (a fresh process loads everything, as Flower runs it) vs warm (the
 node's warm worker): wall time of the per-message process from launch to reply, and the reply's own metrics.
 
-    .venv/bin/python bench/warm_job.py                      # tiny model and corpus, built in a temp folder
-    .venv/bin/python bench/warm_job.py --model M [--data D] # e.g. SmolLM2 (default data: a demo node's)
+    .venv/bin/python -m bench.warm_job                       # tiny model and corpus, built in a temp folder
+    .venv/bin/python -m bench.warm_job --model M [--data D]  # e.g. SmolLM2 (default data: a demo node's)
 
 Flower's delivery (pull/push over the runtime API) is the same both ways and not included.
 """
@@ -17,10 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from federation import procs  # noqa: E402
-from federation import warm_protocol as wire  # noqa: E402
+from federation import procs
+from federation import warm_protocol as wire
 
 SHIM = """
 import sys

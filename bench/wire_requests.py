@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import math
 import shutil
 import sys
@@ -28,8 +27,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from bench import REPO as THIS_REPO
+
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--repo", default=str(Path(__file__).resolve().parent.parent))
+parser.add_argument("--repo", default=str(THIS_REPO))
 parser.add_argument("--out", default="")
 parser.add_argument("--model", default="", help="checkpoint directory; default: the tiny random Llama")
 parser.add_argument("--nodes", type=int, default=2)
@@ -38,22 +39,7 @@ parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"])
 parser.add_argument("--timeout", type=float, default=600)
 ARGS = parser.parse_args()
 REPO = Path(ARGS.repo).resolve()
-sys.path.insert(0, str(REPO))
-sys.path.insert(1, str(Path(__file__).resolve().parent))
-
-import federation  # noqa: E402
-from federation import config as fconfig  # noqa: E402
-from federation import procs  # noqa: E402
-from federation.artifacts import ADAPTER_WEIGHTS, round_folder  # noqa: E402
-from federation.corpus import build_demo_corpus  # noqa: E402
-from testbed.tiny import build_tiny_checkpoint  # noqa: E402
-
-# After federation, which it would otherwise import from this checkout (it puts its own repo first on sys.path).
-flower_cluster = importlib.import_module("flower_cluster")
-journal, run_to_end = flower_cluster.journal, flower_cluster.run_to_end
-
 HOST = "127.0.0.1"
-assert Path(federation.__file__).resolve().is_relative_to(REPO), f"federation imported from {federation.__file__}"
 
 
 @dataclass
@@ -134,6 +120,18 @@ class Relays:
 
 
 def main() -> int:
+    # The code measured is whatever `--repo` holds, so it goes first on sys.path before anything imports `federation`
+    # (procs.flower_env then hands the same checkout to every process it starts); hence these imports in here.
+    sys.path.insert(0, str(REPO))
+    import federation
+    from bench.flower_cluster import journal, run_to_end
+    from federation import config as fconfig
+    from federation import procs
+    from federation.artifacts import ADAPTER_WEIGHTS, round_folder
+    from federation.corpus import build_demo_corpus
+    from testbed.tiny import build_tiny_checkpoint
+
+    assert Path(federation.__file__).resolve().is_relative_to(REPO), f"federation imported from {federation.__file__}"
     out = Path(ARGS.out or REPO / "var" / "bench" / "wire-requests").resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
