@@ -195,7 +195,9 @@ def federated_arm(arm: Arm, address: str, cfg: TrainConfig, server: ServerConfig
                   **WireConfig().to_run_config(), "output-dir": str(out), "base-model-path": str(model_path),
                   "heldout-path": str(heldout)}  # fmt: skip
     arm.seconds = run_to_end(address, run_config, arm.label, timeout=1800, check=check)
-    rounds = [e for e in journal(out) if e["type"] == "round"]
+    logged = journal(out)
+    rounds = [e for e in logged if e["type"] == events.EVENT_ROUND]
+    scored = [e for e in logged if e["type"] == events.EVENT_EVALUATED]
     # Scored here with every core (the nodes are idle now); their config's one thread is for training side by side.
     model = lora_model(str(model_path), replace(cfg, threads=len(os.sched_getaffinity(0))))
     last = round_folder(out, server.num_rounds) / ADAPTER_WEIGHTS
@@ -212,7 +214,7 @@ def federated_arm(arm: Arm, address: str, cfg: TrainConfig, server: ServerConfig
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})
     arm.wire = f"{down / 1e6:.2f} / {up / 1e6:.2f} MB, {'/'.join(dtypes)}"
     arm.note = f"{server.num_rounds} rounds x {cfg.local_steps} steps x {server.min_nodes} nodes"
-    arm.note += f"; server's own eval (first {server.max_heldout_records} held-out) {rounds[-1]['eval_loss']:.3f}"
+    arm.note += f"; server's own eval (first {server.max_heldout_records} held-out) {scored[-1]['eval_loss']:.3f}"
 
 
 def gain(arm: Arm, base: Arm, pooled: Arm) -> float:
