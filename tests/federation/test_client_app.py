@@ -1,5 +1,5 @@
 """The ClientApp in-process on the tiny model: the packed instruction in, a packed reply out, a bad layout answered
-with an error reply that says what was wrong (issue 14.4)."""
+with an error reply that says what was wrong."""
 
 from __future__ import annotations
 

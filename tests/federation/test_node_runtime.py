@@ -225,7 +225,7 @@ def test_the_per_message_shim_imports_no_torch_transformers_sql_or_flowers_super
     # It went the whole way: FAB accepted, job handed to submit(), which found no worker.
     assert result.returncode == 1 and len(seen["reasons"]) == 1, result.stdout + result.stderr
     assert seen["reasons"][0].startswith("warm worker unavailable: nothing answers"), seen["reasons"]
-    # Each of these costs CPU-seconds per message that 50 nodes on one machine pay at once (issue 14).
+    # Each of these costs CPU-seconds per message that 50 nodes on one machine pay at once.
     heavy = ("torch", "transformers", "sqlalchemy", "flwr.supernode.cli.flwr_clientapp")
     imported = [m for m in seen["modules"] if any(m == h or m.startswith(h + ".") for h in heavy)]
     assert imported == []

@@ -289,7 +289,7 @@ def test_multikrum_averages_all_but_the_tolerated_hostile_nodes_by_default():
     assert (krum.num_malicious_nodes, krum.num_nodes_to_select) == (1, 3)
 
 
-# --- what a node claims about itself is bounded (issue 13, items 3, 4, 11) ------------------------------------
+# --- what a node claims about itself is bounded: sample counts, metrics, names, fingerprints ------------------
 
 
 def test_the_default_config_refuses_a_scaled_update():
@@ -405,7 +405,7 @@ def test_a_resumed_dp_campaign_continues_the_accountant_of_the_earlier_rounds():
     assert resumed.rounds[1].epsilon > whole.rounds[1].epsilon
 
 
-# --- one vote per contributor (issue 13.7): nodes of one contributor are merged into one reply first ------------
+# --- one vote per contributor: nodes of one contributor are merged into one reply first ------------------------
 
 
 def seven_replies() -> list[Message]:
@@ -443,7 +443,7 @@ def test_grouping_by_contributor_leaves_fedavg_unchanged():
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
 
 
-# --- the packed wire form (issue 14.4): one array each way, optionally half precision, merged in float32 -------
+# --- the packed wire form: one array each way, optionally half precision, merged in float32 --------------------
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])

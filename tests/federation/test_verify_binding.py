@@ -1,4 +1,4 @@
-"""`verify URL` binds what it checked to the repo id and revision asked for (issue 13.6): a hostile mirror serving
+"""`verify URL` binds what it checked to the repo id and revision asked for: a hostile mirror serving
 another repo's release, or a release under a made-up revision, fails even though the signature is valid."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""What the issue 13 review found holding, kept held: each is a regression test for one defence not covered elsewhere
-(enrollment and heartbeat: community/; report API: campaigns/test_report_api.py; traversal, yanked, verify:
-releases/ and federation/test_verify*.py; console permissions: console/test_permissions.py)."""
+"""What the security review (docs/security.md) found holding, kept held: each is a regression test for one defence
+not covered elsewhere (enrollment and heartbeat: community/; report API: campaigns/test_report_api.py; traversal,
+yanked, verify: releases/ and federation/test_verify*.py; console permissions: console/test_permissions.py)."""
 
 from __future__ import annotations
 

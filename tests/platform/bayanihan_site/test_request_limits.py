@@ -1,5 +1,5 @@
-"""The outer ASGI layer refuses bodies by size and missing credential before Django reads them (issue 13.5), and
-control characters in a path with a clean 400 (13.13). Driven through the real ASGI application, no server."""
+"""The outer ASGI layer refuses bodies by size and missing credential before Django reads them, and
+control characters in a path with a clean 400. Driven through the real ASGI application, no server."""
 
 from __future__ import annotations
 

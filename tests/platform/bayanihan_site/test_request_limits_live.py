@@ -1,5 +1,5 @@
 """The same limits through a real uvicorn (what `make serve` runs): a 200 MB anonymous upload is answered at once,
-without the body being sent, and a CR in a path is a clean 400, not a dropped connection (13.5, 13.13)."""
+without the body being sent, and a CR in a path is a clean 400, not a dropped connection."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""var/ is 0700 and the SQLite database and secret key 0600, whatever the umask (issue 13.10)."""
+"""var/ is 0700 and the SQLite database and secret key 0600, whatever the umask."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12.6, fifth fault: PostgreSQL restarted mid-round (real SuperLink, two nodes through `join`, the tiny model,
+"""Fault: PostgreSQL restarted mid-round (real SuperLink, two nodes through `join`, the tiny model,
 the platform's database on a local PostgreSQL cluster this test may stop and start). The cluster is down for
 DOWN_SECONDS while round 1 trains, so the round's report and the campaign's follow task meet a dead database; every
 kept connection (web, worker, this process) is dead afterwards. The platform recovers without staff action: the

@@ -1,4 +1,4 @@
-"""Issue 12.6, fourth fault: the web server restarting mid-round, seen from the ServerApp. The site here is Django's
+"""Fault: the web server restarting mid-round, seen from the ServerApp. The site here is Django's
 live_server thread (it cannot be restarted), so the restart happens between the ServerApp and the site: the
 SuperLink's BAYANIHAN_SITE_URL names a FaultProxy (tests/platform/faults.py) with two Outages: one takes round 1's
 report through to the site, loses the answer, then drops every connection for a while; the other does the same to

@@ -1,4 +1,4 @@
-"""Issue 12.6, last fault: the SuperLink answers HTTP 500 (what its SQLite state did under load: "database is
+"""Fault: the SuperLink answers HTTP 500 (what its SQLite state did under load: "database is
 locked") to nodes' pulls, heartbeats and a reply push, in the middle of a campaign. Nodes reach the SuperLink
 through tests/platform/faults.py's FaultProxy (TLS with the SuperLink's own certificate), which injects them.
 The nodes ride through: the campaign completes with contiguous rounds, and both nodes train in its last round

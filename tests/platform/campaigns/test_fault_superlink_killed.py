@@ -1,4 +1,4 @@
-"""Issue 12.6, second fault: the SuperLink `kill -9`ed mid-campaign (real SuperLink behind its proxy, two nodes
+"""Fault: the SuperLink `kill -9`ed mid-campaign (real SuperLink behind its proxy, two nodes
 through `join`, the tiny model). The platform restarts it as `make serve` does (Stack.revive), re-registers the
 nodes' keys, and the campaign resumes from its last merged round as a new Flower run: it completes with every round
 once, two attempts on record, and nothing left running afterwards."""

@@ -1,4 +1,4 @@
-"""Issue 12.6, first fault: a SuperNode `kill -9`ed in the middle of a round (real SuperLink, two nodes through
+"""Fault: a SuperNode `kill -9`ed in the middle of a round (real SuperLink, two nodes through
 `join`, the tiny model). The round merges the other node and records the killed one as failed; `join` brings the
 node back and it trains again in the next round; the campaign completes with contiguous rounds and a release,
 and nothing is left running afterwards."""

@@ -1,4 +1,4 @@
-"""Issue 12.6, third fault: the Celery worker `kill -9`ed while a round is in flight (real SuperLink, two nodes
+"""Fault: the Celery worker `kill -9`ed while a round is in flight (real SuperLink, two nodes
 through `join`, the tiny model). The platform restarts it as `make serve` does (Stack.revive); the restarted worker
 re-queues the campaign's follow task (the one the dead worker held stays unacknowledged in Redis for the broker's
 visibility timeout, an hour), and the campaign is followed to completion: one attempt, one Flower run, every round

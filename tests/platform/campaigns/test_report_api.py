@@ -207,7 +207,7 @@ def test_upload_over_the_size_limit_is_refused(client, campaign, settings):
     assert not list(round_folder(settings, campaign).iterdir())
 
 
-# --- issue 13.2: a round on record never changes, and its files are the ones its event declared --------------
+# --- a round on record never changes, and its files are the ones its event declared --------------------------
 
 
 def seal(client, campaign, number: int = 1, files: dict[str, bytes] = FILES) -> None:
@@ -289,7 +289,7 @@ def test_an_upload_for_a_round_outside_the_campaign_is_a_clear_400(client, campa
     assert response.status_code in {400, 404}
 
 
-# --- issue 13.3: every reported field is checked; a bad node row is that node's error, never a 500 -----------
+# --- every reported field is checked; a bad node row is that node's error, never a 500 -----------------------
 
 
 @pytest.mark.parametrize(
@@ -355,7 +355,7 @@ def test_a_deeply_nested_body_is_a_400_not_a_crash(client, campaign):
     assert post(client, campaign, "[" * 100_000).status_code == 400
 
 
-# --- issue 13.11: an infinite loss is stored as unknown, and the campaign page still renders ----------------
+# --- an infinite loss is stored as unknown, and the campaign page still renders -----------------------------
 
 
 def test_an_infinite_train_loss_is_recorded_as_unknown_and_the_console_page_renders(
@@ -372,7 +372,7 @@ def test_an_infinite_train_loss_is_recorded_as_unknown_and_the_console_page_rend
     assert client.get(f"/console/campaigns/{campaign.pk}/live").status_code == 200
 
 
-# --- issue 13.14: reports name nodes by Flower id only; the enrolled row is the node ------------------------
+# --- reports name nodes by Flower id only; the enrolled row is the node --------------------------------------
 
 
 def test_an_unknown_node_id_creates_no_node_and_is_an_error_on_the_round(client, campaign):

@@ -1,4 +1,4 @@
-"""What every node receives (the Flower run config) holds no secret and no server path (issue 13.2)."""
+"""What every node receives (the Flower run config) holds no secret and no server path."""
 
 from __future__ import annotations
 

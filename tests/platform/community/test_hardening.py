@@ -1,5 +1,5 @@
-"""Issue 13 on contributors and nodes: revocation on every status change (13.8), node and token caps (13.7),
-canonical keys (13.15), login and sign-up limits (13.9, 13.16), heartbeat order (13.16). The
+"""Hardening of contributors and nodes: revocation on every status change, node and token caps, canonical keys,
+login and sign-up limits, heartbeat order (docs/security.md). The
 token page's own checks are in tests/platform/console/test_contributor_page.py.
 
 None of these reach a SuperLink: nodes here have no Flower id (nothing to unregister) or are refused before one

@@ -1,4 +1,4 @@
-"""`join` brings back a SuperNode the SuperLink lost (issue 12.2), and never says "connected" while the SuperLink
+"""`join` brings back a SuperNode the SuperLink lost, and never says "connected" while the SuperLink
 does not see it.
 
 Two breaks: (1) the SuperLink restarts with fresh state (as with `--database :flwr-in-memory:`) and the platform

@@ -1,4 +1,4 @@
-"""A contributor's node runs only the app its installed `federation` ships (issue 13.1, federation.node_runtime).
+"""A contributor's node runs only the app its installed `federation` ships (federation.node_runtime).
 
 A run is started straight through the Control API (as an attacker who reached it could) with the Bayanihan app
 whose client_app.py was changed to write a marker file: the nodes reply with an error, the marker never appears,

@@ -1,5 +1,5 @@
 """Against a real SuperLink: a contributor set back to pending (console or admin form) has their node's key
-unregistered (13.8), and the same key in CRLF PEM cannot enroll a second node (13.15)."""
+unregistered, and the same key in CRLF PEM cannot enroll a second node."""
 
 from __future__ import annotations
 

@@ -238,7 +238,7 @@ def test_campaign_page_charts_task_metrics_per_round_and_each_group_before_and_a
 
 
 def test_campaign_page_renders_with_an_infinite_loss_on_record(client, staff, base, heldout):
-    """Rounds stored before reports were bounds-checked may hold inf (issue 13.11): the chart skips it."""
+    """Rounds stored before reports were bounds-checked may hold inf: the chart skips it."""
     campaign = campaign_create(name="c", base_model=base, data_task="t", heldout_path=heldout)
     Round.objects.create(campaign=campaign, number=0, eval_loss=4.5)
     Round.objects.create(campaign=campaign, number=1, eval_loss=float("inf"), train_loss=float("inf"), participants=1)

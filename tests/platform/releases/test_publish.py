@@ -105,7 +105,7 @@ def test_model_card_says_what_it_is_for_who_contributed_how_it_was_aggregated_an
 
 
 def test_a_round_file_changed_on_disk_since_its_upload_is_not_published(finished_campaign, settings):
-    """Issue 13.2: what the platform signs is the adapter the round recorded, byte for byte."""
+    """What the platform signs is the adapter the round recorded, byte for byte."""
     folder = settings.DATA_DIR / "campaigns" / str(finished_campaign.pk) / "round-2"
     (folder / "adapter_model.safetensors").write_bytes(b"her own weights")
     with pytest.raises(ValidationError, match="adapter_model.safetensors on disk do not match"):

@@ -1,5 +1,5 @@
-"""Issue 13 on the release routes: caching by revision (13.12), odd bytes in paths and revisions (13.13), and
-path traversal on every file route (held; regression)."""
+"""Hardening of the release routes: caching by revision, odd bytes in paths and revisions, and path traversal on
+every file route (held; regression)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def test_path_traversal_is_404_on_every_file_route(client, release: Release, pat
 
 
 def test_a_published_release_names_its_repo_and_its_revision_can_be_recomputed(release, settings):
-    """What `verify URL` binds to (13.6): the repo id inside the signed provenance, the revision from the files."""
+    """What `verify URL` binds to: the repo id inside the signed provenance, the revision from the files."""
     import json
     from pathlib import Path
 

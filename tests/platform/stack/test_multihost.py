@@ -1,4 +1,4 @@
-"""Issue 16.1: one campaign across separate hosts over home links.
+"""One campaign across separate hosts over home links.
 
 Network namespaces play the machines (tests/platform/multihost.py): `site` runs web (HTTPS) and the Celery worker
 with a PostgreSQL and a Redis of its own on its loopback; `link` runs the SuperLink on a private network it shares
