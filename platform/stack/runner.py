@@ -143,11 +143,11 @@ class Stack:
             ("proxy", self.start_proxy, self._proxy_args),
             ("worker", self.start_worker, (self._worker_env,) if self._worker_env is not None else None),
         ):
-            proc = self.supervisor.procs.get(name)
-            if proc is None or args is None or proc.poll() is None:
+            code = self.supervisor.returncode(name)
+            if code is None or args is None:  # running, or never started
                 continue
             log.warning("%s exited with code %s; restarting it. Last log lines:\n%s",
-                        name, proc.returncode, self.supervisor.tail(name))  # fmt: skip
+                        name, code, self.supervisor.tail(name))  # fmt: skip
             self.supervisor.stop(name, timeout=5)  # reaps it and whatever it left in its group
             start(*args)
             restarted.append(name)
