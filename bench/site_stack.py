@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,15 +55,12 @@ def setup_django(var: Path) -> None:
     call_command("collectstatic", verbosity=0, interactive=False)
 
 
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def stop_on_signals() -> None:
     """SIGTERM (a CI timeout, `kill`) and SIGINT (even where a background start ignored it) unwind through `finally`
     blocks, which stop the processes a benchmark started; a bare exit would leave them running."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    from federation import procs
+
+    procs.interrupt_on_signals()
 
 
 @contextmanager

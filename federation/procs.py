@@ -8,10 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import requests
@@ -165,6 +167,33 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
             pass
         time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def interrupt_on_signals() -> dict[int, Any]:
+    """Make SIGTERM (a supervisor's stop, a CI timeout, `kill`) and SIGINT raise KeyboardInterrupt, as Ctrl-C does.
+
+    Whoever started processes stops them in `finally` blocks and context managers (`Supervisor`, the platform's
+    `running_platform`): a bare exit on SIGTERM would skip those and leave the children running (Linux's parent-death
+    signal aside). SIGINT is set too because a shell starts background jobs with it ignored, and Python keeps it so:
+    a supervisor's `kill -INT` would be lost. Returns the handlers it replaced, for `restore_signals`; outside the
+    main thread (where Python allows no handlers) it changes nothing and returns {}.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    """Put back what `interrupt_on_signals` replaced."""
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -75,14 +74,10 @@ def heartbeat(state: dict, report: dict) -> tuple[int, dict]:
         return 0, {"error": str(exc)}
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM from a supervisor: same clean stop as Ctrl-C
-
-
 def run(args: argparse.Namespace) -> int:
     # The SuperNode runs in its own process group: a clean exit of `join` stops it, and so does the kernel
     # (PR_SET_PDEATHSIG, procs.Supervisor) if `join` is killed.
-    signal.signal(signal.SIGTERM, _interrupt)
+    procs.interrupt_on_signals()  # SIGTERM from a supervisor: the same clean stop as Ctrl-C
     shared: Path | None = None
     if args.warm_worker:  # before anything is sent: a wrong socket is the user's to fix, not a round's failure
         try:

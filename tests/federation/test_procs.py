@@ -13,7 +13,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from federation.procs import Supervisor, flower_env, free_port, supernode_command
+from federation.procs import (
+    Supervisor,
+    flower_env,
+    free_port,
+    interrupt_on_signals,
+    restore_signals,
+    supernode_command,
+)
 
 # A parent that starts a child in a session of its own (as the SuperLink starts flower-superexec), then waits.
 PARENT = """
@@ -180,3 +187,16 @@ def test_an_operators_task_poll_interval_wins(monkeypatch):
 
     monkeypatch.setenv(procs.TASK_POLL_ENV, "2.5")
     assert flower_env(Path("/tmp/h"))[procs.TASK_POLL_ENV] == "2.5"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signals_unwind_like_ctrl_c_and_the_old_handlers_come_back(signum: int):
+    before = signal.getsignal(signum)
+    previous = interrupt_on_signals()
+    try:
+        with pytest.raises(KeyboardInterrupt, match=signal.Signals(signum).name):
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler runs at the next bytecode; never reached
+    finally:
+        restore_signals(previous)
+    assert signal.getsignal(signum) == before

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
@@ -139,7 +138,7 @@ class Command(BaseCommand):
 
         stack = Stack(Path(settings.VAR_DIR) / "demo" / "run")
         campaign = None
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        procs.interrupt_on_signals()  # SIGTERM (bench/faults.py's stop, a timeout) stops the run as Ctrl-C does
         try:
             with console.status("Starting SuperLink, web, worker and SuperNodes…"):
                 stack.start_federation(superlink, public, site_url)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from federation import procs
 from stack.broker import ensure_broker
 from stack.runner import Stack, platform_env
 
@@ -27,10 +27,7 @@ class Command(BaseCommand):
         broker.activate()  # web and worker inherit it through platform_env()
         env = platform_env(CELERY_BROKER_URL=broker.url)
         stack = Stack(Path(settings.VAR_DIR) / "serve")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        # SIGINT stops it too, even where it was started with SIGINT ignored (a shell starts background jobs so, and
-        # Python then leaves it ignored): a supervisor's `kill -INT` must not be lost.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        procs.interrupt_on_signals()  # SIGTERM and SIGINT (even where a background start ignored it): Ctrl-C's stop
         try:
             stack.start_federation(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS)
             stack.start_worker(env)
