@@ -491,7 +491,7 @@ def web_pids(site: Any) -> list[int]:
 
     pids = []
     for name in ("web", "web-proxy"):
-        pid = site.stack.supervisor.procs[name].pid
+        pid = site.stack.supervisor.pid(name)
         pids.append(pid)
         try:
             pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]

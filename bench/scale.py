@@ -127,7 +127,7 @@ class SizeRun:
         self.n, self.args, self.site, self.result, self.deadline = n, args, site, result, deadline
         self.nodes_dir = site.stack.state_dir / "nodes"
         self.sampler = Sampler(args.sample_interval, args.node_pss_every)
-        self.sampler.infra = {k: site.stack.supervisor.procs[k].pid for k in ("superlink", "web", "worker")}
+        self.sampler.infra = {k: site.stack.supervisor.pid(k) for k in ("superlink", "web", "worker")}
         self.guard = MemoryGuard(int(args.min_available_gib * GIB), self.nodes_dir)
         self.yielder = Yielder(args.node_nice, self.nodes_dir)
         self.campaign: Any = None
@@ -263,7 +263,7 @@ class SizeRun:
             if spec.join:
                 self.site.stack.start_join(spec.name, self.site.url, spec.token, spec.data, model, warm_socket=warm,
                                            env={procs.TASK_POLL_ENV: str(self.args.node_poll_seconds)})  # fmt: skip
-                self.sampler.add_node(spec.name, supervisor.procs[f"node-{spec.name}"].pid, wrapper=True)
+                self.sampler.add_node(spec.name, supervisor.pid(f"node-{spec.name}"), wrapper=True)
             else:
                 port = procs.free_port()
                 while port in ports:
@@ -287,18 +287,17 @@ class SizeRun:
         """Start again a direct node whose SuperNode exited, RESTART_AFTER_S later: what `join` does for the one
         node it runs (e.g. after "Failed to activate SuperNode" when an activation timed out and was retried)."""
         supervisor = self.site.stack.supervisor
-        for name, (command, env, home) in self.commands.items():
-            proc = supervisor.procs.get(f"node-{name}")
-            if proc is None or proc.poll() is None:
+        for name in self.commands:
+            code = supervisor.returncode(f"node-{name}")
+            if code is None:
                 continue
             found = self.exited.setdefault(name, time.monotonic())
             if time.monotonic() - found < RESTART_AFTER_S:
                 continue
             self.guard.check()
             del self.exited[name]
-            supervisor.procs.pop(f"node-{name}")
-            log(f"N={self.n}: {name} exited with code {proc.returncode}; starting it again (as join would)")
-            self.sampler.add_node(name, supervisor.start(f"node-{name}", command, env=env, cwd=home).pid)
+            log(f"N={self.n}: {name} exited with code {code}; starting it again (as join would)")
+            self.sampler.add_node(name, supervisor.restart(f"node-{name}").pid)
             self.result.restarts += 1
 
     def wait_online(self, first: float, deadline: float) -> None:
@@ -391,8 +390,8 @@ class SizeRun:
             result.outcome = f"campaign {campaign.status}: {campaign.status_reason}"
 
     def check_alive(self, when: str) -> None:
-        procs = self.site.stack.supervisor.procs
-        dead = [k for k in ("superlink", "web", "worker") if k in procs and procs[k].poll() is not None]
+        supervisor = self.site.stack.supervisor
+        dead = [k for k in ("superlink", "web", "worker") if supervisor.returncode(k) is not None]
         if dead:
             raise Abort(f"{', '.join(dead)} died {when}")
 
@@ -441,24 +440,9 @@ def online_count() -> int:
 
 def stop_nodes(supervisor: Any, nodes_dir: Path, timeout: float = 15.0) -> int:
     """All nodes at once (SIGTERM to every group, then SIGKILL), not one by one. Returns how many had died before."""
-    names = [name for name in supervisor.procs if name.startswith("node-")]
-    dead = sum(1 for name in names if supervisor.procs[name].poll() is not None)
-    for name in names:
-        try:
-            os.killpg(supervisor.procs[name].pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and any(supervisor.procs[name].poll() is None for name in names):
-        time.sleep(0.2)
-    for name in names:
-        proc = supervisor.procs.pop(name)
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+    names = supervisor.names("node-")
+    dead = sum(1 for name in names if supervisor.returncode(name) is not None)
+    supervisor.stop_many(names, timeout)
     time.sleep(0.5)
     stragglers = pids_under(nodes_dir)  # a join's SuperNode runs in its own session; SuperExecs may linger
     if stragglers:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,21 +51,19 @@ def setup_django(var: Path) -> None:
     call_command("collectstatic", verbosity=0, interactive=False)
 
 
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def stop_on_signals() -> None:
     """SIGTERM (a CI timeout, `kill`) and SIGINT (even where a background start ignored it) unwind through `finally`
     blocks, which stop the processes a benchmark started; a bare exit would leave them running."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    from federation import procs
+
+    procs.interrupt_on_signals()
 
 
 @contextmanager
 def running_site(name: str, *, fresh: bool = True, superlink: bool = True) -> Iterator[Site]:
-    """Start web + worker (+ SuperLink); stop every process on the way out, whatever happened."""
-    stop_on_signals()
+    """Start web + worker (+ SuperLink) with stack.runner.running_platform; stop every process on the way out,
+    whatever happened."""
+    stop_on_signals()  # already while Django migrates: a SIGTERM then still unwinds
     var = REPO / "var" / "bench" / name
     if fresh:
         shutil.rmtree(var, ignore_errors=True)
@@ -75,19 +72,7 @@ def running_site(name: str, *, fresh: bool = True, superlink: bool = True) -> It
 
     from django.conf import settings
 
-    from stack.broker import ensure_broker
-    from stack.runner import Stack, platform_env
+    from stack.runner import running_platform
 
-    broker = ensure_broker(settings.CELERY_BROKER_URL, var / "redis")
-    broker.activate()
-    env = platform_env(CELERY_BROKER_URL=broker.url)
-    stack = Stack(var / "run")
-    try:
-        if superlink:
-            stack.start_federation(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS)
-        stack.start_web(settings.PORT, env)
-        stack.start_worker(env)
-        yield Site(var, settings.SITE_URL, settings.PORT, settings.SUPERLINK_ADDRESS, stack, env)
-    finally:
-        stack.stop()
-        broker.close()
+    with running_platform(var / "run", federation=superlink, web_port=settings.PORT, broker_dir=var / "redis") as up:
+        yield Site(var, settings.SITE_URL, settings.PORT, settings.SUPERLINK_ADDRESS, up.stack, up.env)

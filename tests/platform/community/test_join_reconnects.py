@@ -27,7 +27,7 @@ NAMES = ("node-1", "node-2")
 
 
 def supernode_of(stack, name: str) -> psutil.Process | None:
-    join = psutil.Process(stack.supervisor.procs[f"node-{name}"].pid)
+    join = psutil.Process(stack.supervisor.pid(f"node-{name}"))
     found = [p for p in join.children(recursive=True) if "flower-supernode" in " ".join(p.cmdline())]
     return found[0] if found else None
 

@@ -65,9 +65,8 @@ def test_join_resumes_without_a_token_and_a_revoked_node_is_refused_with_the_rea
         assert Node.objects.count() == 1
 
         node_suspend(node=node, reason="left the project")
-        proc = stack.supervisor.procs["again"]
-        wait_for(lambda: proc.poll() is not None, 60, "join to stop after revocation")
-        assert proc.returncode == 3
+        wait_for(lambda: stack.supervisor.returncode("again") is not None, 60, "join to stop after revocation")
+        assert stack.supervisor.returncode("again") == 3
         assert "no longer admitted: left the project" in stack.supervisor.tail("again")
     finally:
         stack.stop()

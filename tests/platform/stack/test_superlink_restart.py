@@ -42,8 +42,8 @@ def test_superlink_killed_is_restarted_keys_re_registered_and_nodes_reconnect(li
     wait_for(lambda: len(enrolled_ids()) == 2 and enrolled_ids() <= online_ids(), 120, "both nodes online")
     before = enrolled_ids()
 
-    os.kill(stack.supervisor.procs["superlink"].pid, signal.SIGKILL)
-    wait_for(lambda: stack.supervisor.procs["superlink"].poll() is not None, 10, "the SuperLink to die")
+    os.kill(stack.supervisor.pid("superlink"), signal.SIGKILL)
+    wait_for(lambda: stack.supervisor.returncode("superlink") is not None, 10, "the SuperLink to die")
     started = time.monotonic()
     assert stack.revive() == ["superlink"]  # what `make serve` does every few seconds
 

