@@ -1,12 +1,13 @@
-"""The ServerApp's held-out evaluation off the critical path: one thread that records merged rounds in order.
+"""The ServerApp's round records and held-out evaluation off the critical path: threads that work in round order.
 
 Flower's Strategy.start calls its `evaluate_fn` between one round's merge and the next round's instructions, so
-whatever that function does (evaluate the merged adapter, save it, report the round, upload its files) delays
+whatever that function does (save the merged adapter, report the round, upload its files, evaluate it) delays
 every node. The ServerApp therefore only hands each merged round to a RoundEvaluator and returns at once; its one
-thread does the work, round after round in the order they were handed in. One thread, not a pool: the model is a
-single object (it is loaded once), and the site's record of a campaign is a prefix of rounds (a resume continues
-from the last round whose predecessors are all on record), so a round must never be reported before the one
-before it.
+thread does the work, round after round in the order they were handed in. One thread per kind of work, not a
+pool: the model is a single object (it is loaded once), and the site's record of a campaign is a prefix of rounds
+(a resume continues from the last round whose predecessors are all on record), so a round must never be reported
+before the one before it. The ServerApp runs two: a recorder, which hands each recorded round to an evaluator that
+runs at low CPU priority (`nice`).
 
 An error in the thread is kept and raised again in the ServerApp's own thread (the same exception object, so the
 ServerApp still tells an infrastructure error from a training one by its type): at its next hand-off, at its next
@@ -18,6 +19,7 @@ resumed run redoes them.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -32,6 +34,12 @@ T = TypeVar("T")
 # and this only bounds memory when evaluation is the slower of the two (tiny rounds, a slow site).
 DEFAULT_BACKLOG = 4
 
+# The held-out evaluation's CPU priority (Linux nice, per thread). Where the SuperLink host also runs nodes (the demo,
+# a small community on one machine) a round's training and the previous round's evaluation share the cores: at nice
+# 19 the evaluation takes only what training leaves. When it falls behind by DEFAULT_BACKLOG rounds, hand-offs wait
+# for it, so it can never fall behind without bound.
+EVALUATION_NICE = 19
+
 
 class _Stop:
     """The end-of-work marker `close` puts behind the last round."""
@@ -40,8 +48,11 @@ class _Stop:
 class RoundEvaluator(Generic[T]):
     """Runs `handle(job)` for every submitted job, in submission order, on one background thread."""
 
-    def __init__(self, handle: Callable[[T], None], *, backlog: int = DEFAULT_BACKLOG, name: str = "evaluator") -> None:
+    def __init__(
+        self, handle: Callable[[T], None], *, backlog: int = DEFAULT_BACKLOG, name: str = "evaluator", nice: int = 0
+    ) -> None:
         self._handle = handle
+        self._nice = nice
         self._queue: queue.Queue[T | _Stop] = queue.Queue(maxsize=max(1, backlog))
         self._error: BaseException | None = None
         self._closed = False
@@ -79,7 +90,19 @@ class RoundEvaluator(Generic[T]):
         if raise_error:
             self.check()
 
+    def _lower_priority(self) -> None:
+        """Raise this thread's nice value by `nice` (Linux keeps one per thread; the process's other threads and its
+        torch work on them keep theirs). Best effort: elsewhere it stays at the process's priority."""
+        if self._nice <= 0:
+            return
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self._nice))
+        except (AttributeError, OSError) as exc:
+            log.warning("%s: could not lower its CPU priority (%s); it runs at the process's", self._thread.name, exc)
+
     def _loop(self) -> None:
+        self._lower_priority()
         while True:
             job = self._queue.get()
             if isinstance(job, _Stop):
@@ -93,4 +116,9 @@ class RoundEvaluator(Generic[T]):
                 log.exception("the round evaluator failed; later rounds are not recorded")
                 self._error = exc
             else:
-                log.info("round recorded in %.1fs (%d more queued)", time.monotonic() - started, self._queue.qsize())
+                log.info(
+                    "%s: round done in %.1fs (%d more queued)",
+                    self._thread.name,
+                    time.monotonic() - started,
+                    self._queue.qsize(),
+                )

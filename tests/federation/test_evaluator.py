@@ -124,3 +124,24 @@ def test_close_with_a_timeout_says_the_evaluator_is_still_busy():
         evaluator.close(timeout=0.05)
     release.set()
     evaluator.close()
+
+
+def test_a_niced_evaluator_runs_its_rounds_at_low_cpu_priority_and_leaves_the_callers_alone():
+    """Where the SuperLink host also trains, evaluation must take only the CPU training leaves (Linux: per thread)."""
+    import os
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: list[int] = []
+    evaluator: RoundEvaluator[int] = RoundEvaluator(
+        lambda n: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())), nice=19
+    )
+    evaluator.submit(1)
+    evaluator.close()
+    assert seen == [19]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # the caller's thread unchanged
+    plain: RoundEvaluator[int] = RoundEvaluator(
+        lambda n: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    )
+    plain.submit(2)
+    plain.close()
+    assert seen[-1] == before

@@ -105,17 +105,18 @@ def test_rounds_are_recorded_in_order_while_the_next_round_already_trains(tmp_pa
     grid = InstantGrid()
     run_campaign(tmp_path, tiny_checkpoint, tiny_corpus, SlowReporter(tmp_path, delay=0.5), grid)
     events = journal(tmp_path)
-    # Each round goes on record (merged, files saved) and then gets its evaluation, in round order.
-    assert [(e["type"], e.get("round")) for e in events] == [
-        ("started", None), ("round", 0), ("evaluated", 0), ("round", 1), ("evaluated", 1), ("round", 2),
-        ("evaluated", 2), ("round", 3), ("evaluated", 3), ("finished", None)
-    ]  # fmt: skip
+    # Each round goes on record (merged, files saved) and then gets its evaluation: both in round order, each
+    # evaluation after its round's record (the evaluator may lag: it runs at low priority beside the next rounds).
+    assert [(e["type"], e.get("round")) for e in events if e["type"] == "round"] == [("round", n) for n in range(4)]
+    assert [e["round"] for e in events if e["type"] == "evaluated"] == [0, 1, 2, 3]
+    assert (events[0]["type"], events[-1]["type"]) == ("started", "finished") and len(events) == 10
     rounds = [e for e in events if e["type"] == "round"]
     scored = [e for e in events if e["type"] == "evaluated"]
     # Round N+1 went out to the nodes before round N was reported (reporting takes 0.5 s here).
     assert all(grid.pushed_at[n] < rounds[n]["time"] for n in range(3))
     for event, evaluation in zip(rounds, scored, strict=True):
-        assert (tmp_path / f"round-{event['round']}" / "adapter_model.safetensors").is_file()
+        folder = tmp_path / f"round-{event['round']}"
+        assert (folder / "adapter_model.safetensors").is_file()
         t, e = event["timings"], evaluation["timings"]
         assert t["started"] <= t["evaluate_queued"] <= t["record_started"] <= t["saved"] <= event["time"]
         # The evaluation starts only once the round is on record: recording never waits for it.
@@ -215,9 +216,9 @@ def test_a_resumed_campaign_restores_the_server_optimizer_state_and_continues_ex
     run_with_optimizer(first, tiny_checkpoint, tiny_corpus, SlowReporter(first), num_rounds=2)
     run_with_optimizer(resumed, tiny_checkpoint, tiny_corpus, LocalSite(resumed, first), num_rounds=3, start_round=2)
     # The round it starts from is on record already: evaluated again (in case its run stopped first), not reported.
-    assert [(e["type"], e.get("round")) for e in journal(resumed) if e.get("round") is not None] == [
-        ("evaluated", 2), ("round", 3), ("evaluated", 3)
-    ]  # fmt: skip
+    resumed_events = journal(resumed)
+    assert [e["round"] for e in resumed_events if e["type"] == "round"] == [3]
+    assert [e["round"] for e in resumed_events if e["type"] == "evaluated"] == [2, 3]
     expected = load_file(whole / "round-3" / ADAPTER_WEIGHTS)
     got = load_file(resumed / "round-3" / ADAPTER_WEIGHTS)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
@@ -229,3 +230,18 @@ def test_a_resumed_campaign_restores_the_server_optimizer_state_and_continues_ex
     run_with_optimizer(fresh, tiny_checkpoint, tiny_corpus, LocalSite(fresh, first), num_rounds=3, start_round=2)
     restarted = load_file(fresh / "round-3" / ADAPTER_WEIGHTS)
     assert any(not torch.equal(restarted[k], expected[k]) for k in expected)
+
+
+def test_a_rounds_files_are_what_peft_writes_for_its_merged_adapter(tmp_path, tiny_checkpoint, tiny_corpus):
+    """The recorder writes a round's files without the model (the evaluator's thread owns it): byte for byte what
+    PeftModel.save_pretrained writes for that adapter, so a release loads as any PEFT adapter does."""
+    from federation.task import lora_model, set_adapter_state
+
+    run_campaign(tmp_path, tiny_checkpoint, tiny_corpus, SlowReporter(tmp_path), InstantGrid())
+    model = lora_model(str(tiny_checkpoint), TrainConfig(local_steps=1, seq_len=32, batch_size=2, threads=1))
+    for n in (0, 3):
+        folder = tmp_path / f"round-{n}"
+        set_adapter_state(model, load_file(folder / ADAPTER_WEIGHTS))
+        model.save_pretrained(tmp_path / f"peft-{n}")
+        for name in ADAPTER_FILES:
+            assert (folder / name).read_bytes() == (tmp_path / f"peft-{n}" / name).read_bytes(), (n, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,10 +16,11 @@ import requests
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from federation import events, privacy, task_heartbeat
 from federation.artifacts import (
+    ADAPTER_CONFIG,
     ADAPTER_FILES,
     ADAPTER_WEIGHTS,
     SERVER_STATE,
@@ -35,7 +37,7 @@ from federation.config import (
     WireConfig,
 )
 from federation.data import load_records
-from federation.evaluator import RoundEvaluator
+from federation.evaluator import EVALUATION_NICE, RoundEvaluator
 from federation.patient_grid import PatientGrid
 from federation.report import Reporter, SiteLink
 from federation.server_optimizer import save_state
@@ -114,7 +116,8 @@ def initial_adapter(
 
 @dataclass(frozen=True)
 class RoundJob:
-    """One merged round, handed from Flower's loop to the evaluator's thread (copies only: Flower moves on)."""
+    """One merged round, handed from Flower's loop to the recorder's thread and on to the evaluator's (copies only:
+    Flower moves on)."""
 
     campaign_round: int
     state: dict[str, torch.Tensor]
@@ -164,17 +167,23 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
     initial = initial_adapter(model, server, reporter, out, strategy)
     round_started = time.time()
 
-    def record_round(job: RoundJob) -> None:
-        """On the evaluator's thread, in round order: save, report and upload one merged round, then evaluate it.
+    # The adapter's config is the same every round: written once here as PEFT writes it, then copied beside each
+    # round's weights, so the recorder never touches the model (the evaluator's thread owns it).
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        adapter_config = (Path(folder) / ADAPTER_CONFIG).read_bytes()
 
-        The round goes on record (ROUND event, files uploaded) before its held-out evaluation starts, and the
-        evaluation follows in an EVALUATED event: the site shows the merged round, and a resume can continue from
-        it, without waiting for the evaluation (the one server cost a campaign's last round cannot overlap)."""
+    def record_round(job: RoundJob) -> None:
+        """On the recorder's thread, in round order: save, report and upload one merged round, then hand it on to
+        the evaluator. The round goes on record (ROUND event, files uploaded) without waiting for any evaluation:
+        the site shows it, and a resume can continue from it, as soon as it is merged."""
         timings = {**job.timings, "record_started": time.time()}
-        set_adapter_state(model, job.state)
         if not job.on_record:
             folder = round_folder(out, job.campaign_round)
-            model.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors only
+            folder.mkdir(parents=True, exist_ok=True)
+            # Byte for byte what model.save_pretrained writes (PEFT's own metadata), from the merged tensors.
+            save_file(job.state, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+            (folder / ADAPTER_CONFIG).write_bytes(adapter_config)
             names = list(ADAPTER_FILES)
             if job.server_state is not None and save_state(folder / SERVER_STATE, *job.server_state):
                 names.append(SERVER_STATE)  # kept beside the adapter: a resume from this round restores it
@@ -191,7 +200,13 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
             reporter.event(events.EVENT_ROUND, **report.payload())
             for name in files:
                 reporter.upload(job.campaign_round, folder / name)
+        evaluator.submit(job)
+
+    def evaluate_job(job: RoundJob) -> None:
+        """On the evaluator's thread (low CPU priority), in round order: score one recorded round on the held-out
+        set and report it (EVALUATED). It runs beside the next rounds' training and takes only the CPU they leave."""
         clock = {"evaluate_started": time.time()}
+        set_adapter_state(model, job.state)
         loss, tokens, scores = heldout_scores(
             model, tokenizer, heldout, targets, evaluation_config.metrics, evaluation_config.task_max_new_tokens
         )
@@ -206,7 +221,25 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
         )
         reporter.event(events.EVENT_EVALUATED, **scored.payload())
 
-    evaluator: RoundEvaluator[RoundJob] = RoundEvaluator(record_round)
+    # Two threads, each in round order: the recorder (normal priority: a round on record is a resume point) hands
+    # every recorded round to the evaluator (niced: where the SuperLink host also trains, as in the demo, the
+    # evaluation must not slow the nodes down).
+    evaluator: RoundEvaluator[RoundJob] = RoundEvaluator(evaluate_job, name="evaluator", nice=EVALUATION_NICE)
+    recorder: RoundEvaluator[RoundJob] = RoundEvaluator(record_round, name="recorder")
+
+    def check() -> None:
+        recorder.check()
+        evaluator.check()
+
+    def close(*, raise_error: bool = True) -> None:
+        """Every round recorded, then every recorded round evaluated; then the recorder's error, else the
+        evaluator's, is raised (unless `raise_error` is False)."""
+        try:
+            recorder.close(raise_error=False)  # its last rounds go on to the evaluator before that one stops
+        finally:
+            evaluator.close(raise_error=False)
+        if raise_error:
+            check()
 
     def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Called by Strategy.start before round 1 (the starting adapter) and after every round.
@@ -223,7 +256,7 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
         timings = {"started": round_started, "evaluate_queued": queued}
         if log:
             timings.update(sent=log.sent_at, replies=log.replies_at, aggregated=log.aggregated_at)
-        evaluator.submit(
+        recorder.submit(
             RoundJob(
                 campaign_round=start + server_round,
                 # A copy: Flower reuses `arrays` as the next round's starting point while this one is evaluated.
@@ -249,7 +282,7 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
         strategy.start(
             # A passing HTTP 500 from the SuperLink's SQLite must not end the campaign; while it waits for replies,
             # the grid also raises the evaluator's error, so a failed round record stops the run within a poll.
-            grid=PatientGrid(grid, check=evaluator.check),
+            grid=PatientGrid(grid, check=check),
             initial_arrays=initial,
             num_rounds=server.num_rounds - start,
             timeout=server.round_timeout,
@@ -259,7 +292,7 @@ def run(grid: Grid, context: Context, server: ServerConfig, paths: ServerPaths, 
     except BaseException:
         # Rounds merged before the failure still go on record (a resume then continues after them); the error
         # raised is this one, whatever the evaluator's own.
-        evaluator.close(raise_error=False)
+        close(raise_error=False)
         raise
-    evaluator.close()  # every round reported and uploaded (or the evaluator's error raised) before `finished`
+    close()  # every round reported, uploaded and evaluated (or the first error raised) before `finished`
     reporter.event(events.EVENT_FINISHED, rounds=server.num_rounds)

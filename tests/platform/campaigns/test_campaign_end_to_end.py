@@ -58,11 +58,10 @@ def test_campaign_trains_records_rounds_and_publishes_a_loadable_release(live_pl
     events = [json.loads(line) for line in journal.read_text().splitlines()]
     started = next(e for e in events if e["type"] == "started")
     assert started["process_started"] <= started["time"]
-    # Each round on record when merged, then its evaluation; the evaluator keeps their order.
-    assert [(e["type"], e.get("round")) for e in events] == [
-        ("started", None), ("round", 0), ("evaluated", 0), ("round", 1), ("evaluated", 1), ("round", 2),
-        ("evaluated", 2), ("finished", None),
-    ]  # fmt: skip
+    # Each round on record when merged, then its evaluation (which may lag behind the next rounds): both in order.
+    assert [e["type"] for e in events][:: len(events) - 1] == ["started", "finished"] and len(events) == 8
+    assert [e["round"] for e in events if e["type"] == "round"] == [0, 1, 2]
+    assert [e["round"] for e in events if e["type"] == "evaluated"] == [0, 1, 2]
     timings = {e["round"]: e["timings"] for e in events if e["type"] == "round"}
     scored = {e["round"]: e["timings"] for e in events if e["type"] == "evaluated"}
     # Evaluation is off the critical path: round N+1's instructions went out before round N's evaluation ended
