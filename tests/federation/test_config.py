@@ -48,7 +48,7 @@ def test_the_lora_variant_is_plain_lora_by_default_and_ffa_survives_the_run_conf
 
 def test_nodes_validate_after_training_only_on_a_bounded_sample_by_default():
     cfg = TrainConfig()
-    assert (cfg.node_validation, cfg.max_eval_records) == ("after", 16)
+    assert (cfg.node_validation, cfg.max_eval_records) == ("after", 8)
     assert TrainConfig.from_run_config({"node-validation": "both"}).node_validation == "both"
 
 
