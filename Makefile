@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-tiny serve test test-fast lint clean bench bench-aggregation bench-quality bench-overhead \
+.PHONY: setup demo demo-tiny serve test test-fast lint clean bench bench-aggregation bench-quality bench-quality-wire bench-overhead \
 	bench-communication bench-scale bench-downloads bench-faults bench-languages compose-check
 
 setup: $(VENV)/.installed
@@ -37,6 +37,10 @@ bench: bench-quality bench-overhead bench-communication bench-scale bench-downlo
 # Federated vs each contributor alone vs pooled data, same optimizer steps (SmolLM2-135M).
 bench-quality: setup
 	$(PY) -m bench.quality
+
+# Plain FedAvg with the adapter in float32, float16 and bfloat16 on the wire: what half the bytes cost in quality.
+bench-quality-wire: setup
+	$(PY) -m bench.quality --wire
 
 # Many languages, one model: base vs each region's community alone vs pooled vs the federated default campaign,
 # per-language chrF and loss on Django's gettext catalogs (SmolLM2-135M; not in `make bench`).

@@ -61,7 +61,7 @@ ADAPTERS = {
     "r8-attn-fp16": (8, "q_proj,k_proj,v_proj,o_proj", "float16"),
     "r16-all": (16, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "float32"),
 }
-TARGETS = {"float32": 1.05, "float16": 0.55}  # issue 14: wire / fp32 tensor bytes, up and down, from round 2
+TARGETS = {"float32": 1.05, "float16": 0.55}  # wire / fp32 tensor bytes, up and down, from round 2
 
 
 # ---------------------------------------------------------------- the relay

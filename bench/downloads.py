@@ -65,7 +65,7 @@ MB = 1e6
 PLAIN_LABEL = "site download URL (`http.client`, to disk, no hashing)"
 BEFORE_LABEL = "the same on one uvicorn process streaming the file (the layout before)"
 STATIC_LABEL = "the same client, the blob from a bare Caddy file_server (no Django: this machine's ceiling)"
-# (LoRA rank, label): the product's adapter and one of ≈100 MB (issue 16: 100 MB ≥ 0.8× a copy, 3.7 MB ≥ 0.5×).
+# (LoRA rank, label): the product's adapter and one of ≈100 MB (targets: 100 MB ≥ 0.8× a copy, 3.7 MB ≥ 0.5×).
 FILES = ((8, "3.7 MB adapter (r=8)"), (216, "100 MB adapter (r=216)"))
 TARGETS = {8: 0.5, 216: 0.8}
 FIRST_BYTE_P99_TARGET = 1.0
@@ -436,8 +436,8 @@ def curl_burst(route: str, url: str, target: Target, concurrency: int, timeout: 
 
 
 def start_before(site: Any, target_urls: list[str]) -> tuple[dict[str, str], int]:
-    """The layout before issue 16, beside the new one in the same run: one uvicorn process on TCP, Django streaming
-    the file itself (DOWNLOADS_X_ACCEL off). Returns each URL rewritten to it, and its pid."""
+    """The layout before Caddy and several workers, beside the new one in the same run: one uvicorn process on TCP,
+    Django streaming the file itself (DOWNLOADS_X_ACCEL off). Returns each URL rewritten to it, and its pid."""
     from federation import procs
 
     port = procs.free_port()

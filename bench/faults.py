@@ -114,7 +114,7 @@ def current_campaign(alias: str):
 
 
 def attempts_of(campaign) -> str:
-    """How many Flower runs the campaign took, where the model records attempts (resume, issue 12.4); else 1.
+    """How many Flower runs the campaign took, where the model records attempts (resume); else 1.
 
     Read generically (the attempts record is being added beside this script): a related model or field whose name
     says 'attempt' — records counted, a number taken as it is, a list by its length. Settings (max_attempts,
@@ -353,7 +353,7 @@ def table(outcomes: list[Outcome], model: str, args: argparse.Namespace) -> str:
         + ("" if not faulty else f"; fault run: **{'completed' if faulty[0].completed else 'failed'}**") + ".",
         "",
         *[f"Fault run: node-1 (its SuperNode killed in round 1) trained in round(s) "
-          f"{', '.join(map(str, o.node1_trained)) or 'none'} — issue 12 asks that it trains again after `join` "
+          f"{', '.join(map(str, o.node1_trained)) or 'none'} — it should train again once `join` "
           "brings it back." for o in faulty],
         "",
         "| run | load | faults injected | completed | campaign | rounds recorded | rounds contiguous, none twice "

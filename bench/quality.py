@@ -14,6 +14,9 @@ the same budget: S = N x rounds x local-steps optimizer steps of `batch-size` sa
 - each option alone on top of plain FedAvg: node lr x N (the large-batch scaling rule), server momentum (FedAvgM),
   server Adam (FedAdam), exact LoRA merge (FFA-LoRA).
 - default, equal compute per contributor: N x rounds rounds, so every node does as many steps as it did alone.
+- with --wire, only base and plain FedAvg with the adapter travelling in each transfer dtype (float32, float16,
+  bfloat16; the server merges in float32 either way), side by side: what half the bytes cost in quality. Written
+  to its own section.
 - with --diagnose, centralized in large batches (not the same step count): the same samples as every arm, in
   rounds x local-steps optimizer steps of N x batch-size samples: about what averaging N nodes' updates buys.
 
@@ -41,7 +44,7 @@ from bench.site_stack import stop_on_signals
 from federation import events, procs
 from federation.artifacts import ADAPTER_WEIGHTS, round_folder
 from federation.basemodel import prepare_smollm2
-from federation.config import AggregationConfig, ServerConfig, TrainConfig, WireConfig
+from federation.config import TRANSFER_DTYPES, AggregationConfig, ServerConfig, TrainConfig, WireConfig
 from federation.corpus import build_demo_corpus, grouped_chunks
 from federation.data import load_records
 from federation.node_data import node_dataset
@@ -134,6 +137,7 @@ class Plan:
     train: dict = field(default_factory=dict)  # TrainConfig fields (lr, lora_variant, max_lr_scale)
     aggregation: AggregationConfig = field(default_factory=lambda: PLAIN)
     kind: str = "option"  # "plain", "default", "option" or "equal compute"
+    wire: WireConfig = field(default_factory=WireConfig)  # how the adapter travels (float32 unless an arm says)
 
 
 # Plain FedAvg: the merge is the new global, every node at the campaign's learning rate (no scaling).
@@ -176,6 +180,15 @@ def plans(args: argparse.Namespace) -> list[Plan]:
     ]  # fmt: skip
 
 
+def wire_plans(args: argparse.Namespace) -> list[Plan]:
+    """Plain FedAvg with the adapter travelling in each transfer dtype, float32 (exact) first."""
+    r, s = args.rounds, args.local_steps
+    return [
+        Plan(f"federated FedAvg, {dtype} on the wire", r, s, dict(PLAIN_TRAIN), PLAIN, "plain", WireConfig(dtype))
+        for dtype in TRANSFER_DTYPES
+    ]
+
+
 def federated(plan: Plan, args, address: str, check, node_cfg: TrainConfig, server: ServerConfig, root: Path,
               held: Heldout, model_path: Path, pad: int) -> Arm:  # fmt: skip
     total = args.nodes * plan.rounds * plan.steps
@@ -183,16 +196,17 @@ def federated(plan: Plan, args, address: str, check, node_cfg: TrainConfig, serv
     cfg = replace(node_cfg, local_steps=plan.steps, **plan.train)
     out = root / f"federated-{len(list(root.glob('federated-*')))}"
     federated_arm(arm, address, cfg, replace(server, num_rounds=plan.rounds), plan.aggregation, out, held,
-                  model_path, pad, check)  # fmt: skip
+                  model_path, pad, check, plan.wire)  # fmt: skip
     print(f"  {arm.label:30s} loss {arm.loss:.4f}  ({arm.seconds:.0f}s)", flush=True)
     return arm
 
 
 def federated_arm(arm: Arm, address: str, cfg: TrainConfig, server: ServerConfig, merging: AggregationConfig,
-                  out: Path, held: Heldout, model_path: Path, pad: int, check) -> None:  # fmt: skip
+                  out: Path, held: Heldout, model_path: Path, pad: int, check,
+                  wire: WireConfig | None = None) -> None:  # fmt: skip
     heldout = out.parent / "corpus" / "heldout.jsonl"
     run_config = {**cfg.to_run_config(), **server.to_run_config(), **merging.to_run_config(),
-                  **WireConfig().to_run_config(), "output-dir": str(out), "base-model-path": str(model_path),
+                  **(wire or WireConfig()).to_run_config(), "output-dir": str(out), "base-model-path": str(model_path),
                   "heldout-path": str(heldout)}  # fmt: skip
     arm.seconds = run_to_end(address, run_config, arm.label, timeout=1800, check=check)
     logged = journal(out)
@@ -290,6 +304,31 @@ def findings(arms: list[Arm], owners: list[str]) -> str:
     return "\n".join(lines)
 
 
+def wire_table(arms: list[Arm]) -> str:
+    """Base and plain FedAvg per transfer dtype: loss, the change against float32, the bytes each way."""
+    base, exact = arms[0], arms[1]
+    lines = [
+        "| arm | held-out loss | vs float32 on the wire | gain over base kept | MB down / up per node, merged dtype |",
+        "|---|---|---|---|---|",
+        f"| {base.label} | {base.loss:.4f} | | | |",
+    ]
+    for arm in arms[1:]:
+        kept = (base.loss - arm.loss) / (base.loss - exact.loss) * 100
+        lines.append(f"| {arm.label} | {arm.loss:.4f} | {arm.loss - exact.loss:+.4f} | {kept:.1f}% | {arm.wire} |")
+    return "\n".join(lines)
+
+
+def wire_findings(arms: list[Arm]) -> str:
+    exact = arms[1]
+    worst = max(arms[2:], key=lambda a: abs(a.loss - exact.loss))
+    return (
+        f"**What this shows.** Plain FedAvg with the adapter in float32 on the wire ends at {exact.loss:.4f}; "
+        + "; ".join(f"{a.label.split(', ')[1]} {a.loss:.4f} ({a.loss - exact.loss:+.4f})" for a in arms[2:])
+        + f". The largest change is {abs(worst.loss - exact.loss):.4f} ({worst.label.split(', ')[1]}), "
+        f"for half the bytes each way (the server merges in float32 and saves float32 either way)."
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="local HF checkpoint (default: SmolLM2-135M-Instruct, prepared under var/)")
@@ -311,6 +350,7 @@ def main() -> int:
     )
     parser.add_argument("--adam-eta", type=float, default=0.01, help="the server Adam arm's eta")
     parser.add_argument("--diagnose", action="store_true", help="also pooled data in large batches (see above)")
+    parser.add_argument("--wire", action="store_true", help="only base and FedAvg per transfer dtype (see above)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     timer = Timer()
@@ -336,8 +376,9 @@ def main() -> int:
     print(f"{len(owners)} contributors, {len(held.examples)} held-out records, {budget} steps per arm", flush=True)
 
     arms = [Arm("base model", 0, 0)]
-    arms += [Arm(f"{o} alone", budget, samples) for o in owners]
-    arms += [Arm(POOLED, budget, samples)]
+    if not args.wire:
+        arms += [Arm(f"{o} alone", budget, samples) for o in owners]
+        arms += [Arm(POOLED, budget, samples)]
     depth = args.rounds * args.local_steps
     if args.diagnose:
         arms += [Arm(f"centralized, large batch ({depth} steps × {args.nodes * args.batch_size})", depth, samples)]
@@ -355,14 +396,26 @@ def main() -> int:
     server = ServerConfig(num_rounds=args.rounds, min_nodes=args.nodes, max_heldout_records=8)
     with procs.Supervisor(out / "logs") as sup:
         address = start_cluster(sup, out, {o: out / "corpus" / o for o in owners}, model)
-        for plan in plans(args):
+        for plan in wire_plans(args) if args.wire else plans(args):
             arms.append(federated(plan, args, address, sup.check, node_cfg, server, out, held, model, pad))
 
-    body = (
+    setting = (
         f"Base model `{model.name}`, LoRA r {cfg.lora_r} on {cfg.target_modules}, lr {cfg.lr}, "
         f"batch {cfg.batch_size}, seq-len {cfg.seq_len}; {args.nodes} contributors with {args.max_chunks} records "
         f"each on 2 topic groups of their own (non-IID); held-out: {len(held.examples)} records from every topic. "
-        f"Every arm but the equal-compute one: {budget} optimizer steps, {samples} samples; all from the same "
+    )
+    if args.wire:
+        body = (
+            setting + f"Plain FedAvg, {args.rounds} rounds × {args.local_steps} local steps per node, the same "
+            f"initial adapter; only how the adapter travels differs.\n\n{wire_table(arms)}\n\n{wire_findings(arms)}"
+        )
+        title = "Refinement quality by transfer precision: FedAvg with float32, float16 and bfloat16 on the wire"
+        write_section("quality-wire", title, body, "make bench-quality-wire", timer, dry_run=args.no_write)
+        return 0
+
+    body = (
+        setting
+        + f"Every arm but the equal-compute one: {budget} optimizer steps, {samples} samples; all from the same "
         "initial adapter.\n\n"
         f"{table(arms, owners, held)}\n\n"
         "Notes: " + "; ".join(f"{a.label}: {a.note}" for a in arms if a.note) + ".\n\n" + findings(arms, owners)

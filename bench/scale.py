@@ -15,7 +15,7 @@ What runs, per size N (each size in a fresh child process, so Django, the SuperL
   (federation.node_runtime: installed code only) and, with `--warm shared` (default), hands its job to one warm
   worker shared by all N nodes (`python -m federation.warm_worker`, `join --warm-worker`): torch and the model are
   loaded once for the host, each per-message ClientApp is a shim without torch, and the worker trains one job at a
-  time in arrival order. `--warm off` runs every job cold in its own ClientApp process, as before issue 14;
+  time in arrival order. `--warm off` runs every job cold in its own ClientApp process, as before the warm worker;
 * one campaign of 1 round with min_nodes = N through campaign_create + campaign_launch (the console's path:
   Celery submits the run through the Control API, the ServerApp reports rounds to the site over HTTP), on the
   tiny random Llama (testbed/tiny.py), 4 records per node, 1 local step, seq-len 32, 1 thread per app

@@ -1,4 +1,4 @@
-"""Measure: HTTP requests and bytes each node puts on the wire per round, per transfer dtype (issue 14.4).
+"""Measure: HTTP requests and bytes each node puts on the wire per round, per transfer dtype.
 
 Real Flower processes: one insecure SuperLink, `--nodes` real `python -m federation node` SuperNodes, the real
 ServerApp/ClientApp, runs submitted through the Control API. Each node dials its own relay in this process, which
