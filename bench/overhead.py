@@ -117,14 +117,23 @@ def wait_completed(campaign, check, timeout: float = 600) -> float:
     return time.time()
 
 
+def event(events: list[dict], kind: str, number: int) -> dict:
+    """The ServerApp's journal entry of this type (events.EVENT_ROUND, EVENT_EVALUATED) for round `number`."""
+    return next(e for e in events if e["type"] == kind and e["round"] == number)
+
+
+def slowest_node(round_event: dict) -> dict:
+    """The metrics of the round's slowest node (by its own clock): the round's critical path."""
+    return max(round_event["nodes"], key=lambda n: n["metrics"]["node-seconds"])["metrics"]
+
+
 def breakdown(sent: float, recorded: float, run, events: list[dict]) -> list[tuple[str, str, float]]:
     """(part, what it is, seconds) along the critical path from the POST to round 1 in the database."""
     started = next(e for e in events if e["type"] == "started")
-    r0 = next(e for e in events if e["type"] == "round" and e["round"] == 0)
-    r1 = next(e for e in events if e["type"] == "round" and e["round"] == 1)
+    r0, r1 = event(events, "round", 0), event(events, "round", 1)
     t0, t1 = r0["timings"], r1["timings"]
     # The slowest node is the round's critical path; its own clock splits its part.
-    slow = max(r1["nodes"], key=lambda n: n["metrics"]["node-seconds"])["metrics"]
+    slow = slowest_node(r1)
     waiting = (t1["replies"] - t1["sent"]) - slow["node-seconds"]
     pending = epoch(run.pending_at)
     parts = [
@@ -172,8 +181,8 @@ def first_step(sent: float, events: list[dict]) -> tuple[float, float]:
     """(launch → the slowest node's first local step, its message → first local step), by the ServerApp's clock
     for the instructions and the node's own for its start: the delivery in between is not counted (it is in the
     transport row)."""
-    r1 = next(e for e in events if e["type"] == "round" and e["round"] == 1)
-    slow = max(r1["nodes"], key=lambda n: n["metrics"]["node-seconds"])["metrics"]
+    r1 = event(events, "round", 1)
+    slow = slowest_node(r1)
     node = slow["startup-seconds"] + slow["load-seconds"]  # node-validation "after": nothing before training
     return r1["timings"]["sent"] - sent + node, node
 
@@ -276,7 +285,7 @@ def main() -> int:
         completed = wait_completed(campaign, site.stack.check)
         run = control.run_record(client, int(campaign.flwr_run_id))
         events = journal(campaign_output_dir(campaign) / "server")
-        scored = next(e for e in events if e["type"] == "evaluated" and e["round"] == 1)
+        scored = event(events, "evaluated", 1)
         evaluation = scored["timings"]["evaluated"] - scored["timings"]["evaluate_started"]
         publish = completed - scored["time"]  # from the evaluation's report to the published release
 
@@ -284,7 +293,7 @@ def main() -> int:
     # and it gets all of them (torch may count only physical cores), as the nodes together had.
     bare = bare_loop(model, corpus, names, replace(cfg, threads=len(os.sched_getaffinity(0))))
     parts = breakdown(sent, recorded, run, events)
-    r1 = next(e for e in events if e["type"] == "round" and e["round"] == 1)
+    r1 = event(events, "round", 1)
     starts = first_step(sent, events)
     body = report(parts, recorded - sent, bare, recorded - r1["timings"]["sent"], evaluation, publish, starts, args)
     title = "Platform overhead: one round through everything vs a bare PEFT loop"
