@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-tiny serve test test-fast lint clean bench bench-aggregation bench-quality bench-quality-wire bench-overhead \
+.PHONY: setup demo demo-tiny serve test test-fast lint clean bench bench-aggregation bench-quality bench-quality-wire bench-quality-seeds bench-overhead \
 	bench-communication bench-scale bench-downloads bench-faults bench-languages compose-check
 
 setup: $(VENV)/.installed
@@ -41,6 +41,10 @@ bench-quality: setup
 # Plain FedAvg with the adapter in float32, float16 and bfloat16 on the wire: what half the bytes cost in quality.
 bench-quality-wire: setup
 	$(PY) -m bench.quality --wire
+
+# bench-quality's deciding arms (contributors alone, pooled, the default campaign) at seeds 0, 1 and 2: the spread.
+bench-quality-seeds: setup
+	$(PY) -m bench.quality_seeds
 
 # Many languages, one model: base vs each region's community alone vs pooled vs the federated default campaign,
 # per-language chrF and loss on Django's gettext catalogs (SmolLM2-135M; not in `make bench`).

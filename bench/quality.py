@@ -158,24 +158,33 @@ def default_label() -> str:
     return "default: " + ", ".join(parts)
 
 
+def default_train() -> dict:
+    """The default campaign's node settings that differ from plain FedAvg's (federation.config's defaults)."""
+    defaults = TrainConfig()
+    return {"max_lr_scale": defaults.max_lr_scale, "lora_variant": defaults.lora_variant}
+
+
+def default_plan(args: argparse.Namespace) -> Plan:
+    """The platform's default campaign at the benchmark's rounds x local steps."""
+    return Plan(default_label(), args.rounds, args.local_steps, default_train(), AggregationConfig(), "default")
+
+
 def plans(args: argparse.Namespace) -> list[Plan]:
     """Plain FedAvg, the platform's default campaign, each option alone on top of plain FedAvg, and the default
     campaign at equal compute per contributor (every node does as many steps as a contributor alone did)."""
     r, s, n = args.rounds, args.local_steps, args.nodes
-    defaults = TrainConfig()
-    default_train = {"max_lr_scale": defaults.max_lr_scale, "lora_variant": defaults.lora_variant}
     return [
         Plan(f"federated FedAvg ({r} rounds × {s} steps)", r, s, dict(PLAIN_TRAIN), PLAIN, "plain"),
-        Plan(default_label(), r, s, default_train, AggregationConfig(), "default"),
+        default_plan(args),
         Plan(f"node lr × {n} (scaling rule)", r, s, {**PLAIN_TRAIN, "max_lr_scale": float(n)}),
         Plan(f"server momentum {args.momentum:g} (FedAvgM)", r, s, dict(PLAIN_TRAIN),
              replace(PLAIN, server_momentum=args.momentum)),
         Plan(f"server Adam, eta {args.adam_eta:g} (FedAdam)", r, s, dict(PLAIN_TRAIN),
              replace(PLAIN, server_optimizer="adam", server_lr=args.adam_eta)),
         Plan("exact LoRA merge (FFA-LoRA)", r, s, {**PLAIN_TRAIN, "lora_variant": "ffa"}),
-        Plan(f"default, merged twice as often ({2 * r} rounds × {s // 2} steps)", 2 * r, s // 2, default_train,
+        Plan(f"default, merged twice as often ({2 * r} rounds × {s // 2} steps)", 2 * r, s // 2, default_train(),
              AggregationConfig(), "merged often"),
-        Plan(f"default, equal compute per contributor ({n * r} rounds × {s} steps)", n * r, s, default_train,
+        Plan(f"default, equal compute per contributor ({n * r} rounds × {s} steps)", n * r, s, default_train(),
              AggregationConfig(), "equal compute"),
     ]  # fmt: skip
 
@@ -329,7 +338,8 @@ def wire_findings(arms: list[Arm]) -> str:
     )
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
+    """The arguments every quality bench shares (bench.quality_seeds adds its own)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="local HF checkpoint (default: SmolLM2-135M-Instruct, prepared under var/)")
     parser.add_argument("--nodes", type=int, default=3)
@@ -342,20 +352,39 @@ def main() -> int:
     parser.add_argument("--max-chunks", type=int, default=120, help="records per contributor (as in the demo)")
     parser.add_argument("--heldout", type=int, default=0, help="cap on held-out records (0: all, ~10%% of corpus)")
     parser.add_argument("--out", default=str(REPO / "var" / "bench" / "quality"))
-    parser.add_argument(
-        "--momentum",
-        type=float,
-        default=AggregationConfig().server_momentum or 0.5,
-        help="the server momentum arm's momentum (default: the default campaign's)",
-    )
-    parser.add_argument("--adam-eta", type=float, default=0.01, help="the server Adam arm's eta")
-    parser.add_argument("--diagnose", action="store_true", help="also pooled data in large batches (see above)")
-    parser.add_argument("--wire", action="store_true", help="only base and FedAvg per transfer dtype (see above)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    args = parser.parse_args()
-    timer = Timer()
-    stop_on_signals()  # a kill still stops the SuperLink and nodes below
+    return parser
 
+
+@dataclass
+class Setting:
+    """What every arm shares: the corpus split over the contributors, the model, the held-out set."""
+
+    out: Path
+    model: Path
+    owners: list[str]
+    cfg: TrainConfig  # in this process: every core; the nodes get one thread each (node_cfg)
+    held: Heldout
+    data: dict  # contributor -> its NodeDataset
+    pad: int
+    budget: int  # optimizer steps per arm
+    samples: int
+
+    def examples(self, arm: Arm) -> list[Example]:
+        """An in-process arm's training data: a contributor's own (`node-K alone`), or everyone's pooled."""
+        owner = arm.label.removesuffix(" alone")
+        return self.data[owner].train if owner in self.data else [e for o in self.owners for e in self.data[o].train]
+
+    def describe(self, args: argparse.Namespace) -> str:
+        return (
+            f"Base model `{self.model.name}`, LoRA r {self.cfg.lora_r} on {self.cfg.target_modules}, lr {self.cfg.lr}, "
+            f"batch {self.cfg.batch_size}, seq-len {self.cfg.seq_len}; {args.nodes} contributors with "
+            f"{args.max_chunks} records each on 2 topic groups of their own (non-IID); held-out: "
+            f"{len(self.held.examples)} records from every topic. "
+        )
+
+
+def prepare(args: argparse.Namespace) -> Setting:
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     model = Path(args.model).resolve() if args.model else REPO / "var" / "models" / "smollm2-135m-instruct"
@@ -370,9 +399,36 @@ def main() -> int:
                       threads=cores)  # fmt: skip
     held = load_heldout(out / "corpus", manifest, model, args.seq_len)
     data = {o: node_dataset(str(out / "corpus" / o), str(model), cfg) for o in owners}
-    pad = data[owners[0]].pad_id
     budget = args.nodes * args.rounds * args.local_steps
-    samples = budget * args.batch_size
+    return Setting(out, model, owners, cfg, held, data, data[owners[0]].pad_id, budget, budget * args.batch_size)
+
+
+def node_config(cfg: TrainConfig, args: argparse.Namespace) -> tuple[TrainConfig, ServerConfig]:
+    """The nodes share this machine's cores: one torch thread each, as in the demo. Their own validation and the
+    server's evaluation only feed the console; every arm is scored here, on the whole held-out set, so those run
+    on a few records to spend the time on training."""
+    node_cfg = replace(cfg, threads=1, max_eval_records=4)
+    return node_cfg, ServerConfig(num_rounds=args.rounds, min_nodes=args.nodes, max_heldout_records=8)
+
+
+def main() -> int:
+    parser_ = parser()
+    parser_.add_argument(
+        "--momentum",
+        type=float,
+        default=AggregationConfig().server_momentum or 0.5,
+        help="the server momentum arm's momentum (default: the default campaign's)",
+    )
+    parser_.add_argument("--adam-eta", type=float, default=0.01, help="the server Adam arm's eta")
+    parser_.add_argument("--diagnose", action="store_true", help="also pooled data in large batches (see above)")
+    parser_.add_argument("--wire", action="store_true", help="only base and FedAvg per transfer dtype (see above)")
+    args = parser_.parse_args()
+    timer = Timer()
+    stop_on_signals()  # a kill still stops the SuperLink and nodes below
+
+    setting = prepare(args)
+    out, model, owners, cfg = setting.out, setting.model, setting.owners, setting.cfg
+    held, pad, budget, samples = setting.held, setting.pad, setting.budget, setting.samples
     print(f"{len(owners)} contributors, {len(held.examples)} held-out records, {budget} steps per arm", flush=True)
 
     arms = [Arm("base model", 0, 0)]
@@ -383,30 +439,20 @@ def main() -> int:
     if args.diagnose:
         arms += [Arm(f"centralized, large batch ({depth} steps × {args.nodes * args.batch_size})", depth, samples)]
     for arm in arms:
-        owner = arm.label.removesuffix(" alone")
-        examples = data[owner].train if owner in data else [e for o in owners for e in data[o].train]
         batch = args.nodes * args.batch_size if arm.label.startswith("centralized, large") else args.batch_size
-        in_process_arm(arm, model, replace(cfg, batch_size=batch), examples, held, pad)
+        in_process_arm(arm, model, replace(cfg, batch_size=batch), setting.examples(arm), held, pad)
         print(f"  {arm.label:30s} loss {arm.loss:.4f}  ({arm.seconds:.0f}s)", flush=True)
 
-    # The nodes share this machine's cores: one torch thread each, as in the demo. Their own validation and the
-    # server's evaluation only feed the console; every arm is scored here, on the whole held-out set, so those run
-    # on a few records to spend the time on training.
-    node_cfg = replace(cfg, threads=1, max_eval_records=4)
-    server = ServerConfig(num_rounds=args.rounds, min_nodes=args.nodes, max_heldout_records=8)
+    node_cfg, server = node_config(cfg, args)
     with procs.Supervisor(out / "logs") as sup:
         address = start_cluster(sup, out, {o: out / "corpus" / o for o in owners}, model)
         for plan in wire_plans(args) if args.wire else plans(args):
             arms.append(federated(plan, args, address, sup.check, node_cfg, server, out, held, model, pad))
 
-    setting = (
-        f"Base model `{model.name}`, LoRA r {cfg.lora_r} on {cfg.target_modules}, lr {cfg.lr}, "
-        f"batch {cfg.batch_size}, seq-len {cfg.seq_len}; {args.nodes} contributors with {args.max_chunks} records "
-        f"each on 2 topic groups of their own (non-IID); held-out: {len(held.examples)} records from every topic. "
-    )
+    described = setting.describe(args)
     if args.wire:
         body = (
-            setting + f"Plain FedAvg, {args.rounds} rounds × {args.local_steps} local steps per node, the same "
+            described + f"Plain FedAvg, {args.rounds} rounds × {args.local_steps} local steps per node, the same "
             f"initial adapter; only how the adapter travels differs.\n\n{wire_table(arms)}\n\n{wire_findings(arms)}"
         )
         title = "Refinement quality by transfer precision: FedAvg with float32, float16 and bfloat16 on the wire"
@@ -414,7 +460,7 @@ def main() -> int:
         return 0
 
     body = (
-        setting
+        described
         + f"Every arm but the equal-compute one: {budget} optimizer steps, {samples} samples; all from the same "
         "initial adapter.\n\n"
         f"{table(arms, owners, held)}\n\n"
