@@ -15,6 +15,10 @@ from campaigns.models import Campaign
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
+# ≈ 1.5 s of training for the tiny model on a quiet core (3.7 ms a step), ≈ 15 s at ten times the load: inside the
+# round timeout either way.
+LOCAL_STEPS = 400
+
 
 def kill_supernode_when_training(under, node: str, timeout: float = 240) -> tuple[threading.Thread, list]:
     """kill -9 `node`'s SuperNode (only it: its `join` stays) once a ClientApp of that node works on a round."""
@@ -40,7 +44,9 @@ def test_a_supernode_killed_mid_round_is_recorded_failed_then_trains_again_once_
     campaign = live_platform.run_campaign(
         "SuperNode killed",
         timeout=600,
-        train_config={"local-steps": 2, "seq-len": 32, "batch-size": 2, "threads": 1},
+        # Long enough that the node is still training when the watcher stops it: on the warm path 2 steps of the
+        # tiny model are done (and the reply sent) before a 0.2 s poll and a process scan can act on a quiet machine.
+        train_config={"local-steps": LOCAL_STEPS, "seq-len": 32, "batch-size": 2, "threads": 1},
         num_rounds=2,
         min_nodes=2,
         round_timeout=60,
