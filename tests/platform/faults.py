@@ -66,6 +66,11 @@ ROLES: dict[str, Callable[[list[str]], bool]] = {
 PLATFORM_ROLES = tuple(r for r in ROLES if r != "demo")
 # Environment variables that name a process's state folder.
 STATE_VARIABLES = ("BAYANIHAN_VAR", "FLWR_HOME")
+# Local steps for a test that stops a node in the middle of its round: long enough that the node is still training
+# when a watcher (a 0.2 s poll and a process scan) acts. On the warm path 2 steps of the tiny model are done, and the
+# reply sent, before that on a quiet machine. 400 steps: ≈ 1.5 s on a quiet core (3.7 ms a step), ≈ 15 s at ten
+# times the load, inside the round timeouts either way.
+STEPS_TO_STOP_MID_ROUND = 400
 
 
 def _has_prog(cmd: list[str], name: str) -> bool:

@@ -9,15 +9,11 @@ import threading
 import time
 
 import pytest
-from faults import assert_no_process_left, find_processes, kill9, round_numbers_problems
+from faults import STEPS_TO_STOP_MID_ROUND, assert_no_process_left, find_processes, kill9, round_numbers_problems
 
 from campaigns.models import Campaign
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-# ≈ 1.5 s of training for the tiny model on a quiet core (3.7 ms a step), ≈ 15 s at ten times the load: inside the
-# round timeout either way.
-LOCAL_STEPS = 400
 
 
 def kill_supernode_when_training(under, node: str, timeout: float = 240) -> tuple[threading.Thread, list]:
@@ -44,9 +40,7 @@ def test_a_supernode_killed_mid_round_is_recorded_failed_then_trains_again_once_
     campaign = live_platform.run_campaign(
         "SuperNode killed",
         timeout=600,
-        # Long enough that the node is still training when the watcher stops it: on the warm path 2 steps of the
-        # tiny model are done (and the reply sent) before a 0.2 s poll and a process scan can act on a quiet machine.
-        train_config={"local-steps": LOCAL_STEPS, "seq-len": 32, "batch-size": 2, "threads": 1},
+        train_config={"local-steps": STEPS_TO_STOP_MID_ROUND, "seq-len": 32, "batch-size": 2, "threads": 1},
         num_rounds=2,
         min_nodes=2,
         round_timeout=60,

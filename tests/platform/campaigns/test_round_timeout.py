@@ -10,14 +10,11 @@ import time
 
 import psutil
 import pytest
+from faults import STEPS_TO_STOP_MID_ROUND
 
 from campaigns.models import Campaign
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-# ≈ 1.5 s of training for the tiny model on a quiet core (3.7 ms a step), ≈ 15 s at ten times the load: inside the
-# round timeout either way.
-LOCAL_STEPS = 400
 
 
 def training_pids(home: str) -> list[int]:
@@ -57,9 +54,7 @@ def test_a_node_that_drops_mid_round_is_recorded_as_failed_and_the_round_merges_
     watcher = drop_when_training(live_platform.stack, "node-2")
     campaign = live_platform.run_campaign(
         "Dropout",
-        # Long enough that the node is still training when the watcher stops it: on the warm path 2 steps of the
-        # tiny model are done (and the reply sent) before a 0.2 s poll and a process scan can act on a quiet machine.
-        train_config={"local-steps": LOCAL_STEPS, "seq-len": 32, "batch-size": 2, "threads": 1},
+        train_config={"local-steps": STEPS_TO_STOP_MID_ROUND, "seq-len": 32, "batch-size": 2, "threads": 1},
         num_rounds=1,
         min_nodes=2,
         round_timeout=30,
