@@ -52,6 +52,11 @@ def in_process_arms(setting: Setting, seed: int) -> list[Arm]:
     return arms
 
 
+def losses(by_seed: dict[int, list[Arm]], label: str) -> list[float]:
+    """One arm's loss at each seed, in seed order."""
+    return [next(a for a in arms if a.label == label).loss for arms in by_seed.values()]
+
+
 def table(base: Arm, by_seed: dict[int, list[Arm]]) -> str:
     seeds = list(by_seed)
     labels = [a.label for a in next(iter(by_seed.values()))]
@@ -59,11 +64,11 @@ def table(base: Arm, by_seed: dict[int, list[Arm]]) -> str:
     lines = [head, "|---" * (len(seeds) + 3) + "|", f"| {base.label} | " + " | ".join(
         f"{base.loss:.4f}" for _ in seeds) + f" | {base.loss:.4f} | 0 |"]  # fmt: skip
     for i, label in enumerate(labels):
-        losses = [by_seed[s][i].loss for s in seeds]
+        seen = losses(by_seed, label)
         shown = f"**{label}**" if by_seed[seeds[0]][i].kind == "default" else label
         lines.append(
-            f"| {shown} | " + " | ".join(f"{x:.4f}" for x in losses)
-            + f" | {statistics.fmean(losses):.4f} | {max(losses) - min(losses):.4f} |"
+            f"| {shown} | " + " | ".join(f"{x:.4f}" for x in seen)
+            + f" | {statistics.fmean(seen):.4f} | {max(seen) - min(seen):.4f} |"
         )  # fmt: skip
     return "\n".join(lines)
 
@@ -84,14 +89,13 @@ def verdicts(base: Arm, by_seed: dict[int, list[Arm]]) -> str:
             f"contributor alone (best {best.label}, {best.loss:.4f}) and reaches {share:.1f}% of pooled training's "
             f"gain ({pooled.loss:.4f})."
         )
-    mean = {label: statistics.fmean(next(a for a in arms if a.label == label).loss for arms in by_seed.values())
-            for label in (a.label for a in next(iter(by_seed.values())))}  # fmt: skip
-    default_label_ = next(a.label for a in next(iter(by_seed.values())) if a.kind == "default")
-    mean_share = (base.loss - mean[default_label_]) / (base.loss - mean[POOLED]) * 100
+    mean_default = statistics.fmean(losses(by_seed, default.label))
+    mean_pooled = statistics.fmean(losses(by_seed, POOLED))
+    mean_share = (base.loss - mean_default) / (base.loss - mean_pooled) * 100
     lines.append(
         f"- Over the seeds: the default campaign reaches {min(shares):.1f}–{max(shares):.1f}% of pooled training's "
-        f"gain seed by seed; its mean loss {mean[default_label_]:.4f} against pooled training's mean "
-        f"{mean[POOLED]:.4f} is {mean_share:.1f}%. The 95% target needs {95 - mean_share:+.1f} points on the mean."
+        f"gain seed by seed; its mean loss {mean_default:.4f} against pooled training's mean "
+        f"{mean_pooled:.4f} is {mean_share:.1f}%. The 95% target needs {95 - mean_share:+.1f} points on the mean."
     )
     return "\n".join(lines)
 
