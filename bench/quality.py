@@ -17,8 +17,9 @@ the same budget: S = N x rounds x local-steps optimizer steps of `batch-size` sa
 - with --wire, only base and plain FedAvg with the adapter travelling in each transfer dtype (float32, float16,
   bfloat16; the server merges in float32 either way), side by side: what half the bytes cost in quality. Written
   to its own section.
-- with --diagnose, centralized in large batches (not the same step count): the same samples as every arm, in
-  rounds x local-steps optimizer steps of N x batch-size samples: about what averaging N nodes' updates buys.
+- with --diagnose, pooled data in large batches (not the same step count): the same samples as every arm, in
+  rounds x local-steps optimizer steps of N x batch-size samples, at the default campaign's node learning rate:
+  the most that averaging N nodes' updates could give (bench.quality_seeds runs it at every seed).
 
 Each arm's adapter is evaluated here, with one function, on the whole held-out set (drawn from every topic) and on
 each contributor's own topics within it. Losses are token-weighted means; perplexity = exp(loss).
@@ -64,7 +65,7 @@ class Arm:
     by_topic: dict[str, float] = field(default_factory=dict)  # contributor name -> loss on that contributor's topics
     seconds: float = 0.0
     note: str = ""
-    kind: str = ""  # federated arms: "plain", "default", "option" or "equal compute" (see Plan)
+    kind: str = ""  # federated arms: see Plan.kind; "bound": an in-process arm on pooled data that bounds them
     wire: str = ""  # federated arms: bytes per node per round each way, and the merged adapter's dtype
 
 
@@ -162,6 +163,21 @@ def default_train() -> dict:
     """The default campaign's node settings that differ from plain FedAvg's (federation.config's defaults)."""
     defaults = TrainConfig()
     return {"max_lr_scale": defaults.max_lr_scale, "lora_variant": defaults.lora_variant}
+
+
+def node_lr_scale(nodes: int) -> float:
+    """What the default campaign multiplies a node's learning rate by in a round of `nodes` (TrainConfig.round_lr)."""
+    return min(float(nodes), TrainConfig().max_lr_scale)
+
+
+def large_batch_label(args: argparse.Namespace) -> str:
+    depth, batch = args.rounds * args.local_steps, args.nodes * args.batch_size
+    return f"pooled, large batches ({depth} steps × {batch}, lr × {node_lr_scale(args.nodes):g})"
+
+
+def large_batch_config(cfg: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    """Pooled data at the campaign's depth: each step on N x batch-size samples, at the default's node lr."""
+    return replace(cfg, batch_size=args.nodes * args.batch_size, lr=cfg.lr * node_lr_scale(args.nodes))
 
 
 def default_plan(args: argparse.Namespace) -> Plan:
@@ -437,10 +453,10 @@ def main() -> int:
         arms += [Arm(POOLED, budget, samples)]
     depth = args.rounds * args.local_steps
     if args.diagnose:
-        arms += [Arm(f"centralized, large batch ({depth} steps × {args.nodes * args.batch_size})", depth, samples)]
+        arms += [Arm(large_batch_label(args), depth, samples, kind="bound")]
     for arm in arms:
-        batch = args.nodes * args.batch_size if arm.label.startswith("centralized, large") else args.batch_size
-        in_process_arm(arm, model, replace(cfg, batch_size=batch), setting.examples(arm), held, pad)
+        arm_cfg = large_batch_config(cfg, args) if arm.kind == "bound" else cfg
+        in_process_arm(arm, model, arm_cfg, setting.examples(arm), held, pad)
         print(f"  {arm.label:30s} loss {arm.loss:.4f}  ({arm.seconds:.0f}s)", flush=True)
 
     node_cfg, server = node_config(cfg, args)

@@ -38,6 +38,8 @@ from bench.quality import (
     federated,
     gain,
     in_process_arm,
+    large_batch_config,
+    large_batch_label,
     node_config,
     parser,
     prepare,
@@ -53,18 +55,8 @@ from federation.task import lora_model, train
 COMMAND = "make bench-quality-seeds"
 
 
-def large_batch_label(args: argparse.Namespace) -> str:
-    depth, batch = args.rounds * args.local_steps, args.nodes * args.batch_size
-    return f"pooled, large batches ({depth} steps × {batch}, lr × {node_lr_scale(args.nodes):g})"
-
-
 def in_turn_label(args: argparse.Namespace) -> str:
     return f"pooled, contributor by contributor ({args.nodes * args.rounds} blocks of {args.local_steps} steps)"
-
-
-def node_lr_scale(nodes: int) -> float:
-    """What the default campaign multiplies a node's learning rate by in a round of `nodes` (TrainConfig.round_lr)."""
-    return min(float(nodes), TrainConfig().max_lr_scale)
 
 
 def in_process_arms(setting: Setting, seed: int, args: argparse.Namespace) -> list[Arm]:
@@ -81,8 +73,7 @@ def in_process_arms(setting: Setting, seed: int, args: argparse.Namespace) -> li
     pooled = seeded.examples(arms[-1])
     depth = args.rounds * args.local_steps
     wide = Arm(large_batch_label(args), depth, setting.samples, kind="bound")
-    wide_cfg = replace(cfg, batch_size=args.nodes * args.batch_size, lr=cfg.lr * node_lr_scale(args.nodes))
-    in_process_arm(wide, setting.model, wide_cfg, pooled, setting.held, setting.pad)
+    in_process_arm(wide, setting.model, large_batch_config(cfg, args), pooled, setting.held, setting.pad)
     turns = Arm(in_turn_label(args), setting.budget, setting.samples, kind="bound")
     in_turn_arm(turns, setting, replace(cfg, local_steps=args.local_steps), data, args.rounds)
     for arm in (wide, turns):
