@@ -11,8 +11,8 @@ measure the same thing).
 Two more arms, in this process, bound what any federated campaign can reach at this budget, because they have
 pooled data that no node has:
 - pooled, large batches: the campaign's depth (rounds x local-steps steps) with each step on N x batch-size pooled
-  samples, at the default campaign's node learning rate (lr x min(N, max-lr-scale)). Averaging N nodes' updates
-  cannot do better than averaging their gradients at every step, which is this.
+  samples, at the default campaign's node learning rate (lr x min(N, max-lr-scale)). Averaging N nodes' gradients at
+  every step, which this is, is about the best that averaging their updates can hope for (a heuristic, not a theorem).
 - pooled, contributor by contributor: every step (N x rounds x local-steps), but each block of local-steps on one
   contributor's data, in turn, the model passed along (cyclic weight transfer, a fresh AdamW per block as on a
   node). Full depth and pooled training's learning rate; only the order differs from pooled training: what
