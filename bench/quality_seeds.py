@@ -116,13 +116,11 @@ def table(base: Arm, by_seed: dict[int, list[Arm]]) -> str:
 
 def verdicts(base: Arm, by_seed: dict[int, list[Arm]]) -> str:
     lines = []
-    shares = []
     for seed, arms in by_seed.items():
         alone = [a for a in arms if a.label.endswith(" alone")]
         pooled = next(a for a in arms if a.label == POOLED)
         default = next(a for a in arms if a.kind == "default")
         share = gain(default, base, pooled)
-        shares.append(share)
         beats = all(default.loss < a.loss for a in alone)
         best = min(alone, key=lambda a: a.loss)
         lines.append(
@@ -132,9 +130,9 @@ def verdicts(base: Arm, by_seed: dict[int, list[Arm]]) -> str:
         )
     mean_default = statistics.fmean(losses(by_seed, default.label))
     mean_pooled = statistics.fmean(losses(by_seed, POOLED))
-    mean_share = (base.loss - mean_default) / (base.loss - mean_pooled) * 100
+    low, high, mean_share = shares_of(base, by_seed, default.label)
     lines.append(
-        f"- Over the seeds: the default campaign reaches {min(shares):.1f}–{max(shares):.1f}% of pooled training's "
+        f"- Over the seeds: the default campaign reaches {low:.1f}–{high:.1f}% of pooled training's "
         f"gain seed by seed; its mean loss {mean_default:.4f} against pooled training's mean "
         f"{mean_pooled:.4f} is {mean_share:.1f}%. The 95% target needs {95 - mean_share:+.1f} points on the mean."
     )
