@@ -19,7 +19,7 @@ the same budget: S = N x rounds x local-steps optimizer steps of `batch-size` sa
   to its own section.
 - with --diagnose, pooled data in large batches (not the same step count): the same samples as every arm, in
   rounds x local-steps optimizer steps of N x batch-size samples, at the default campaign's node learning rate:
-  the most that averaging N nodes' updates could give (bench.quality_seeds runs it at every seed).
+  about the most that averaging N nodes' updates could give (bench.quality_seeds runs it at every seed).
 
 Each arm's adapter is evaluated here, with one function, on the whole held-out set (drawn from every topic) and on
 each contributor's own topics within it. Losses are token-weighted means; perplexity = exp(loss).

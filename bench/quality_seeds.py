@@ -147,7 +147,7 @@ def verdicts(base: Arm, by_seed: dict[int, list[Arm]]) -> str:
 
 # What each bound arm's share says, in in_process_arms' order (the module docstring has the arms themselves).
 BOUNDS = (
-    "the most that averaging the nodes' updates could give at the campaign's depth",
+    "about the most that averaging the nodes' updates could give at the campaign's depth (a heuristic ceiling)",
     "pooled training's steps, one contributor's block at a time: what training on one contributor's topics for "
     "a round's steps in a row costs at full depth, whatever is done with the blocks afterwards",
 )
