@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-tiny serve test test-fast lint clean bench bench-aggregation bench-quality bench-quality-wire bench-quality-seeds bench-overhead \
+.PHONY: setup demo demo-tiny serve test test-fast lint clean bench bench-aggregation bench-quality bench-quality-wire bench-quality-seeds bench-quality-merges bench-overhead \
 	bench-communication bench-scale bench-downloads bench-faults bench-languages compose-check
 
 setup: $(VENV)/.installed
@@ -45,6 +45,11 @@ bench-quality-wire: setup
 # bench-quality's deciding arms (contributors alone, pooled, the default campaign) at seeds 0, 1 and 2: the spread.
 bench-quality-seeds: setup
 	$(PY) -m bench.quality_seeds
+
+# The default campaign's rounds with other merge rules (TIES, FedExP), emulated in one process beside the real
+# default campaign, which checks the emulation (~12 min; not in `make bench`).
+bench-quality-merges: setup
+	$(PY) -m bench.quality_merges
 
 # Many languages, one model: base vs each region's community alone vs pooled vs the federated default campaign,
 # per-language chrF and loss on Django's gettext catalogs (SmolLM2-135M; not in `make bench`).
