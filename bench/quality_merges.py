@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -88,12 +88,6 @@ def fedexp(start: Tensors, replies: list[Tensors], weights: list[float]) -> Tens
 RULES: dict[str, Rule] = {"FedAvg": fedavg, "TIES disjoint mean": ties, "FedExP": fedexp}
 
 
-@dataclass
-class Emulated:
-    rule: str
-    arm: Arm
-
-
 def emulate(setting: Setting, rule: Rule, rounds: int, steps: int, nodes: int) -> Arm:
     """The default campaign's rounds in this process: each node trains from the global as its ClientApp would, the
     rule merges, Flower's FedAvgM (the default's server step) moves the global; scored like every other arm."""
@@ -146,22 +140,22 @@ def main() -> int:
         real = federated(plan, args, address, sup.check, node_cfg, server, setting.out, setting.held, setting.model,
                          setting.pad)  # fmt: skip
 
-    emulated: list[Emulated] = []
+    emulated: list[tuple[str, Arm]] = []  # (rule, its arm)
     for name, rule in RULES.items():
         started = time.monotonic()
         arm = emulate(setting, rule, args.rounds, args.local_steps, args.nodes)
         arm.label, arm.seconds = f"emulated, merged by {name}", time.monotonic() - started
         print(f"  {arm.label:40s} loss {arm.loss:.4f}  ({arm.seconds:.0f}s)", flush=True)
-        emulated.append(Emulated(name, arm))
+        emulated.append((name, arm))
 
     def share(arm: Arm) -> str:
         return f"{share_of_gain(arm, base, pooled):.1f}%"
 
-    rows = [base, pooled, real, *(e.arm for e in emulated)]
+    rows = [base, pooled, real, *(arm for _, arm in emulated)]
     lines = ["| arm | held-out loss | % of pooled gain | wall s |", "|---|---|---|---|"]
     lines += [f"| {a.label} | {a.loss:.4f} | {share(a) if a is not base else '0%'} | {a.seconds:.0f} |" for a in rows]
-    mirror = emulated[0].arm
-    best = min(emulated, key=lambda e: e.arm.loss)
+    mirror = emulated[0][1]
+    best_rule, best = min(emulated, key=lambda e: e[1].loss)
     body = (
         setting.describe(args)
         + f"Every arm: {setting.budget} optimizer steps, {setting.samples} samples, {args.rounds} rounds × "
@@ -169,8 +163,8 @@ def main() -> int:
         "every emulated arm; only the merge differs.\n\n" + "\n".join(lines) + "\n\n"
         f"- The emulation against the real path: merged by FedAvg it ends at {mirror.loss:.4f}, the real default "
         f"campaign at {real.loss:.4f} ({mirror.loss - real.loss:+.4f}).\n"
-        f"- Best merge rule here: {best.rule} ({best.arm.loss:.4f}, {share(best.arm)} of pooled gain); "
-        + "; ".join(f"{e.rule} {e.arm.loss - mirror.loss:+.4f} against FedAvg" for e in emulated[1:])
+        f"- Best merge rule here: {best_rule} ({best.loss:.4f}, {share(best)} of pooled gain); "
+        + "; ".join(f"{rule} {arm.loss - mirror.loss:+.4f} against FedAvg" for rule, arm in emulated[1:])
         + ".\n"
     )
     title = "Refinement quality by merge rule: FedAvg, TIES and FedExP on the default campaign's rounds"
