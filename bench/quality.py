@@ -14,6 +14,9 @@ the same budget: S = N x rounds x local-steps optimizer steps of `batch-size` sa
 - each option alone on top of plain FedAvg: node lr x N (the large-batch scaling rule), server momentum (FedAvgM),
   server Adam (FedAdam), exact LoRA merge (FFA-LoRA).
 - default, equal compute per contributor: N x rounds rounds, so every node does as many steps as it did alone.
+  The default row is this run's merged adapter after `rounds` rounds: a campaign of `rounds` rounds is the first
+  `rounds` rounds of a longer one with the same settings (nothing a round does depends on how many follow), and
+  scoring it from the longer run keeps the script within its 30 minutes on 2 cores.
 - with --wire, only base and plain FedAvg with the adapter travelling in each transfer dtype (float32, float16,
   bfloat16; the server merges in float32 either way), side by side: what half the bytes cost in quality. Written
   to its own section.
@@ -139,7 +142,20 @@ class Plan:
     aggregation: AggregationConfig = field(default_factory=lambda: PLAIN)
     kind: str = "option"  # "plain", "default", "option" or "equal compute"
     wire: WireConfig = field(default_factory=WireConfig)  # how the adapter travels (float32 unless an arm says)
+    checkpoints: tuple[Checkpoint, ...] = ()  # earlier rounds of the same run, scored as arms of their own
 
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The merged adapter after `rounds` rounds of a longer run, as the arm `label` (of kind `kind`): the campaign
+    with the same settings and `rounds` rounds, since nothing a round does depends on how many rounds follow."""
+
+    rounds: int
+    label: str
+    kind: str
+
+
+KINDS = ["plain", "default", "option", "equal compute"]  # the table's order of federated rows (stable within a kind)
 
 # Plain FedAvg: the merge is the new global, every node at the campaign's learning rate (no scaling).
 PLAIN = AggregationConfig(server_optimizer="sgd", server_lr=1.0, server_momentum=0.0)
@@ -186,22 +202,21 @@ def default_plan(args: argparse.Namespace) -> Plan:
 
 
 def plans(args: argparse.Namespace) -> list[Plan]:
-    """Plain FedAvg, the platform's default campaign, each option alone on top of plain FedAvg, and the default
-    campaign at equal compute per contributor (every node does as many steps as a contributor alone did)."""
+    """Plain FedAvg, each option alone on top of plain FedAvg, and the default campaign at equal compute per
+    contributor (every node does as many steps as a contributor alone did), whose round `rounds` is the platform's
+    default campaign at equal total steps (Checkpoint)."""
     r, s, n = args.rounds, args.local_steps, args.nodes
+    default = Checkpoint(r, default_label(), "default")
     return [
         Plan(f"federated FedAvg ({r} rounds × {s} steps)", r, s, dict(PLAIN_TRAIN), PLAIN, "plain"),
-        default_plan(args),
         Plan(f"node lr × {n} (scaling rule)", r, s, {**PLAIN_TRAIN, "max_lr_scale": float(n)}),
         Plan(f"server momentum {args.momentum:g} (FedAvgM)", r, s, dict(PLAIN_TRAIN),
              replace(PLAIN, server_momentum=args.momentum)),
         Plan(f"server Adam, eta {args.adam_eta:g} (FedAdam)", r, s, dict(PLAIN_TRAIN),
              replace(PLAIN, server_optimizer="adam", server_lr=args.adam_eta)),
         Plan("exact LoRA merge (FFA-LoRA)", r, s, {**PLAIN_TRAIN, "lora_variant": "ffa"}),
-        Plan(f"default, merged twice as often ({2 * r} rounds × {s // 2} steps)", 2 * r, s // 2, default_train(),
-             AggregationConfig(), "merged often"),
         Plan(f"default, equal compute per contributor ({n * r} rounds × {s} steps)", n * r, s, default_train(),
-             AggregationConfig(), "equal compute"),
+             AggregationConfig(), "equal compute", checkpoints=(default,)),
     ]  # fmt: skip
 
 
@@ -215,45 +230,56 @@ def wire_plans(args: argparse.Namespace) -> list[Plan]:
 
 
 def federated(plan: Plan, args, address: str, check, node_cfg: TrainConfig, server: ServerConfig, root: Path,
-              held: Heldout, model_path: Path, pad: int) -> Arm:  # fmt: skip
-    total = args.nodes * plan.rounds * plan.steps
-    arm = Arm(plan.label, total, total * args.batch_size, kind=plan.kind)
+              held: Heldout, model_path: Path, pad: int) -> list[Arm]:  # fmt: skip
+    """The plan's run through the real SuperLink and SuperNodes: an arm for each of its checkpoints, then its own."""
     cfg = replace(node_cfg, local_steps=plan.steps, **plan.train)
     out = root / f"federated-{len(list(root.glob('federated-*')))}"
-    federated_arm(arm, address, cfg, replace(server, num_rounds=plan.rounds), plan.aggregation, out, held,
-                  model_path, pad, check, plan.wire)  # fmt: skip
-    print(f"  {arm.label:30s} loss {arm.loss:.4f}  ({arm.seconds:.0f}s)", flush=True)
-    return arm
+    wanted = [*plan.checkpoints, Checkpoint(plan.rounds, plan.label, plan.kind)]
+    arms = [Arm(c.label, args.nodes * c.rounds * plan.steps, args.nodes * c.rounds * plan.steps * args.batch_size,
+                kind=c.kind) for c in wanted]  # fmt: skip
+    federated_arm(arms, [c.rounds for c in wanted], address, cfg, replace(server, num_rounds=plan.rounds),
+                  plan.aggregation, out, held, model_path, pad, check, plan.wire)  # fmt: skip
+    for arm in arms:
+        print(f"  {arm.label:30s} loss {arm.loss:.4f}  ({arm.seconds:.0f}s)", flush=True)
+    return arms
 
 
-def federated_arm(arm: Arm, address: str, cfg: TrainConfig, server: ServerConfig, merging: AggregationConfig,
-                  out: Path, held: Heldout, model_path: Path, pad: int, check,
+def federated_arm(arms: list[Arm], after: list[int], address: str, cfg: TrainConfig, server: ServerConfig,
+                  merging: AggregationConfig, out: Path, held: Heldout, model_path: Path, pad: int, check,
                   wire: WireConfig | None = None) -> None:  # fmt: skip
+    """One run; `arms[i]` is scored on the merged adapter after round `after[i]` (the last: the whole run)."""
     heldout = out.parent / "corpus" / "heldout.jsonl"
     run_config = {**cfg.to_run_config(), **server.to_run_config(), **merging.to_run_config(),
                   **(wire or WireConfig()).to_run_config(), "output-dir": str(out), "base-model-path": str(model_path),
                   "heldout-path": str(heldout)}  # fmt: skip
-    arm.seconds = run_to_end(address, run_config, arm.label, timeout=1800, check=check)
+    seconds = run_to_end(address, run_config, arms[-1].label, timeout=1800, check=check)
     logged = journal(out)
-    rounds = [e for e in logged if e["type"] == events.EVENT_ROUND]
-    scored = [e for e in logged if e["type"] == events.EVENT_EVALUATED]
+    rounds = {e["round"]: e for e in logged if e["type"] == events.EVENT_ROUND}
+    evaluated = {e["round"]: e for e in logged if e["type"] == events.EVENT_EVALUATED}
     # Scored here with every core (the nodes are idle now); their config's one thread is for training side by side.
     model = lora_model(str(model_path), replace(cfg, threads=len(os.sched_getaffinity(0))))
-    last = round_folder(out, server.num_rounds) / ADAPTER_WEIGHTS
     from safetensors.torch import load_file
 
-    state = load_file(str(last))
-    set_adapter_state(model, state)
-    score(arm, model, held, pad)
-    # No arm's adapter may grow on the wire: what each node received and sent in the last round, and the dtype the
-    # server saved the merged adapter in (a server optimizer must not leave it in float64).
-    reports = [n for n in rounds[-1]["nodes"] if not n["error"]]
-    down = max(int(n["metrics"][events.BYTES_DOWN]) for n in reports)
-    up = max(int(n["metrics"][events.BYTES_UP]) for n in reports)
-    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})
-    arm.wire = f"{down / 1e6:.2f} / {up / 1e6:.2f} MB, {'/'.join(dtypes)}"
-    arm.note = f"{server.num_rounds} rounds x {cfg.local_steps} steps x {server.min_nodes} nodes"
-    arm.note += f"; server's own eval (first {server.max_heldout_records} held-out) {scored[-1]['eval_loss']:.3f}"
+    for arm, number in zip(arms, after, strict=True):
+        started = time.monotonic()
+        state = load_file(str(round_folder(out, number) / ADAPTER_WEIGHTS))
+        set_adapter_state(model, state)
+        score(arm, model, held, pad)
+        # An earlier round's arm: the run's wall time up to that round's merge (the events' clock), and its scoring.
+        arm.seconds = seconds - (logged[-1]["time"] - rounds[number]["time"]) + time.monotonic() - started
+        # No arm's adapter may grow on the wire: what each node received and sent in the arm's last round, and the
+        # dtype the server saved the merged adapter in (a server optimizer must not leave it in float64).
+        reports = [n for n in rounds[number]["nodes"] if not n["error"]]
+        down = max(int(n["metrics"][events.BYTES_DOWN]) for n in reports)
+        up = max(int(n["metrics"][events.BYTES_UP]) for n in reports)
+        dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})
+        arm.wire = f"{down / 1e6:.2f} / {up / 1e6:.2f} MB, {'/'.join(dtypes)}"
+        arm.note = f"{number} rounds x {cfg.local_steps} steps x {server.min_nodes} nodes"
+        if number < server.num_rounds:
+            arm.note += f" (rounds 1-{number} of the {server.num_rounds}-round run below)"
+        own = evaluated.get(number)
+        if own is not None:
+            arm.note += f"; server's own eval (first {server.max_heldout_records} held-out) {own['eval_loss']:.3f}"
 
 
 def gain(arm: Arm, base: Arm, pooled: Arm) -> float:
@@ -292,7 +318,6 @@ def findings(arms: list[Arm], owners: list[str]) -> str:
     plain = next(a for a in arms if a.kind == "plain")
     default = next(a for a in arms if a.kind == "default")
     equal = next(a for a in arms if a.kind == "equal compute")
-    often = next(a for a in arms if a.kind == "merged often")
     options = [a for a in arms if a.kind == "option"]
     alone = [by[f"{o} alone"] for o in owners]
     best_alone = min(alone, key=lambda a: a.loss)
@@ -306,9 +331,6 @@ def findings(arms: list[Arm], owners: list[str]) -> str:
         f"(best contributor alone: {best_alone.label}, {best_alone.loss:.4f}; pooled {pooled.loss:.4f}).",
         f"- Plain FedAvg: {_verdict(plain, alone, base, pooled)}.",
         *[f"- {a.label}, alone on top of plain FedAvg: {_verdict(a, alone, base, pooled)}." for a in options],
-        f"- The default campaign {often.label.removeprefix('default, ')}, same total steps: "
-        f"{_verdict(often, alone, base, pooled)} (more merges, less drift between them; each round costs its "
-        "overhead, see the overhead section).",
         f"- Equal compute per contributor ({equal.label}; {equal.steps} steps in all, {equal.steps // len(owners)} "
         f"per node, as many as each did alone): {equal.loss:.4f}, "
         f"{'better' if equal.loss < pooled.loss else 'NOT better'} than pooled training at {pooled.steps} steps "
@@ -361,7 +383,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     # 6 (not 8) keeps the whole script under 30 minutes on 2 cores; pass 8 for the earlier, longer setting.
-    parser.add_argument("--local-steps", type=int, default=6, help="even, so the twice-as-often arm can halve it")
+    parser.add_argument("--local-steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -462,8 +484,10 @@ def main() -> int:
     node_cfg, server = node_config(cfg, args)
     with procs.Supervisor(out / "logs") as sup:
         address = start_cluster(sup, out, {o: out / "corpus" / o for o in owners}, model)
+        campaigns = []
         for plan in wire_plans(args) if args.wire else plans(args):
-            arms.append(federated(plan, args, address, sup.check, node_cfg, server, out, held, model, pad))
+            campaigns += federated(plan, args, address, sup.check, node_cfg, server, out, held, model, pad)
+    arms += sorted(campaigns, key=lambda a: KINDS.index(a.kind))  # the default's row after plain FedAvg's
 
     described = setting.describe(args)
     if args.wire:

@@ -137,7 +137,7 @@ def main() -> int:
     with procs.Supervisor(setting.out / "logs") as sup:
         nodes = {o: setting.out / "corpus" / o for o in setting.owners}
         address = start_cluster(sup, setting.out, nodes, setting.model)
-        real = federated(plan, args, address, sup.check, node_cfg, server, setting.out, setting.held, setting.model,
+        [real] = federated(plan, args, address, sup.check, node_cfg, server, setting.out, setting.held, setting.model,
                          setting.pad)  # fmt: skip
 
     emulated: list[tuple[str, Arm]] = []  # (rule, its arm)

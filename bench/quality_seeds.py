@@ -185,7 +185,7 @@ def main() -> int:
         nodes = {o: setting.out / "corpus" / o for o in setting.owners}
         address = start_cluster(sup, setting.out, nodes, setting.model)
         for seed in seeds:
-            arm = federated(plan, args, address, sup.check, replace(node_cfg, seed=seed), server, setting.out,
+            [arm] = federated(plan, args, address, sup.check, replace(node_cfg, seed=seed), server, setting.out,
                             setting.held, setting.model, setting.pad)  # fmt: skip
             by_seed[seed].append(arm)
 
