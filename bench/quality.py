@@ -449,7 +449,8 @@ def node_config(cfg: TrainConfig, args: argparse.Namespace) -> tuple[TrainConfig
     return node_cfg, ServerConfig(num_rounds=args.rounds, min_nodes=args.nodes, max_heldout_records=8)
 
 
-def main() -> int:
+def quality_parser() -> argparse.ArgumentParser:
+    """This script's arguments: the shared ones and its arms' own."""
     parser_ = parser()
     parser_.add_argument(
         "--momentum",
@@ -460,7 +461,11 @@ def main() -> int:
     parser_.add_argument("--adam-eta", type=float, default=0.01, help="the server Adam arm's eta")
     parser_.add_argument("--diagnose", action="store_true", help="also pooled data in large batches (see above)")
     parser_.add_argument("--wire", action="store_true", help="only base and FedAvg per transfer dtype (see above)")
-    args = parser_.parse_args()
+    return parser_
+
+
+def main() -> int:
+    args = quality_parser().parse_args()
     timer = Timer()
     stop_on_signals()  # a kill still stops the SuperLink and nodes below
 
