@@ -206,7 +206,14 @@ def plans(args: argparse.Namespace) -> list[Plan]:
     contributor (every node does as many steps as a contributor alone did), whose round `rounds` is the platform's
     default campaign at equal total steps (Checkpoint)."""
     r, s, n = args.rounds, args.local_steps, args.nodes
-    default = Checkpoint(r, default_label(), "default")
+    default = default_plan(args)
+    equal = replace(
+        default,
+        label=f"default, equal compute per contributor ({n * r} rounds × {s} steps)",
+        rounds=n * r,
+        kind="equal compute",
+        checkpoints=(Checkpoint(r, default.label, default.kind),),
+    )
     return [
         Plan(f"federated FedAvg ({r} rounds × {s} steps)", r, s, dict(PLAIN_TRAIN), PLAIN, "plain"),
         Plan(f"node lr × {n} (scaling rule)", r, s, {**PLAIN_TRAIN, "max_lr_scale": float(n)}),
@@ -215,8 +222,7 @@ def plans(args: argparse.Namespace) -> list[Plan]:
         Plan(f"server Adam, eta {args.adam_eta:g} (FedAdam)", r, s, dict(PLAIN_TRAIN),
              replace(PLAIN, server_optimizer="adam", server_lr=args.adam_eta)),
         Plan("exact LoRA merge (FFA-LoRA)", r, s, {**PLAIN_TRAIN, "lora_variant": "ffa"}),
-        Plan(f"default, equal compute per contributor ({n * r} rounds × {s} steps)", n * r, s, default_train(),
-             AggregationConfig(), "equal compute", checkpoints=(default,)),
+        equal,
     ]  # fmt: skip
 
 
@@ -235,8 +241,8 @@ def federated(plan: Plan, args, address: str, check, node_cfg: TrainConfig, serv
     cfg = replace(node_cfg, local_steps=plan.steps, **plan.train)
     out = root / f"federated-{len(list(root.glob('federated-*')))}"
     wanted = [*plan.checkpoints, Checkpoint(plan.rounds, plan.label, plan.kind)]
-    arms = [Arm(c.label, args.nodes * c.rounds * plan.steps, args.nodes * c.rounds * plan.steps * args.batch_size,
-                kind=c.kind) for c in wanted]  # fmt: skip
+    steps = [args.nodes * c.rounds * plan.steps for c in wanted]
+    arms = [Arm(c.label, n, n * args.batch_size, kind=c.kind) for c, n in zip(wanted, steps, strict=True)]
     federated_arm(arms, [c.rounds for c in wanted], address, cfg, replace(server, num_rounds=plan.rounds),
                   plan.aggregation, out, held, model_path, pad, check, plan.wire)  # fmt: skip
     for arm in arms:
