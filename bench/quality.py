@@ -271,7 +271,8 @@ def federated_arm(arms: list[Arm], after: list[int], address: str, cfg: TrainCon
         state = load_file(str(round_folder(out, number) / ADAPTER_WEIGHTS))
         set_adapter_state(model, state)
         score(arm, model, held, pad)
-        # An earlier round's arm: the run's wall time up to that round's merge (the events' clock), and its scoring.
+        # Every arm: the run's wall time up to its round's merge (the events' clock) and its scoring here, as the
+        # in-process arms count theirs; an earlier round's arm does not pay for the rounds after it.
         arm.seconds = seconds - (logged[-1]["time"] - rounds[number]["time"]) + time.monotonic() - started
         # No arm's adapter may grow on the wire: what each node received and sent in the arm's last round, and the
         # dtype the server saved the merged adapter in (a server optimizer must not leave it in float64).
